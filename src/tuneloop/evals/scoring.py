@@ -1,0 +1,144 @@
+"""Scoring a model's raw outputs against human-verified answers, field by field.
+
+The unit is the field, not the record: a record with five right fields and one wrong counts one error in
+six, so the error rate means what a user of the answers would see. An output that is not a JSON object
+fitting the task's schema makes every field of its record wrong (and the record *invalid*).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from tuneloop.evals.comparators import Verdict, compare_field
+from tuneloop.task import Task
+
+_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
+
+
+def parse_answer(task: Task, output: str) -> tuple[dict[str, Any] | None, str | None]:
+    """The answer object in a model's raw output, or None and the reason it is invalid.
+
+    Surrounding whitespace and one Markdown code fence are tolerated (API models add them); anything
+    else around the JSON makes the output invalid.
+    """
+    text = output.strip()
+    fenced = _FENCE.match(text)
+    if fenced:
+        text = fenced.group(1)
+    try:
+        answer = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return None, f"not JSON: {exc.msg} at position {exc.pos}"
+    problems = task.schema_errors(answer, check_formats=False)
+    if problems:
+        return None, "does not fit the schema: " + "; ".join(problems)
+    return answer, None
+
+
+@dataclass
+class RecordScore:
+    example_id: str
+    verdicts: dict[str, Verdict]
+    valid: bool
+    invalid_reason: str | None = None
+    answer: dict[str, Any] | None = None
+    check_failures: list[str] = field(default_factory=list)
+
+    @property
+    def errors(self) -> int:
+        return sum(v.is_error for v in self.verdicts.values())
+
+    @property
+    def exact(self) -> bool:
+        return self.errors == 0
+
+
+def score_record(task: Task, example_id: str, output: str | None, gold: dict[str, Any]) -> RecordScore:
+    """Score one output; ``output=None`` (no prediction) counts as invalid."""
+    if output is None:
+        answer, reason = None, "no prediction for this example"
+    else:
+        answer, reason = parse_answer(task, output)
+    if answer is None:
+        return RecordScore(example_id, {f: Verdict.INVALID for f in task.field_names}, False, reason)
+    verdicts = {f: compare_field(task.field_spec(f), answer.get(f), gold.get(f)) for f in task.field_names}
+    return RecordScore(example_id, verdicts, True, None, answer, task.run_checks(answer))
+
+
+@dataclass
+class Summary:
+    """What a table row shows for one model: rates over records and fields."""
+
+    n: int
+    field_error_rate: float
+    field_error_ci95: tuple[float, float]
+    per_field: dict[str, float]
+    exact_match_rate: float
+    invalid_rate: float
+    hallucinations: int
+    misses: int
+    check_failure_rate: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "field_error_rate": self.field_error_rate,
+            "field_error_ci95": list(self.field_error_ci95),
+            "per_field": self.per_field,
+            "exact_match_rate": self.exact_match_rate,
+            "invalid_rate": self.invalid_rate,
+            "hallucinations": self.hallucinations,
+            "misses": self.misses,
+            "check_failure_rate": self.check_failure_rate,
+        }
+
+
+def summarize(task: Task, scores: list[RecordScore]) -> Summary:
+    if not scores:
+        raise ValueError("nothing to summarise: no scored examples")
+    n, fields = len(scores), task.field_names
+    errors = [s.errors for s in scores]
+    total_fields = n * len(fields)
+    rate = sum(errors) / total_fields
+    every = [v for s in scores for v in s.verdicts.values()]
+    return Summary(
+        n=n,
+        field_error_rate=rate,
+        field_error_ci95=clustered_wilson_interval(errors, len(fields)),
+        per_field={f: sum(s.verdicts[f].is_error for s in scores) / n for f in fields},
+        exact_match_rate=sum(s.exact for s in scores) / n,
+        invalid_rate=sum(not s.valid for s in scores) / n,
+        hallucinations=sum(v is Verdict.HALLUCINATION for v in every),
+        misses=sum(v is Verdict.MISS for v in every),
+        check_failure_rate=sum(bool(s.check_failures) for s in scores if s.valid) / n,
+    )
+
+
+def clustered_wilson_interval(
+    errors_per_record: list[int], fields_per_record: int, z: float = 1.96
+) -> tuple[float, float]:
+    """95 % interval for the field error rate, honest about fields of one record failing together.
+
+    Fields of a record are correlated (a confused model gets several wrong at once), so the binomial
+    count of fields overstates the evidence. We shrink it to an effective sample size by the design
+    effect measured from the per-record errors (cluster variance of a ratio estimator), never below the
+    number of records, then take Wilson's score interval, which behaves at rates of 0 and 1.
+    """
+    n = len(errors_per_record)
+    m = fields_per_record
+    total = n * m
+    p = sum(errors_per_record) / total
+    if n > 1 and 0 < p < 1:
+        cluster_var = n / (n - 1) * sum((e - p * m) ** 2 for e in errors_per_record) / total**2
+        effective = p * (1 - p) / cluster_var if cluster_var > 0 else total
+        effective = min(total, max(n, effective))
+    else:
+        effective = n  # no spread to measure: assume every record moves as one
+    denom = 1 + z * z / effective
+    centre = (p + z * z / (2 * effective)) / denom
+    half = z * math.sqrt(p * (1 - p) / effective + z * z / (4 * effective * effective)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
