@@ -23,7 +23,7 @@ app.add_typer(db.app, name="db", help="The store: migrations.")
 app.command("doctor")(doctor.doctor)
 app.command("demo")(demo.demo)
 
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def main() -> None:

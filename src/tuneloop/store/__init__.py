@@ -1,0 +1,71 @@
+"""The one store every stage reads and writes: SQLAlchemy models, Alembic migrations, sessions.
+
+Use ``session_scope()`` for all access; it applies missing migrations on first use::
+
+    from tuneloop.store import Dataset, session_scope
+
+    with session_scope() as session:
+        session.add(Dataset(name="liability-v1", task="liability-extraction"))
+"""
+
+from tuneloop.store.db import (
+    SchemaUpgrade,
+    check_connection,
+    current_revision,
+    dispose_engines,
+    ensure_schema,
+    get_engine,
+    head_revision,
+    is_known_revision,
+    mask_url,
+    resolve_url,
+    session_scope,
+    upgrade,
+)
+from tuneloop.store.models import (
+    PROVENANCES,
+    REVIEW_STATUSES,
+    SPLITS,
+    Alias,
+    AliasEvent,
+    ApiKey,
+    Base,
+    Dataset,
+    DatasetEntry,
+    EvalResult,
+    EvalRun,
+    ModelVersion,
+    RequestLog,
+    ReviewItem,
+    utcnow,
+)
+
+__all__ = [
+    "PROVENANCES",
+    "REVIEW_STATUSES",
+    "SPLITS",
+    "Alias",
+    "AliasEvent",
+    "ApiKey",
+    "Base",
+    "Dataset",
+    "DatasetEntry",
+    "EvalResult",
+    "EvalRun",
+    "ModelVersion",
+    "RequestLog",
+    "ReviewItem",
+    "SchemaUpgrade",
+    "check_connection",
+    "current_revision",
+    "dispose_engines",
+    "ensure_schema",
+    "get_engine",
+    "head_revision",
+    "is_known_revision",
+    "mask_url",
+    "resolve_url",
+    "session_scope",
+    "upgrade",
+    "utcnow",
+]

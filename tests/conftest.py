@@ -1,0 +1,71 @@
+"""Fixtures shared by all tests: an isolated TUNELOOP_HOME, and fresh PostgreSQL databases."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+POSTGRES_URL_ENV = "TUNELOOP_TEST_POSTGRES_URL"
+
+
+def running_in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _forget_store_engines() -> None:
+    # Only if a test used the store: tests of other stages need not import SQLAlchemy.
+    store_db = sys.modules.get("tuneloop.store.db")
+    if store_db is not None:
+        store_db.dispose_engines()
+
+
+@pytest.fixture(autouse=True)
+def tuneloop_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Every test gets its own empty TUNELOOP_HOME (so none touches ~/.tuneloop) and the default
+    SQLite database inside it; cached engines from earlier tests are dropped."""
+    home = tmp_path_factory.mktemp("tuneloop_home")
+    monkeypatch.setenv("TUNELOOP_HOME", str(home))
+    monkeypatch.delenv("TUNELOOP_DATABASE_URL", raising=False)
+    _forget_store_engines()
+    yield home
+    _forget_store_engines()
+
+
+@pytest.fixture(scope="session")
+def _postgres_admin_url() -> str:
+    url = os.environ.get(POSTGRES_URL_ENV)
+    if not url:
+        message = f'{POSTGRES_URL_ENV} is not set; run `eval "$(sudo .ci/postgres.sh)"` to start a local server'
+        if running_in_ci():
+            pytest.fail(f"CI is set, so PostgreSQL tests must run: {message}")
+        pytest.skip(message)
+    return url
+
+
+@pytest.fixture
+def postgres_url(_postgres_admin_url: str) -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped after the test.
+
+    Created through the server named by TUNELOOP_TEST_POSTGRES_URL (its role needs CREATEDB).
+    """
+    import sqlalchemy as sa
+
+    from tuneloop.store.db import dispose_engines, resolve_url
+
+    admin_url = sa.make_url(resolve_url(_postgres_admin_url))
+    name = f"tuneloop_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        dispose_engines()  # close the test's pooled connections before dropping
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
