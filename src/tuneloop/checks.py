@@ -70,9 +70,7 @@ def parse_rule(rule: str) -> ast.Expression:
         )  # fmt: skip
         if not isinstance(node, allowed):
             raise ValueError(f"rule uses {type(node).__name__}, which rules do not allow")
-        if isinstance(node, ast.Call) and not (
-            isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS
-        ):
+        if isinstance(node, ast.Call) and not (isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS):
             raise ValueError(f"rule calls a function other than {', '.join(_FUNCTIONS)}")
     return tree
 
@@ -173,11 +171,7 @@ def run_checks(task: Task, answer: Any, confidence: float | None = None) -> list
         elif isinstance(check, RuleCheck):
             if evaluate_rule(check.rule, answer) is False:
                 failures.append(f"rule: {check.name or check.rule}")
-        elif (
-            isinstance(check, ConfidenceCheck)
-            and confidence is not None
-            and confidence < check.min_confidence
-        ):
+        elif isinstance(check, ConfidenceCheck) and confidence is not None and confidence < check.min_confidence:
             failures.append(f"confidence: {confidence:.3f} is below {check.min_confidence}")
     return failures
 

@@ -49,9 +49,7 @@ def show(
     rules = Table("check", title="checks")
     for check in task.checks:
         if isinstance(check, FieldCheck | RuleCheck):
-            rules.add_row(
-                yaml.safe_dump(check.model_dump(exclude_defaults=True), default_flow_style=True).strip()
-            )
+            rules.add_row(yaml.safe_dump(check.model_dump(exclude_defaults=True), default_flow_style=True).strip())
         else:
             rules.add_row(f"min_confidence: {check.min_confidence}")
     console.print(rules)
