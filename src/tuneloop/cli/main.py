@@ -30,7 +30,8 @@ def main() -> None:
     try:
         app()
     except TuneloopError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        err_console.print("[bold red]error:[/] ", end="")
+        err_console.print(str(exc), markup=False, highlight=False)  # paths and keys may contain [brackets]
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")

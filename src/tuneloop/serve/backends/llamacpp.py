@@ -1,0 +1,100 @@
+"""llama.cpp on CPU, through llama-cpp-python used as a library (the serving engine for laptops and CPUs).
+
+The chat is formatted with the chat template stored in the GGUF file, the same template the
+transformers backend gets from its tokenizer, so both engines see the same prompt tokens. The token loop
+is ``Llama.generate`` itself rather than ``create_completion``: that gives exact token counts and the
+time of the first token for streamed and whole replies alike.
+"""
+
+from __future__ import annotations
+
+import codecs
+import random
+from collections.abc import Generator
+from typing import Any, ClassVar
+
+from tuneloop.bases import Base, load_llamacpp
+from tuneloop.errors import TuneloopError
+from tuneloop.serve.backends.base import (
+    FinishReason,
+    GenerationParams,
+    Message,
+    TokenRun,
+    TokenStreamBackend,
+    chat_template_error,
+)
+
+
+class LlamaCppBackend(TokenStreamBackend):
+    name: ClassVar[str] = "llamacpp"
+
+    def __init__(self, base: Base, *, n_ctx: int = 2048, n_threads: int | None = None, **llama_kwargs: Any):
+        super().__init__()
+        import llama_cpp
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        self.base = base
+        self.llama = load_llamacpp(base, n_ctx=n_ctx, n_threads=n_threads, **llama_kwargs)
+        self._vocab = llama_cpp.llama_model_get_vocab(self.llama.model)
+        self._is_end_of_turn = llama_cpp.llama_vocab_is_eog
+        template = self.llama.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise TuneloopError(
+                "the GGUF file has no chat template (tokenizer.chat_template), so chats can't be formatted",
+                where=base.id,
+                hint="use an instruct/chat model's GGUF",
+            )
+        self._formatter = Jinja2ChatFormatter(
+            template=template,
+            eos_token=_token_text(self.llama, self.llama.token_eos()),
+            bos_token=_token_text(self.llama, self.llama.token_bos()),
+            add_generation_prompt=True,
+        )
+
+    def close(self) -> None:
+        # Explicitly, not in Llama.__del__: at interpreter exit that runs after llama_cpp's globals are
+        # gone and prints a TypeError.
+        with self._lock:
+            self.llama.close()
+
+    def format_prompt(self, messages: list[Message]) -> str:
+        """The chat rendered by the model's template, ending with the assistant's turn opening."""
+        import jinja2
+
+        try:
+            return self._formatter(messages=messages).prompt
+        except (jinja2.TemplateError, ValueError, TypeError) as exc:
+            raise chat_template_error(exc, self.base.id) from None
+
+    def _start(self, messages: list[Message], params: GenerationParams) -> TokenRun:
+        # add_bos=False: the template writes every special token itself (as llama-cpp-python's own
+        # chat handler does), so a BOS is not added twice.
+        prompt = self.llama.tokenize(self.format_prompt(messages).encode(), add_bos=False, special=True)
+        room = self.llama.n_ctx() - len(prompt)
+        if room < 1:
+            raise TuneloopError(
+                f"the prompt is {len(prompt)} tokens, and the context window is {self.llama.n_ctx()}",
+                where=self.base.id,
+                hint="shorten the input, or load the backend with a larger n_ctx",
+            )
+        return TokenRun(len(prompt), self._pieces(prompt, min(params.max_tokens, room), params))
+
+    def _pieces(self, prompt: list[int], max_new: int, params: GenerationParams) -> Generator[str, None, FinishReason]:
+        # temperature 0 makes llama.cpp's sampler chain plain argmax. When sampling, top_k and min_p are
+        # off so that only the OpenAI parameters (temperature, top_p) shape the distribution.
+        self.llama.set_seed(params.seed if params.seed is not None else random.randrange(2**32))
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        tokens = self.llama.generate(
+            prompt, temp=params.temperature, top_p=params.top_p, top_k=0, min_p=0.0, repeat_penalty=1.0
+        )
+        for produced, token in enumerate(tokens, start=1):
+            if self._is_end_of_turn(self._vocab, token):
+                return "stop"
+            yield decoder.decode(self.llama.detokenize([token]))
+            if produced >= max_new:
+                return "length"
+        return "length"
+
+
+def _token_text(llama: Any, token_id: int) -> str:
+    return llama.detokenize([token_id], special=True).decode("utf-8", errors="replace") if token_id >= 0 else ""

@@ -1,0 +1,165 @@
+"""HF transformers: the exact reference backend (same weights and code path as training), slow on CPU.
+
+``model.generate`` runs in a worker thread and hands each new token id over a queue, so whole and
+streamed replies share one path with exact token counts. (``TextIteratorStreamer`` hands over text
+split at word boundaries, which loses the per-token count and the first-token time.)
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Generator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from tuneloop.bases import Base, end_of_turn_token, load_transformers
+from tuneloop.errors import TuneloopError
+from tuneloop.serve.backends.base import (
+    FinishReason,
+    GenerationParams,
+    Message,
+    TokenRun,
+    TokenStreamBackend,
+    chat_template_error,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+_DONE = object()
+
+
+class TransformersBackend(TokenStreamBackend):
+    name: ClassVar[str] = "transformers"
+
+    def __init__(
+        self,
+        base: Base,
+        *,
+        device: str = "cpu",
+        dtype: torch.dtype | None = None,
+        cache_dir: Path | None = None,
+    ):
+        super().__init__()
+        self.base = base
+        self.device = device
+        self.model, self.tokenizer = load_transformers(base, dtype, device=device, cache_dir=cache_dir)
+        if not self.tokenizer.chat_template:
+            raise TuneloopError(
+                "the tokenizer has no chat template, so chats can't be formatted",
+                where=base.id,
+                hint="use an instruct/chat model",
+            )
+        end_ids = {self.tokenizer.eos_token_id}
+        if (eot := end_of_turn_token(self.tokenizer)) is not None:
+            end_ids.add(self.tokenizer.convert_tokens_to_ids(eot))
+        self._end_of_turn_ids = sorted(i for i in end_ids if i is not None)
+        self._max_positions = getattr(self.model.config, "max_position_embeddings", None)
+
+    def prompt_ids(self, messages: list[Message]) -> torch.Tensor:
+        """The chat's token ids (1 x n), ending with the assistant's turn opening."""
+        import jinja2
+
+        try:
+            encoded = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )
+        except (jinja2.TemplateError, ValueError, TypeError) as exc:
+            raise chat_template_error(exc, self.base.id) from None
+        return encoded["input_ids"].to(self.device)
+
+    def _start(self, messages: list[Message], params: GenerationParams) -> TokenRun:
+        input_ids = self.prompt_ids(messages)
+        prompt_tokens = int(input_ids.shape[1])
+        max_new = params.max_tokens
+        if self._max_positions:
+            room = self._max_positions - prompt_tokens
+            if room < 1:
+                raise TuneloopError(
+                    f"the prompt is {prompt_tokens} tokens, and the model's context is {self._max_positions}",
+                    where=self.base.id,
+                    hint="shorten the input",
+                )
+            max_new = min(max_new, room)
+        return TokenRun(prompt_tokens, self._pieces(input_ids, max_new, params))
+
+    def _pieces(
+        self, input_ids: torch.Tensor, max_new: int, params: GenerationParams
+    ) -> Generator[str, None, FinishReason]:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers.generation.streamers import BaseStreamer
+
+        tokens: queue.Queue[Any] = queue.Queue()
+        cancelled = threading.Event()
+        failure: list[BaseException] = []
+
+        class TokenQueue(BaseStreamer):
+            """Receives the prompt first, then each new token id."""
+
+            prompt_seen = False
+
+            def put(self, value: torch.Tensor) -> None:
+                if not self.prompt_seen:
+                    self.prompt_seen = True
+                    return
+                for token_id in value.reshape(-1).tolist():
+                    tokens.put(token_id)
+
+            def end(self) -> None:
+                pass  # the worker signals the end itself, also when generate raises
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+                return torch.full((input_ids.shape[0],), cancelled.is_set(), dtype=torch.bool)
+
+        decoding: dict[str, Any] = (
+            {"do_sample": False}
+            if params.greedy
+            else {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
+        )
+
+        def work() -> None:
+            try:
+                with torch.random.fork_rng(devices=[]):  # a seed must not reset the process-wide RNG
+                    if params.seed is not None:
+                        torch.manual_seed(params.seed)
+                    self.model.generate(
+                        input_ids,
+                        attention_mask=torch.ones_like(input_ids),
+                        max_new_tokens=max_new,
+                        eos_token_id=self._end_of_turn_ids,
+                        pad_token_id=self.tokenizer.pad_token_id,
+                        streamer=TokenQueue(),
+                        stopping_criteria=StoppingCriteriaList([Cancelled()]),
+                        **decoding,
+                    )
+            except BaseException as exc:
+                failure.append(exc)
+            finally:
+                tokens.put(_DONE)
+
+        worker = threading.Thread(target=work, name="tuneloop-transformers-generate", daemon=True)
+        worker.start()
+        generated: list[int] = []
+        emitted = ""
+        try:
+            while (token_id := tokens.get()) is not _DONE:
+                if token_id in self._end_of_turn_ids:
+                    return "stop"
+                generated.append(token_id)
+                # Decode the whole reply each time: tokens can merge into one character (UTF-8
+                # bytes split across byte-level BPE tokens), shown as U+FFFD until complete.
+                text = self.tokenizer.decode(generated, skip_special_tokens=True)
+                if text.endswith("\ufffd"):
+                    yield ""
+                    continue
+                piece, emitted = text[len(emitted) :], text
+                yield piece
+            if failure:
+                raise failure[0]
+            return "length"
+        finally:
+            cancelled.set()
+            worker.join()

@@ -1,0 +1,160 @@
+"""Generation backends: the shared interface, and llama.cpp and transformers on the bundled model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tuneloop.bases import DEFAULT_BASE, resolve_base, transformers_dir
+from tuneloop.errors import TuneloopError
+from tuneloop.serve.backends import (
+    BACKEND_NAMES,
+    Backend,
+    GenerationParams,
+    StopStrings,
+    TokenStreamBackend,
+    get_backend,
+)
+from tuneloop.serve.backends.llamacpp import LlamaCppBackend
+from tuneloop.serve.backends.transformers import TransformersBackend
+
+JSON_CHAT = [
+    {"role": "system", "content": "Answer with JSON only."},
+    {"role": "user", "content": "Extract the amount: Your payoff is $1,234.56."},
+]
+
+
+@pytest.fixture(scope="session")
+def converted_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Same folder as test_bases.py's fixture of this name: the bundled conversion is made once a session."""
+    home = tmp_path_factory.getbasetemp() / "bundled-base-home"
+    transformers_dir(resolve_base(DEFAULT_BASE), cache_dir=home / "cache")
+    return home
+
+
+@pytest.fixture(scope="module", params=BACKEND_NAMES)
+def backend(request: pytest.FixtureRequest, converted_home: Path) -> Iterator[Backend]:
+    options = {"cache_dir": converted_home / "cache"} if request.param == "transformers" else {}
+    backend = get_backend(request.param, resolve_base(DEFAULT_BASE), **options)
+    yield backend
+    backend.close()
+
+
+# --- the interface, engine-free -------------------------------------------------------------------
+
+
+def test_stop_strings_hold_back_a_possible_start_and_cut_at_the_stop() -> None:
+    stops = StopStrings(["</answer>", "STOP"])
+    assert stops.feed("The total is 5") == ("The total is 5", False)
+    assert stops.feed(" </ans") == (" ", False)  # "</ans" may begin "</answer>": not emitted yet
+    assert stops.feed("wer> trailing") == ("", True)
+
+    stops = StopStrings(["STOP"])
+    assert stops.feed("ST") == ("", False)
+    assert stops.feed("ONE") == ("STONE", False)  # it was not a stop after all
+    assert stops.feed("S") == ("", False)
+    assert stops.flush() == "S"
+
+
+def test_no_stop_strings_pass_text_straight_through() -> None:
+    stops = StopStrings([])
+    assert stops.feed("</") == ("</", False)
+    assert stops.flush() == ""
+
+
+def test_generation_params_refuse_impossible_values() -> None:
+    assert GenerationParams().greedy
+    with pytest.raises(TuneloopError, match="max_tokens"):
+        GenerationParams(max_tokens=0)
+    with pytest.raises(TuneloopError, match="temperature"):
+        GenerationParams(temperature=-0.1)
+    with pytest.raises(TuneloopError, match="top_p"):
+        GenerationParams(top_p=0)
+
+
+def test_an_unknown_backend_name_lists_the_known_ones() -> None:
+    with pytest.raises(TuneloopError) as caught:
+        get_backend("vllm-on-cpu", resolve_base(DEFAULT_BASE))
+    assert caught.value.hint is not None and "llamacpp" in caught.value.hint
+
+
+def test_transformers_backend_runs_any_hf_chat_model(tmp_path: Path) -> None:
+    from test_bases import save_tiny_chat_model
+
+    tiny = TransformersBackend(resolve_base(str(save_tiny_chat_model(tmp_path / "tiny"))))
+    assert isinstance(tiny, Backend)
+    reply = tiny.generate([{"role": "user", "content": "hello world"}], GenerationParams(max_tokens=4))
+    # <|im_start|> user hello world <|im_end|> <|im_start|> assistant (its word-level vocab drops newlines)
+    assert reply.prompt_tokens == 7
+    assert 0 <= reply.completion_tokens <= 4
+    assert reply.finish_reason in ("stop", "length")
+
+
+# --- both engines on the bundled SmolLM2-135M-Instruct ----------------------------------------------
+
+
+@pytest.mark.slow
+def test_greedy_json_answer_stops_at_the_end_of_the_turn(backend: TokenStreamBackend) -> None:
+    reply = backend.generate(JSON_CHAT)
+    assert reply.finish_reason == "stop"
+    assert 0 < reply.completion_tokens < GenerationParams().max_tokens
+    assert reply.text.strip()
+    assert "1,234.56" in reply.text
+    assert "<|im_end|>" not in reply.text and "<|im_start|>" not in reply.text
+    assert reply.prompt_tokens > 20
+    assert reply.ttft_ms is not None and 0 < reply.ttft_ms <= reply.latency_ms
+
+
+@pytest.mark.slow
+def test_streamed_deltas_add_up_to_the_whole_reply(backend: TokenStreamBackend) -> None:
+    deltas = list(backend.stream(JSON_CHAT))
+    assert len(deltas) > 1
+    assert "".join(deltas) == backend.generate(JSON_CHAT).text
+
+
+@pytest.mark.slow
+def test_max_tokens_ends_the_reply_with_length(backend: TokenStreamBackend) -> None:
+    reply = backend.generate(
+        [{"role": "user", "content": "Write a long story about a dragon."}], GenerationParams(max_tokens=5)
+    )
+    assert (reply.finish_reason, reply.completion_tokens) == ("length", 5)
+    assert reply.text
+
+
+@pytest.mark.slow
+def test_a_stop_string_cuts_the_reply_before_it(backend: TokenStreamBackend) -> None:
+    whole = backend.generate(JSON_CHAT).text
+    stop = whole[len(whole) // 2 : len(whole) // 2 + 2]
+    reply = backend.generate(JSON_CHAT, GenerationParams(stop=[stop]))
+    assert reply.finish_reason == "stop"
+    assert reply.text == whole[: whole.index(stop)]
+    assert "".join(backend.stream(JSON_CHAT, GenerationParams(stop=[stop]))) == reply.text
+
+
+@pytest.mark.slow
+def test_sampling_with_a_seed_repeats(backend: TokenStreamBackend) -> None:
+    params = GenerationParams(temperature=0.9, max_tokens=8, seed=7)
+    assert backend.generate(JSON_CHAT, params).text == backend.generate(JSON_CHAT, params).text
+
+
+@pytest.mark.slow
+def test_messages_the_template_cannot_render_are_a_user_error(backend: TokenStreamBackend) -> None:
+    with pytest.raises(TuneloopError, match="chat template refused"):
+        backend.generate([{"role": "user", "content": None}])
+
+
+@pytest.mark.slow
+def test_both_engines_format_the_chat_into_the_same_tokens(converted_home: Path) -> None:
+    base = resolve_base(DEFAULT_BASE)
+    llamacpp = get_backend("llamacpp", base)
+    transformers = get_backend("transformers", base, cache_dir=converted_home / "cache")
+    assert isinstance(llamacpp, LlamaCppBackend) and isinstance(transformers, TransformersBackend)
+    llama_ids = llamacpp.llama.tokenize(llamacpp.format_prompt(JSON_CHAT).encode(), add_bos=False, special=True)
+    assert llama_ids == transformers.prompt_ids(JSON_CHAT)[0].tolist()
+
+    replies = [engine.generate(JSON_CHAT) for engine in (llamacpp, transformers)]
+    llamacpp.close()
+    assert all(reply.text and reply.finish_reason == "stop" for reply in replies)
+    assert replies[0].prompt_tokens == replies[1].prompt_tokens == len(llama_ids)
