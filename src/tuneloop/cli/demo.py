@@ -1,0 +1,19 @@
+"""CLI: demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def demo(
+    out: Path | None = typer.Option(None, "--out", help="Folder for the demo's files (default $TUNELOOP_HOME/demo)."),
+    documents: int = typer.Option(600, "--documents", "-n", help="Synthetic documents to generate."),
+    eval_documents: int = typer.Option(20, "--eval", help="Test documents to run each model on."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic data."),
+) -> None:
+    """Run the whole loop on the bundled model and the synthetic task."""
+    from tuneloop.demo import run_demo
+
+    run_demo(out_dir=out, n_documents=documents, n_eval=eval_documents, seed=seed)
