@@ -26,6 +26,8 @@ class RateColumn(ProgressColumn):
 
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
+        if not speed and task.completed and task.elapsed:  # the sampled speed is gone once a task finishes
+            speed = task.completed / task.elapsed
         if not speed:
             return Text(f"? {self.unit}/s", style="progress.data.speed")
         text = f"{speed:.1f} {self.unit}/s" if speed >= 1 else f"{1 / speed:.1f} s/{self.unit}"
