@@ -69,3 +69,17 @@ def postgres_url(_postgres_admin_url: str) -> Iterator[str]:
         with admin.connect() as connection:
             connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def converted_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A TUNELOOP_HOME whose cache holds the bundled model's transformers conversion, made once a session.
+
+    Tests that load the bundled base pass ``cache_dir=converted_home / "cache"`` (or set TUNELOOP_HOME to
+    it), since the autouse ``tuneloop_home`` fixture gives every test its own empty home.
+    """
+    from tuneloop.bases import DEFAULT_BASE, resolve_base, transformers_dir
+
+    home = tmp_path_factory.getbasetemp() / "bundled-base-home"
+    transformers_dir(resolve_base(DEFAULT_BASE), cache_dir=home / "cache")
+    return home

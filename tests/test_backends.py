@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tuneloop.bases import DEFAULT_BASE, resolve_base, transformers_dir
+from tuneloop.bases import DEFAULT_BASE, resolve_base
 from tuneloop.errors import TuneloopError
 from tuneloop.serve.backends import (
     BACKEND_NAMES,
@@ -24,14 +24,6 @@ JSON_CHAT = [
     {"role": "system", "content": "Answer with JSON only."},
     {"role": "user", "content": "Extract the amount: Your payoff is $1,234.56."},
 ]
-
-
-@pytest.fixture(scope="session")
-def converted_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Same folder as test_bases.py's fixture of this name: the bundled conversion is made once a session."""
-    home = tmp_path_factory.getbasetemp() / "bundled-base-home"
-    transformers_dir(resolve_base(DEFAULT_BASE), cache_dir=home / "cache")
-    return home
 
 
 @pytest.fixture(scope="module", params=BACKEND_NAMES)

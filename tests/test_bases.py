@@ -73,18 +73,6 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_chat_model(tmp_path_factory.mktemp("tiny-llama"))
 
 
-@pytest.fixture(scope="session")
-def converted_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A TUNELOOP_HOME whose cache holds the bundled model's conversion, made once per test session.
-
-    test_backends.py builds the same folder under the same session temp dir, so whichever module runs
-    first converts and the other finds the cache (conftest gives each test its own empty home).
-    """
-    home = tmp_path_factory.getbasetemp() / "bundled-base-home"
-    transformers_dir(resolve_base(DEFAULT_BASE), cache_dir=home / "cache")
-    return home
-
-
 # --- resolving names -------------------------------------------------------------------------------
 
 
