@@ -11,6 +11,7 @@ from typing import Any
 from tuneloop.bases import Base
 from tuneloop.errors import TuneloopError
 from tuneloop.serve.backends.base import (
+    Adapter,
     Backend,
     FinishReason,
     Generation,
@@ -39,6 +40,7 @@ def get_backend(name: str, base: Base, **options: Any) -> Backend:
 
 __all__ = [
     "BACKEND_NAMES",
+    "Adapter",
     "Backend",
     "FinishReason",
     "Generation",

@@ -13,6 +13,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from tuneloop.errors import TuneloopError
@@ -45,6 +46,19 @@ class GenerationParams:
 
 
 @dataclass(frozen=True)
+class Adapter:
+    """A fine-tune applied over the backend's base for one request (many adapters share one base).
+
+    ``id`` is the resolved immutable version id (``task@3``), the key of each backend's adapter cache.
+    ``peft_dir`` is the PEFT adapter folder; ``gguf_path`` its GGUF LoRA export, which llama.cpp needs.
+    """
+
+    id: str
+    peft_dir: Path
+    gguf_path: Path | None = None
+
+
+@dataclass(frozen=True)
 class Generation:
     """A finished reply. Token counts exclude the end-of-turn token; ``ttft_ms`` is None if none came."""
 
@@ -70,9 +84,13 @@ class Backend(Protocol):
 
     name: str
 
-    def generate(self, messages: list[Message], params: GenerationParams | None = None) -> Generation: ...
+    def generate(
+        self, messages: list[Message], params: GenerationParams | None = None, adapter: Adapter | None = None
+    ) -> Generation: ...
 
-    def stream(self, messages: list[Message], params: GenerationParams | None = None) -> Iterator[str]: ...
+    def stream(
+        self, messages: list[Message], params: GenerationParams | None = None, adapter: Adapter | None = None
+    ) -> Iterator[str]: ...
 
     def close(self) -> None:
         """Free the engine's memory now rather than at garbage collection."""
@@ -159,14 +177,17 @@ class TokenStreamBackend(ABC):
         self._lock = threading.Lock()
 
     @abstractmethod
-    def _start(self, messages: list[Message], params: GenerationParams) -> TokenRun:
-        """Format and tokenize the chat, and begin generating (lazily, as ``pieces`` is consumed)."""
+    def _start(self, messages: list[Message], params: GenerationParams, adapter: Adapter | None) -> TokenRun:
+        """Apply the adapter (None: the bare base), format and tokenize the chat, and begin generating
+        (lazily, as ``pieces`` is consumed)."""
 
-    def generate(self, messages: list[Message], params: GenerationParams | None = None) -> Generation:
+    def generate(
+        self, messages: list[Message], params: GenerationParams | None = None, adapter: Adapter | None = None
+    ) -> Generation:
         params = params or GenerationParams()
         with self._lock:
             started = time.perf_counter()
-            run = self._start(messages, params)
+            run = self._start(messages, params, adapter)
             tally = _Tally()
             text = "".join(self._deltas(run, params, tally))
             finished = time.perf_counter()
@@ -179,12 +200,14 @@ class TokenStreamBackend(ABC):
             ttft_ms=None if tally.first_token_at is None else (tally.first_token_at - started) * 1000,
         )
 
-    def stream(self, messages: list[Message], params: GenerationParams | None = None) -> Iterator[str]:
+    def stream(
+        self, messages: list[Message], params: GenerationParams | None = None, adapter: Adapter | None = None
+    ) -> Iterator[str]:
         """Text deltas as they are generated. Lazy: a refused chat or an over-long prompt raises at the
         first ``next()``, so a server should take the first delta before sending its response headers."""
         params = params or GenerationParams()
         with self._lock:
-            run = self._start(messages, params)
+            run = self._start(messages, params, adapter)
             yield from self._deltas(run, params, _Tally())
 
     def close(self) -> None:  # noqa: B027 - optional hook, deliberately not abstract

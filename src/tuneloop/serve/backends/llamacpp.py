@@ -4,18 +4,28 @@ The chat is formatted with the chat template stored in the GGUF file, the same t
 transformers backend gets from its tokenizer, so both engines see the same prompt tokens. The token loop
 is ``Llama.generate`` itself rather than ``create_completion``: that gives exact token counts and the
 time of the first token for streamed and whole replies alike.
+
+Adapters: each version's GGUF LoRA is loaded once (``llama_adapter_lora_init``, tens of milliseconds),
+kept in an LRU of ``max_adapters`` handles, and set on the one context per request. The context's
+prefix cache is dropped on every request that runs with an adapter: keys and values computed under one
+adapter are wrong under another, and (measured with llama-cpp-python 0.3.36) reusing a prefix even under
+the same adapter changes greedy output, while a fresh prefill reproduces it exactly. Requests to the bare
+base keep the prefix cache.
 """
 
 from __future__ import annotations
 
 import codecs
+import ctypes
 import random
+from collections import OrderedDict
 from collections.abc import Generator
 from typing import Any, ClassVar
 
 from tuneloop.bases import Base, load_llamacpp
 from tuneloop.errors import TuneloopError
 from tuneloop.serve.backends.base import (
+    Adapter,
     FinishReason,
     GenerationParams,
     Message,
@@ -28,12 +38,23 @@ from tuneloop.serve.backends.base import (
 class LlamaCppBackend(TokenStreamBackend):
     name: ClassVar[str] = "llamacpp"
 
-    def __init__(self, base: Base, *, n_ctx: int = 2048, n_threads: int | None = None, **llama_kwargs: Any):
+    def __init__(
+        self,
+        base: Base,
+        *,
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        max_adapters: int = 8,
+        **llama_kwargs: Any,
+    ):
         super().__init__()
         import llama_cpp
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         self.base = base
+        self.max_adapters = max_adapters
+        self._adapters: OrderedDict[str, Any] = OrderedDict()  # version id -> llama.cpp adapter handle
+        self._active: str | None = None  # the version id whose adapter is set on the context
         self.llama = load_llamacpp(base, n_ctx=n_ctx, n_threads=n_threads, **llama_kwargs)
         self._vocab = llama_cpp.llama_model_get_vocab(self.llama.model)
         self._is_end_of_turn = llama_cpp.llama_vocab_is_eog
@@ -54,8 +75,61 @@ class LlamaCppBackend(TokenStreamBackend):
     def close(self) -> None:
         # Explicitly, not in Llama.__del__: at interpreter exit that runs after llama_cpp's globals are
         # gone and prints a TypeError.
+        import llama_cpp
+
         with self._lock:
+            llama_cpp.llama_set_adapters_lora(self.llama.ctx, None, 0, None)
+            for handle in self._adapters.values():
+                llama_cpp.llama_adapter_lora_free(handle)
+            self._adapters.clear()
             self.llama.close()
+
+    @property
+    def loaded_adapters(self) -> list[str]:
+        """Version ids of the adapters in memory, least recently used first."""
+        return list(self._adapters)
+
+    def _use_adapter(self, adapter: Adapter | None) -> None:
+        import llama_cpp
+
+        wanted = adapter.id if adapter else None
+        if wanted is not None:
+            handle = self._adapters.get(wanted)
+            if handle is None:
+                handle = self._load_adapter(adapter)
+            self._adapters.move_to_end(wanted)
+        if wanted is not None or self._active is not None:
+            self.llama.reset()  # see the module docstring: no prefix reuse with adapters
+        if wanted == self._active:
+            return
+        if wanted is None:
+            llama_cpp.llama_set_adapters_lora(self.llama.ctx, None, 0, None)
+        else:
+            handles = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(handle)
+            if llama_cpp.llama_set_adapters_lora(self.llama.ctx, handles, 1, (ctypes.c_float * 1)(1.0)):
+                raise TuneloopError("llama.cpp refused to set the adapter", where=wanted)
+        self._active = wanted
+
+    def _load_adapter(self, adapter: Adapter) -> Any:
+        import llama_cpp
+
+        if adapter.gguf_path is None or not adapter.gguf_path.is_file():
+            raise TuneloopError(
+                "this version has no GGUF LoRA export, which llama.cpp needs",
+                where=adapter.id,
+                hint="re-register the version, or serve it with --backend transformers",
+            )
+        handle = llama_cpp.llama_adapter_lora_init(self.llama.model, str(adapter.gguf_path).encode())
+        if not handle:
+            raise TuneloopError(
+                "llama.cpp could not load the adapter (is it for this base?)",
+                where=f"{adapter.id} ({adapter.gguf_path})",
+            )
+        self._adapters[adapter.id] = handle
+        while len(self._adapters) > self.max_adapters:
+            _, evicted = self._adapters.popitem(last=False)  # the newest, just loaded, is never evicted
+            llama_cpp.llama_adapter_lora_free(evicted)
+        return handle
 
     def format_prompt(self, messages: list[Message]) -> str:
         """The chat rendered by the model's template, ending with the assistant's turn opening."""
@@ -66,7 +140,8 @@ class LlamaCppBackend(TokenStreamBackend):
         except (jinja2.TemplateError, ValueError, TypeError) as exc:
             raise chat_template_error(exc, self.base.id) from None
 
-    def _start(self, messages: list[Message], params: GenerationParams) -> TokenRun:
+    def _start(self, messages: list[Message], params: GenerationParams, adapter: Adapter | None) -> TokenRun:
+        self._use_adapter(adapter)
         # add_bos=False: the template writes every special token itself (as llama-cpp-python's own
         # chat handler does), so a BOS is not added twice.
         prompt = self.llama.tokenize(self.format_prompt(messages).encode(), add_bos=False, special=True)

@@ -3,12 +3,18 @@
 ``model.generate`` runs in a worker thread and hands each new token id over a queue, so whole and
 streamed replies share one path with exact token counts. (``TextIteratorStreamer`` hands over text
 split at word boundaries, which loses the per-token count and the first-token time.)
+
+Adapters: PEFT injects LoRA layers into the one loaded base in place; each version is loaded once under
+its own adapter name, kept in an LRU of ``max_adapters``, and switched per request (``set_adapter``), or
+switched off for requests to the bare base.
 """
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import threading
+from collections import OrderedDict
 from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -16,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from tuneloop.bases import Base, end_of_turn_token, load_transformers
 from tuneloop.errors import TuneloopError
 from tuneloop.serve.backends.base import (
+    Adapter,
     FinishReason,
     GenerationParams,
     Message,
@@ -40,10 +47,14 @@ class TransformersBackend(TokenStreamBackend):
         device: str = "cpu",
         dtype: torch.dtype | None = None,
         cache_dir: Path | None = None,
+        max_adapters: int = 8,
     ):
         super().__init__()
         self.base = base
         self.device = device
+        self.max_adapters = max_adapters
+        self._peft: Any = None  # the PeftModel wrapping self.model, once a first adapter is loaded
+        self._loaded: OrderedDict[str, str] = OrderedDict()  # version id -> PEFT adapter name, LRU order
         self.model, self.tokenizer = load_transformers(base, dtype, device=device, cache_dir=cache_dir)
         if not self.tokenizer.chat_template:
             raise TuneloopError(
@@ -69,7 +80,47 @@ class TransformersBackend(TokenStreamBackend):
             raise chat_template_error(exc, self.base.id) from None
         return encoded["input_ids"].to(self.device)
 
-    def _start(self, messages: list[Message], params: GenerationParams) -> TokenRun:
+    def _use_adapter(self, adapter: Adapter | None) -> None:
+        """Make ``adapter`` (None: the bare base) the one the next generation runs with."""
+        if adapter is None:
+            if self._peft is not None:
+                self._peft.base_model.disable_adapter_layers()
+            return
+        name = self._loaded.get(adapter.id)
+        if name is None:
+            name = self._load_adapter(adapter)
+        self._loaded.move_to_end(adapter.id)
+        self._peft.base_model.enable_adapter_layers()
+        self._peft.set_adapter(name)
+
+    def _load_adapter(self, adapter: Adapter) -> str:
+        from peft import PeftModel
+
+        # PEFT adapter names become module keys, which may not contain "." or "@".
+        name = "v_" + hashlib.sha256(adapter.id.encode()).hexdigest()[:16]
+        try:
+            if self._peft is None:
+                self._peft = PeftModel.from_pretrained(self.model, str(adapter.peft_dir), adapter_name=name)
+                self._peft.eval()
+            else:
+                self._peft.load_adapter(str(adapter.peft_dir), adapter_name=name)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise TuneloopError(
+                f"could not load the adapter: {exc}", where=f"{adapter.id} ({adapter.peft_dir})"
+            ) from None
+        self._loaded[adapter.id] = name
+        while len(self._loaded) > self.max_adapters:
+            _, evicted = self._loaded.popitem(last=False)  # never the one just loaded: it is the newest
+            self._peft.delete_adapter(evicted)
+        return name
+
+    @property
+    def loaded_adapters(self) -> list[str]:
+        """Version ids of the adapters in memory, least recently used first."""
+        return list(self._loaded)
+
+    def _start(self, messages: list[Message], params: GenerationParams, adapter: Adapter | None) -> TokenRun:
+        self._use_adapter(adapter)
         input_ids = self.prompt_ids(messages)
         prompt_tokens = int(input_ids.shape[1])
         max_new = params.max_tokens
