@@ -1,49 +1,32 @@
 """`tuneloop demo`: the loop on the bundled model and the synthetic task, on a laptop CPU.
 
-For now: synthesize the demo data, run the bundled base zero-shot on test documents through
-transformers and through llama.cpp, and compare them field by field and on latency. Later stages
-(fine-tuning, serving, capture, review) extend this flow.
+For now: synthesize the demo data, then evaluate the bundled base zero-shot on test documents through
+llama.cpp, the serving engine, with the eval stage: field error with its interval, latency, cost and
+the verdict against the task's requirements, as a table and an HTML report (``backends`` adds the
+transformers reference, at several times the CPU time). Later stages (fine-tuning, serving, capture,
+review) extend this flow; a fine-tune step adds its versions to the models ``evaluate_models`` compares.
 """
 
 from __future__ import annotations
 
-import statistics
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
-from tuneloop.bases import resolve_base
 from tuneloop.config import get_settings
 from tuneloop.data.jsonl import write_rows
 from tuneloop.data.synth import synthesize_with_progress
-from tuneloop.evals.scoring import RecordScore, Summary, score_record, summarize
-from tuneloop.progress import progress_bar
-from tuneloop.serve.backends import GenerationParams, get_backend
+from tuneloop.evals.models import ModelSpec
+from tuneloop.evals.report import print_report, write_html, write_json
+from tuneloop.evals.results import EvalReport
+from tuneloop.evals.runner import EvalOptions, run_eval
 from tuneloop.task import Task, load_task
 
 DEMO_TASK = "liability-extraction"
 DEMO_BASE = "smollm2-135m-instruct"
-
-
-@dataclass
-class BackendRun:
-    backend: str
-    scores: list[RecordScore]
-    latencies_ms: list[float]
-    completion_tokens: int
-
-    def summary(self, task: Task) -> Summary:
-        return summarize(task, self.scores)
-
-    def latency_percentile(self, q: float) -> float:
-        ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.completion_tokens / (sum(self.latencies_ms) / 1000) if self.latencies_ms else 0.0
+# The production volume the seed story states costs at (16M extractions a day).
+DEMO_REQUESTS_PER_DAY = 16_000_000
 
 
 def run_demo(
@@ -51,9 +34,10 @@ def run_demo(
     n_documents: int = 600,
     n_eval: int = 20,
     seed: int = 0,
-    backends: tuple[str, ...] = ("transformers", "llamacpp"),
+    backends: tuple[str, ...] = ("llamacpp",),
+    extra_models: Sequence[str] = (),
     console: Console | None = None,
-) -> dict[str, BackendRun]:
+) -> EvalReport:
     console = console or Console()
     task = load_task(DEMO_TASK)
     out_dir = out_dir or get_settings().home / "demo"
@@ -63,60 +47,41 @@ def run_demo(
     rows = synthesize_with_progress(task, n_documents, seed, console=console)
     data_path = out_dir / f"{DEMO_TASK}.jsonl"
     write_rows(data_path, rows)
-    test_rows = [r for r in rows if r["metadata"]["split"] == "test"][:n_eval]
-    train_count = sum(r["metadata"]["split"] == "train" for r in rows)
-    console.print(f"wrote {len(rows)} documents to {data_path} ({train_count} train, {len(rows) - train_count} test)")
+    test_rows = [r for r in rows if r["metadata"]["split"] == "test"]
+    test_path = out_dir / f"{DEMO_TASK}.test.jsonl"
+    write_rows(test_path, test_rows)
+    console.print(
+        f"wrote {len(rows)} documents to {data_path} ({len(rows) - len(test_rows)} train, {len(test_rows)} test; "
+        f"the test split also in {test_path.name})"
+    )
 
-    console.rule(f"[bold]2. The bundled base, zero-shot, on {len(test_rows)} test documents")
-    base = resolve_base(DEMO_BASE)
-    params = GenerationParams(max_tokens=task.decoding.max_tokens, temperature=task.decoding.temperature)
-    runs: dict[str, BackendRun] = {}
-    for name in backends:
-        with console.status(f"loading {base.id} with {name}"):
-            backend = get_backend(name, base)
-        runs[name] = _run_backend(task, backend, name, test_rows, params, console)
-
-    console.rule("[bold]3. Results")
-    console.print(results_table(task, runs))
+    console.rule(f"[bold]2. Evaluate: the bundled base, zero-shot, on {min(n_eval, len(test_rows))} test documents")
+    models = [ModelSpec(DEMO_BASE, backend=backend) for backend in backends]
+    models += [ModelSpec(model) for model in extra_models]
+    report = evaluate_models(task, test_path, models, limit=n_eval, out_dir=out_dir, console=console)
     console.print(
         "[dim]Zero-shot, a 135M model rarely follows the extraction format; fine-tuning (`tuneloop train`) "
         "is what closes that gap.[/]"
     )
-    return runs
+    return report
 
 
-def _run_backend(
-    task: Task, backend, name: str, rows: list[dict], params: GenerationParams, console: Console
-) -> BackendRun:
-    scores, latencies, tokens = [], [], 0
-    with progress_bar(console, unit="doc") as progress:
-        bar = progress.add_task(f"{name:>12}", total=len(rows))
-        for row in rows:
-            prompt = row["messages"][:-1]  # the system and user turns; the last one is the verified answer
-            generation = backend.generate(prompt, params)
-            scores.append(score_record(task, row["id"], generation.text, row["metadata"]["fields"]))
-            latencies.append(generation.latency_ms)
-            tokens += generation.completion_tokens
-            progress.advance(bar)
-    return BackendRun(name, scores, latencies, tokens)
-
-
-def results_table(task: Task, runs: dict[str, BackendRun]) -> Table:
-    table = Table(title=f"{DEMO_BASE} zero-shot on {task.name}")
-    table.add_column("metric")
-    for name in runs:
-        table.add_column(name, justify="right")
-    summaries = {name: run.summary(task) for name, run in runs.items()}
-
-    def row(label: str, values: list[str]) -> None:
-        table.add_row(label, *values)
-
-    for field in task.field_names:
-        row(f"{field} accuracy", [f"{1 - s.per_field[field]:.0%}" for s in summaries.values()])
-    row("field error rate", [f"{s.field_error_rate:.1%}" for s in summaries.values()])
-    row("  95% interval", [f"{s.field_error_ci95[0]:.0%}–{s.field_error_ci95[1]:.0%}" for s in summaries.values()])
-    row("invalid outputs", [f"{s.invalid_rate:.0%}" for s in summaries.values()])
-    row("latency p50 (ms)", [f"{statistics.median(r.latencies_ms):.0f}" for r in runs.values()])
-    row("latency p95 (ms)", [f"{r.latency_percentile(0.95):.0f}" for r in runs.values()])
-    row("output tokens/s", [f"{r.tokens_per_second:.0f}" for r in runs.values()])
-    return table
+def evaluate_models(
+    task: Task,
+    data: Path | str,
+    models: Sequence[ModelSpec | str],
+    *,
+    limit: int | None,
+    out_dir: Path,
+    console: Console,
+    requests_per_day: float = DEMO_REQUESTS_PER_DAY,
+) -> EvalReport:
+    """Run the eval stage on ``models``, print its tables, and write ``eval-report.{html,json}``."""
+    options = EvalOptions(limit=limit, requests_per_day=requests_per_day)
+    report = run_eval(task, str(data), models, options, console=console)
+    print_report(report, console)
+    html_path, json_path = out_dir / "eval-report.html", out_dir / "eval-report.json"
+    write_html(report, html_path)
+    write_json(report, json_path)
+    console.print(f"report: {html_path} (JSON: {json_path.name}); `tuneloop eval show {report.run_id}` shows it again")
+    return report

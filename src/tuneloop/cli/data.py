@@ -34,3 +34,146 @@ def synth(
         f"wrote {len(rows)} rows to {output} (train {splits['train']}, test {splits['test']}, {styles} styles)",
         highlight=False,
     )
+
+
+# --- datasets in the store (see tuneloop.data.datasets) ------------------------------------------
+
+FILTER_HELP = "tag.KEY=VALUE, tag.LABEL, model=NAME, status=ok|error, upstream=NAME, task=NAME; repeatable."
+
+
+@app.command("import")
+def import_command(
+    path: Path = typer.Argument(..., help="OpenAI chat JSONL: messages ending in the assistant's answer."),
+    name: str = typer.Option(..., "--name", help="Dataset to add to (created if new)."),
+    task: str | None = typer.Option(None, "--task", help="Task: answers are parsed and checked against it."),
+    provenance: str = typer.Option("upload", "--provenance", help="upload, or human for verified labels."),
+    test_fraction: float = typer.Option(0.1, "--test-fraction", help="Share of inputs in the test split."),
+) -> None:
+    """Add a JSONL file's rows to a dataset (deduplicated; a row's metadata.split is kept)."""
+    from tuneloop.data.datasets import import_jsonl
+
+    result = import_jsonl(path, name, task=task, provenance=provenance, test_fraction=test_fraction)
+    _print_added(name, result)
+
+
+@app.command("from-logs")
+def from_logs(
+    name: str = typer.Option(..., "--name", help="Dataset to add to (created if new)."),
+    filters: list[str] | None = typer.Option(None, "--filter", "-f", help=FILTER_HELP),
+    model: str | None = typer.Option(None, "--model", help="Requested or resolved model (trailing * for a prefix)."),
+    since: str | None = typer.Option(None, "--since", help="ISO date/time, or 30m / 24h / 7d ago."),
+    until: str | None = typer.Option(None, "--until", help="ISO date/time, or 30m / 24h / 7d ago."),
+    task: str | None = typer.Option(None, "--task", help="Task (default: the filter's tag.task)."),
+    sample: float = typer.Option(1.0, "--sample", help="Keep this share of inputs (deterministic by input)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sample."),
+    test_fraction: float = typer.Option(0.1, "--test-fraction", help="Share of inputs in the test split."),
+) -> None:
+    """Build (or extend) a dataset from successful logged calls."""
+    from tuneloop.capture.logs import build_filter
+    from tuneloop.data.datasets import dataset_from_logs
+
+    log_filter = build_filter(filters, model=model, since=since, until=until)
+    result = dataset_from_logs(name, log_filter, task=task, sample=sample, seed=seed, test_fraction=test_fraction)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    console.print(
+        f"{result.matched} logged calls matched; {result.sampled_out} sampled out, {result.unusable} without an answer"
+    )
+    _print_added(name, result)
+
+
+@app.command("export")
+def export(
+    name: str = typer.Argument(..., help="Dataset name."),
+    split: str | None = typer.Option(None, "--split", help="train or test (default: both)."),
+    output: Path | None = typer.Option(None, "-o", "--output", help="JSONL file (written atomically); default stdout."),
+    everything: bool = typer.Option(
+        False, "--all", help="Every entry, including superseded and failing ones (default: what trains)."
+    ),
+) -> None:
+    """Write a dataset as JSONL: per input the most trusted answer that passes the checks."""
+    import json
+    import sys
+
+    from tuneloop.data.datasets import export_rows
+
+    rows = export_rows(name, split, everything=everything)
+    if output is None:
+        for row in rows:
+            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+        return
+    write_rows(output, rows)
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"wrote {len(rows)} rows to {output}")
+
+
+@app.command("show")
+def show(
+    name: str = typer.Argument(..., help="Dataset name."),
+    failing: int = typer.Option(20, "--failing", min=0, help="List up to N entries kept out of training."),
+) -> None:
+    """Counts by split and provenance, what trains, and the entries kept out of training."""
+    from rich.table import Table
+
+    from tuneloop.data.datasets import summarize_dataset
+
+    summary = summarize_dataset(name)
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(f"[bold]{summary.name}[/] · task {summary.task or '(none)'} · created {summary.created_at}")
+    if summary.description:
+        console.print(summary.description)
+    console.print(f"{summary.entries} entries over {summary.inputs} distinct inputs")
+    table = Table()
+    table.add_column("split")
+    for provenance in ("log", "upload", "teacher", "human"):
+        table.add_column(provenance, justify="right")
+    table.add_column("trains / evaluates", justify="right")
+    for split in ("train", "test"):
+        counts = [str(summary.by_split_provenance.get((split, p), 0)) for p in ("log", "upload", "teacher", "human")]
+        table.add_row(split, *counts, str(summary.resolved_by_split.get(split, 0)))
+    console.print(table)
+    console.print("answers from: " + ", ".join(f"{source} {count}" for source, count in summary.sources.most_common()))
+    console.print(f"{len(summary.failing)} entries kept out of training (invalid or failing checks)")
+    for entry_id, provenance, failures in summary.failing[:failing]:
+        console.print(f"  entry {entry_id} ({provenance}): {'; '.join(failures)}")
+
+
+@app.command("relabel")
+def relabel_command(
+    name: str = typer.Argument(..., help="Dataset name."),
+    teacher: str = typer.Option(..., "--teacher", help="upstream/model or http://host:port/v1#model."),
+    concurrency: int = typer.Option(16, "--concurrency", min=1, help="Requests in flight."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Relabel at most N inputs."),
+    max_retries: int = typer.Option(5, "--max-retries", min=0, help="Retries of 429/5xx/timeouts, with backoff."),
+) -> None:
+    """Ask a teacher model for every input (human-verified ones excepted); cached, resumable."""
+    from tuneloop.data.relabel import relabel
+
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    result = relabel(name, teacher, concurrency=concurrency, limit=limit, max_retries=max_retries, console=console)
+    console.print(
+        f"{result.inputs} inputs: {result.skipped_human} human-verified (left alone), {result.already_done} already "
+        f"relabelled, {result.cached} from cache, {result.asked} asked"
+    )
+    console.print(
+        f"kept {result.kept} teacher answers; {result.agreed} agreed with the existing answer; "
+        f"{len(result.failing)} failed checks (kept out of training); {len(result.errors)} errors; "
+        f"cost ${result.cost_usd:.4f}"
+    )
+    for entry_id, failures in result.failing[:20]:
+        console.print(f"  failed checks: entry {entry_id}: {'; '.join(failures)}")
+    for digest, error in result.errors[:10]:
+        console.print(f"  error: input {digest[:12]}: {error}")
+    if result.interrupted:
+        console.print("[yellow]interrupted[/]: run the same command again to resume (answers so far are cached)")
+        raise typer.Exit(130)
+    if result.errors:
+        console.print("some inputs failed: run the same command again to retry them")
+        raise typer.Exit(1)
+
+
+def _print_added(name: str, result) -> None:
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    splits = ", ".join(f"{split} {count}" for split, count in sorted(result.by_split.items())) or "none"
+    console.print(
+        f"dataset {name}: added {result.added} entries ({splits}); {result.duplicates} duplicates skipped; "
+        f"{result.failing} unfit for training (see `tuneloop data show {name}`)"
+    )

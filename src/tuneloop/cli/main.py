@@ -7,7 +7,11 @@ import sys
 import typer
 from rich.console import Console
 
-from tuneloop.cli import bases, data, db, demo, doctor, task
+from tuneloop.cli import bases, data, db, demo, doctor, keys, logs, models, models_alias, task
+from tuneloop.cli import eval as eval_cli
+from tuneloop.cli import gateway as gateway_cli
+from tuneloop.cli import serve as serve_cli
+from tuneloop.cli import train as train_cli
 from tuneloop.errors import TuneloopError
 
 app = typer.Typer(
@@ -20,6 +24,14 @@ app.add_typer(task.app, name="task", help="Validate and show task specs.")
 app.add_typer(data.app, name="data", help="Build datasets: synthetic demo data, imports, exports.")
 app.add_typer(bases.app, name="bases", help="Base models: the bundled one, HF ids, local paths.")
 app.add_typer(db.app, name="db", help="The store: migrations.")
+app.add_typer(eval_cli.app, name="eval", help="Benchmark models on a task: field error, latency, cost, verdict.")
+app.add_typer(logs.app, name="logs", help="Calls captured by the gateway and the SDK: list, show, export.")
+app.add_typer(keys.app, name="keys", help="API keys for the gateway: create, list, revoke.")
+models_alias.register(models.app)
+app.add_typer(models.app, name="models", help="Registered fine-tunes (task@N): list, show, promote, rollback.")
+app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(train_cli.train)
+app.command("gateway")(gateway_cli.gateway)
+app.command("serve")(serve_cli.serve)
 app.command("doctor")(doctor.doctor)
 app.command("demo")(demo.demo)
 

@@ -98,9 +98,14 @@ class Summary:
 
 
 def summarize(task: Task, scores: list[RecordScore]) -> Summary:
+    return summarize_fields(task.field_names, scores)
+
+
+def summarize_fields(fields: list[str], scores: list[RecordScore]) -> Summary:
+    """``summarize`` over named fields: stored eval results are summarised with the fields of their run."""
     if not scores:
         raise ValueError("nothing to summarise: no scored examples")
-    n, fields = len(scores), task.field_names
+    n = len(scores)
     errors = [s.errors for s in scores]
     total_fields = n * len(fields)
     rate = sum(errors) / total_fields

@@ -37,6 +37,7 @@ from tuneloop.store.models import (
     ModelVersion,
     RequestLog,
     ReviewItem,
+    TeacherLabel,
     utcnow,
 )
 
@@ -56,6 +57,7 @@ __all__ = [
     "RequestLog",
     "ReviewItem",
     "SchemaUpgrade",
+    "TeacherLabel",
     "check_connection",
     "current_revision",
     "dispose_engines",

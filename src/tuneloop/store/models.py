@@ -129,6 +129,11 @@ class RequestLog(Base):
     # "metadata" is reserved on declarative classes, hence the trailing underscore.
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
     api_key_id: Mapped[int | None] = mapped_column(sa.ForeignKey("api_keys.id", ondelete="SET NULL"))
+    # A unique id given when the call is captured, before it reaches the store: replaying a durable
+    # journal or retrying an upload to the gateway can then never log the same call twice.
+    capture_id: Mapped[str | None] = mapped_column(sa.String(64), unique=True)
+    # The gateway's tries, in order (upstream, model, outcome, latency): retries and fallbacks.
+    attempts: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
 
 
 class Dataset(Base):
@@ -165,6 +170,14 @@ class DatasetEntry(Base):
     messages: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
     # The parsed output fields, when the task has an output schema.
     fields: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # Request fields beside the messages that shape the answer (tools, tool_choice, response_format);
+    # part of the input hash, and sent again when a teacher relabels the entry.
+    options: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # Why the answer is unfit for training (invalid for the task, failed plausibility checks); [] when it
+    # passed, NULL when it was not checked (no task). Failing entries stay visible but are never trained on.
+    check_failures: Mapped[list[str] | None] = mapped_column(JSONType)
+    # The model that wrote the answer (the resolved model of a logged call, or the teacher); NULL for people.
+    source_model: Mapped[str | None] = mapped_column(sa.String(255))
     provenance: Mapped[str] = mapped_column(sa.String(16))
     split: Mapped[str] = mapped_column(sa.String(16))
     source_request_id: Mapped[int | None] = mapped_column(
@@ -179,6 +192,29 @@ class DatasetEntry(Base):
     dataset: Mapped[Dataset] = relationship(back_populates="entries")
 
 
+class TeacherLabel(Base):
+    """A teacher model's answer to one input, kept so relabelling never pays for the same question twice
+    and resumes where it stopped. Keyed by (teacher, input hash): any dataset holding that input reuses it."""
+
+    __tablename__ = "teacher_labels"
+    __table_args__ = (sa.UniqueConstraint("teacher", "input_hash"),)
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    teacher: Mapped[str] = mapped_column(sa.String(255))
+    input_hash: Mapped[str] = mapped_column(sa.String(128))
+    # The assistant message as the teacher returned it (content and/or tool_calls).
+    message: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    finish_reason: Mapped[str | None] = mapped_column(sa.String(32))
+    # The model that answered, as the endpoint named it (a dated snapshot, say).
+    model_resolved: Mapped[str | None] = mapped_column(sa.String(255))
+    prompt_tokens: Mapped[int | None] = mapped_column(sa.Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(sa.Integer)
+    cost_usd: Mapped[float | None] = mapped_column(sa.Float)
+    price_table_version: Mapped[str | None] = mapped_column(sa.String(64))
+    latency_ms: Mapped[float | None] = mapped_column(sa.Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class EvalRun(Base):
     __tablename__ = "eval_runs"
 
@@ -186,10 +222,12 @@ class EvalRun(Base):
     task: Mapped[str] = mapped_column(sa.String(255), index=True)
     # What was evaluated on: a dataset name (its test split) or a file path.
     data_ref: Mapped[str] = mapped_column(sa.String(1024))
+    # running | done | interrupted (Ctrl-C; resumable) | failed (e.g. an endpoint went away; resumable)
     status: Mapped[str] = mapped_column(sa.String(16))
     config: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     results: WriteOnlyMapped[EvalResult] = relationship(
         back_populates="run", cascade="all, delete-orphan", passive_deletes=True
@@ -200,7 +238,10 @@ class EvalResult(Base):
     """One model's answer to one example in an eval run, scored field by field."""
 
     __tablename__ = "eval_results"
-    __table_args__ = (sa.Index("ix_eval_results_run_id_model", "run_id", "model"),)
+    # One answer per model and example in a run: resuming a run can never count an example twice.
+    __table_args__ = (
+        sa.Index("ix_eval_results_run_id_model_example_id", "run_id", "model", "example_id", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
     run_id: Mapped[int] = mapped_column(sa.ForeignKey("eval_runs.id", ondelete="CASCADE"))
@@ -216,6 +257,13 @@ class EvalResult(Base):
     cost_usd: Mapped[float | None] = mapped_column(sa.Float)
     # Identifies (model, decoding settings, input) so an unchanged answer can be reused across runs.
     cache_key: Mapped[str | None] = mapped_column(sa.String(128), index=True)
+    # Copied from an earlier result with the same cache_key instead of asking the model again; its
+    # latency and cost are those measured then.
+    cached: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
+    # Why the output is invalid, or why the request failed (then output is NULL).
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    # The plausibility checks a valid answer failed, in words.
+    check_failures: Mapped[list[str] | None] = mapped_column(JSONType)
 
     run: Mapped[EvalRun] = relationship(back_populates="results")
 

@@ -31,6 +31,9 @@ class GenerationParams:
     top_p: float = 1.0
     stop: list[str] | None = None
     seed: int | None = None
+    # Constrain decoding to JSON matching this schema, through the engine's grammar support (serve/grammar.py);
+    # engines without one decode freely and the caller validates after.
+    json_schema: dict[str, Any] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -205,10 +208,31 @@ class TokenStreamBackend(ABC):
     ) -> Iterator[str]:
         """Text deltas as they are generated. Lazy: a refused chat or an over-long prompt raises at the
         first ``next()``, so a server should take the first delta before sending its response headers."""
+        yield from self.stream_generation(messages, params, adapter)
+
+    def stream_generation(
+        self, messages: list[Message], params: GenerationParams | None = None, adapter: Adapter | None = None
+    ) -> Generator[str, None, Generation]:
+        """Like ``stream``, and returns the finished ``Generation`` (text, counts, finish reason, timings)
+        when exhausted: what a server needs for a stream's last chunk and usage."""
         params = params or GenerationParams()
         with self._lock:
+            started = time.perf_counter()
             run = self._start(messages, params, adapter)
-            yield from self._deltas(run, params, _Tally())
+            tally = _Tally()
+            parts: list[str] = []
+            for delta in self._deltas(run, params, tally):
+                parts.append(delta)
+                yield delta
+            finished = time.perf_counter()
+        return Generation(
+            text="".join(parts),
+            finish_reason=tally.finish_reason,
+            prompt_tokens=run.prompt_tokens,
+            completion_tokens=tally.completion_tokens,
+            latency_ms=(finished - started) * 1000,
+            ttft_ms=None if tally.first_token_at is None else (tally.first_token_at - started) * 1000,
+        )
 
     def close(self) -> None:  # noqa: B027 - optional hook, deliberately not abstract
         """Nothing to free by default; engines holding native memory override this."""

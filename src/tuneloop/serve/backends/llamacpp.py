@@ -33,6 +33,7 @@ from tuneloop.serve.backends.base import (
     TokenStreamBackend,
     chat_template_error,
 )
+from tuneloop.serve.grammar import llama_grammar
 
 
 class LlamaCppBackend(TokenStreamBackend):
@@ -159,8 +160,15 @@ class LlamaCppBackend(TokenStreamBackend):
         # off so that only the OpenAI parameters (temperature, top_p) shape the distribution.
         self.llama.set_seed(params.seed if params.seed is not None else random.randrange(2**32))
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        grammar = llama_grammar(params.json_schema) if params.json_schema is not None else None
         tokens = self.llama.generate(
-            prompt, temp=params.temperature, top_p=params.top_p, top_k=0, min_p=0.0, repeat_penalty=1.0
+            prompt,
+            temp=params.temperature,
+            top_p=params.top_p,
+            top_k=0,
+            min_p=0.0,
+            repeat_penalty=1.0,
+            grammar=grammar,
         )
         for produced, token in enumerate(tokens, start=1):
             if self._is_end_of_turn(self._vocab, token):

@@ -1,0 +1,195 @@
+"""Serve benchmarks, side by side in one run on this machine (results go in docs/benchmarks.md, Serve).
+
+1. decode tokens/s of ``tuneloop serve`` (llamacpp, through HTTP and the openai client, streamed) ÷ raw
+   llama-cpp-python on the same GGUF, same prompt, same thread count (goal ≥ 0.95);
+2. p50 / p95 latency of the demo extraction request on a fine-tuned version (goal p50 ≤ 200 ms);
+3. throughput with 20 versions round-robin ÷ one version (goal ≥ 0.8), and the cost of loading an adapter
+   (verify + llama.cpp load; goal ≤ 100 ms).
+
+Versions are random LoRAs registered in a temporary TUNELOOP_HOME (same shapes as a trained one; speed does
+not depend on the values), unless ``--model task@N`` names a trained one in your home.
+
+    .venv/bin/python benchmarks/serve_bench.py [--requests 20] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TASK = "liability-extraction"
+TEXT = (
+    "Payoff quote for loan ending 4821: $182,440.19 good through May 2. Escrow balance $2,310.55. "
+    "Next payment due 2025-06-01 at 6.125%. Lakeview Loan Servicing."
+)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def raw_decode_rate(gguf: Path, messages: list[dict], tokens: int, threads: int) -> float:
+    """llama-cpp-python alone: the same chat prompt, greedy, decode tokens/s after the first token."""
+    import llama_cpp
+
+    from tuneloop.bases import DEFAULT_BASE, resolve_base
+    from tuneloop.serve.backends.llamacpp import LlamaCppBackend
+
+    formatter = LlamaCppBackend(resolve_base(DEFAULT_BASE), n_threads=threads)  # the server's prompt rendering
+    text = formatter.format_prompt(messages)
+    formatter.close()
+    llama = llama_cpp.Llama(model_path=str(gguf), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
+    try:
+        prompt = llama.tokenize(text.encode(), add_bos=False, special=True)
+        rates = []
+        for _ in range(3):
+            llama.reset()
+            first = None
+            count = 0
+            for _token in llama.generate(prompt, temp=0.0, top_k=0, min_p=0.0, top_p=1.0, repeat_penalty=1.0):
+                count += 1
+                if first is None:
+                    first = time.perf_counter()
+                if count >= tokens:
+                    break
+            rates.append((count - 1) / (time.perf_counter() - first))
+        return statistics.median(rates)
+    finally:
+        llama.close()
+
+
+def served_decode_rate(client, model: str, messages: list[dict], tokens: int) -> float:
+    rates = []
+    for _ in range(3):
+        first = last = None
+        count = 0
+        stream = client.chat.completions.create(
+            model=model,
+            messages=messages,
+            max_tokens=tokens,
+            stream=True,
+            response_format={"type": "text"},
+            stream_options={"include_usage": True},
+        )
+        for chunk in stream:
+            if chunk.usage:
+                count = chunk.usage.completion_tokens
+            if chunk.choices and chunk.choices[0].delta.content:
+                now = time.perf_counter()
+                first = first or now
+                last = now
+        rates.append((count - 1) / (last - first))
+    return statistics.median(rates)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=20, help="requests per latency/throughput measurement")
+    parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads (both sides)")
+    parser.add_argument("--decode-tokens", type=int, default=64)
+    parser.add_argument("--model", default=None, help="a trained version in your TUNELOOP_HOME (default: random)")
+    args = parser.parse_args()
+
+    if args.model is None:
+        os.environ["TUNELOOP_HOME"] = tempfile.mkdtemp(prefix="tuneloop-serve-bench-")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import openai
+
+    from test_serve import register_random_version
+    from tuneloop.bases import DEFAULT_BASE, base_weights_hash, resolve_base
+    from tuneloop.serve.app import start_background_server
+    from tuneloop.serve.engine import build_engine
+    from tuneloop.task import load_task
+
+    base = resolve_base(DEFAULT_BASE)
+    messages = load_task(TASK).build_messages({"text": TEXT})
+    if args.model is None:
+        weights = base_weights_hash(base)
+        folder = Path(os.environ["TUNELOOP_HOME"]) / "made"
+        versions = [register_random_version(folder, seed, base_weights_hash=weights).id for seed in range(1, 21)]
+    else:
+        versions = [args.model]
+    results: dict[str, object] = {"threads": args.threads, "cpu_count": os.cpu_count(), "load": os.getloadavg()}
+
+    # 1. decode rate, raw vs served (base model, no grammar, so both decode the same tokens)
+    raw = raw_decode_rate(base.path, messages, args.decode_tokens, args.threads)
+    engine = build_engine(backend="llamacpp", threads=args.threads, max_adapters=20)
+    server = start_background_server(engine)
+    client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=600)
+    try:
+        served = served_decode_rate(client, base.id, messages, args.decode_tokens)
+        results["decode_tok_s_raw"] = round(raw, 1)
+        results["decode_tok_s_served"] = round(served, 1)
+        results["decode_ratio"] = round(served / raw, 3)
+
+        # 2. latency of the extraction request on a fine-tuned version (task schema grammar on)
+        version = versions[0]
+        client.chat.completions.create(model=version, messages=messages)  # warm: export, verify, load
+        latencies, tokens = [], []
+        for _ in range(args.requests):
+            started = time.perf_counter()
+            reply = client.chat.completions.create(model=version, messages=messages)
+            latencies.append((time.perf_counter() - started) * 1000)
+            tokens.append(reply.usage.completion_tokens)
+        results["extraction_p50_ms"] = round(percentile(latencies, 0.5), 1)
+        results["extraction_p95_ms"] = round(percentile(latencies, 0.95), 1)
+        results["extraction_completion_tokens"] = statistics.median(tokens)
+
+        # 3. throughput: one version vs 20 round-robin (all versions warmed first: LRU of 20)
+        short = {"max_tokens": 16, "response_format": {"type": "text"}}
+        for name in versions:
+            client.chat.completions.create(model=name, messages=messages, max_tokens=1)
+
+        def run(names: list[str]) -> float:
+            started = time.perf_counter()
+            for index in range(args.requests):
+                client.chat.completions.create(model=names[index % len(names)], messages=messages, **short)
+            return args.requests / (time.perf_counter() - started)
+
+        single = run(versions[:1])
+        many = run(versions)
+        results["throughput_one_version_rps"] = round(single, 3)
+        results["throughput_20_versions_rps"] = round(many, 3)
+        results["throughput_ratio"] = round(many / single, 3) if len(versions) > 1 else None
+    finally:
+        server.stop()
+
+    # adapter load cost: verify (hash the files) + llama.cpp load, through the public backend path
+    from tuneloop.registry.versions import resolve_version, verify_version
+    from tuneloop.serve.backends import Adapter, GenerationParams, get_backend
+
+    backend = get_backend("llamacpp", base, n_threads=args.threads, max_adapters=1)
+    try:
+        from tuneloop.registry.exports import ensure_gguf_lora
+
+        infos = [resolve_version(name, verify=False) for name in versions[:6]]
+        adapters = [Adapter(i.id, i.adapter_path, ensure_gguf_lora(i)) for i in infos]
+        one = GenerationParams(max_tokens=1, temperature=0.0)
+        backend.generate(messages, one, adapter=adapters[0])
+        loads, verifies = [], []
+        for info, adapter in zip(infos[1:], adapters[1:], strict=True):
+            started = time.perf_counter()
+            verify_version(info, check_base=False)
+            verifies.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            backend.generate(messages, one, adapter=adapter)  # evicts the previous: a load every time
+            with_load = (time.perf_counter() - started) * 1000
+            started = time.perf_counter()
+            backend.generate(messages, one, adapter=adapter)  # already loaded
+            loads.append(with_load - (time.perf_counter() - started) * 1000)
+        results["adapter_load_ms_median"] = round(statistics.median(loads), 1) if loads else None
+        results["adapter_verify_ms_median"] = round(statistics.median(verifies), 1) if verifies else None
+    finally:
+        backend.close()
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

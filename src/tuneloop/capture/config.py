@@ -1,0 +1,201 @@
+"""The gateway's configuration: routes over the upstreams, auth, redaction and how calls are logged.
+
+A YAML file (``tuneloop gateway --config gateway.yaml``); every section is optional::
+
+    upstreams:                      # added to (and overriding) those in $TUNELOOP_HOME/config.yaml
+      local: {base_url: http://127.0.0.1:8000/v1, self_hosted: true}
+    routes:                         # first match wins; `upstream/model` names need no route
+      - match: "openai/*"           # the part after "openai/" is the model the upstream receives
+        upstream: openai
+        fallbacks: ["local/liability-extraction@prod"]
+        retries: 2                  # default: the upstream's max_retries
+        backoff_ms: 100             # doubled per retry, with jitter, capped at 2 s
+      - match: extractor            # an exact name, sent upstream as `model`
+        upstream: local
+        model: liability-extraction@prod
+    auth: auto                      # auto | required | disabled (see docs/capture.md)
+    redact:
+      emails: true
+      card_numbers: true
+      patterns: [{name: ssn, regex: '\\b\\d{3}-\\d{2}-\\d{4}\\b'}]
+    logging:
+      queue_size: 10000             # records held in memory at most
+      batch_size: 256
+      flush_ms: 50
+      policy: block                 # block | drop, when the queue is full (the store is slow)
+      durable: false                # journal every call to disk before answering; replayed at start
+      fsync: batch                  # batch | always
+
+Upstream definitions are the one kind from :mod:`tuneloop.capture.upstreams` (base URL, the environment
+variable that holds the key, timeout, retries); keys are never written in a config file.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tuneloop.capture.upstreams import Upstream, load_upstreams
+from tuneloop.config import get_settings, read_config_file
+from tuneloop.errors import TuneloopError
+
+DEFAULT_PORT = 4000
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Route(_Strict):
+    match: str = Field(min_length=1)
+    upstream: str
+    model: str | None = None
+    fallbacks: list[str] = Field(default_factory=list)
+    retries: int | None = Field(default=None, ge=0, le=10)
+    backoff_ms: float = Field(default=100.0, ge=0, le=60_000)
+    timeout_s: float | None = Field(default=None, gt=0)
+
+    @field_validator("match")
+    @classmethod
+    def _one_wildcard_at_the_end(cls, match: str) -> str:
+        if "*" in match[:-1]:
+            raise ValueError(f"{match!r}: only a trailing * is supported (e.g. 'openai/*')")
+        return match
+
+    def matches(self, model: str) -> bool:
+        if self.match.endswith("*"):
+            return model.startswith(self.match[:-1])
+        return model == self.match
+
+    def upstream_model(self, model: str) -> str:
+        """What the upstream receives: ``model`` if set, else the name after the route's prefix."""
+        if self.model is not None:
+            return self.model
+        if self.match.endswith("*"):
+            return model[len(self.match) - 1 :]
+        return model
+
+
+class RedactPattern(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    regex: str
+    replace: str | None = None
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, regex: str) -> str:
+        try:
+            re.compile(regex)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        return regex
+
+
+class RedactConfig(_Strict):
+    emails: bool = False
+    card_numbers: bool = False
+    patterns: list[RedactPattern] = Field(default_factory=list)
+
+    @property
+    def enabled(self) -> bool:
+        return self.emails or self.card_numbers or bool(self.patterns)
+
+
+class LoggingConfig(_Strict):
+    queue_size: int = Field(default=10_000, ge=1, le=10_000_000)
+    batch_size: int = Field(default=256, ge=1, le=100_000)
+    flush_ms: float = Field(default=50.0, gt=0, le=60_000)
+    policy: Literal["block", "drop"] = "block"
+    durable: bool = False
+    journal_dir: Path | None = None
+    fsync: Literal["batch", "always"] = "batch"
+
+    @model_validator(mode="after")
+    def _durable_blocks(self) -> LoggingConfig:
+        if self.durable and self.policy == "drop":
+            raise ValueError("durable: true loses nothing, so it cannot drop: use policy: block")
+        return self
+
+    def journal_path(self) -> Path:
+        return self.journal_dir or get_settings().home / "capture" / "journal"
+
+
+class GatewayConfig(_Strict):
+    """Everything ``tuneloop gateway`` needs besides host and port."""
+
+    upstreams: dict[str, Upstream]
+    routes: list[Route] = Field(default_factory=list)
+    auth: Literal["auto", "required", "disabled"] = "auto"
+    redact: RedactConfig = Field(default_factory=RedactConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    # Seconds between reloads of the API keys from the store (new keys also load on first sight).
+    keys_refresh_s: float = Field(default=5.0, gt=0)
+    source: str = "<defaults>"
+
+    @model_validator(mode="after")
+    def _routes_name_known_upstreams(self) -> GatewayConfig:
+        for index, route in enumerate(self.routes):
+            if route.upstream not in self.upstreams:
+                known = ", ".join(sorted(self.upstreams))
+                raise ValueError(f"routes[{index}].upstream: no upstream named {route.upstream!r} (known: {known})")
+        return self
+
+
+_SECTION_KEYS = {"upstreams", "routes", "auth", "redact", "logging", "keys_refresh_s"}
+
+
+def load_gateway_config(
+    path: Path | None = None, *, sections: Mapping[str, Any] | None = None, logging: Mapping[str, Any] | None = None
+) -> GatewayConfig:
+    """The gateway config from ``path`` (or defaults), with upstreams from config.yaml merged under it.
+
+    ``sections`` (from code: the demo, tests) replace the file's top-level sections; ``logging`` replaces
+    single keys of the logging section (CLI flags such as ``--durable``). Problems are reported as
+    ``file: section.key: message``.
+    """
+    if path is not None and not path.exists():
+        raise TuneloopError("file not found", where=str(path), hint="check the path given to --config")
+    data: dict[str, Any] = read_config_file(path) if path is not None else {}
+    data.update(sections or {})
+    source = str(path) if path is not None else "<defaults>"
+    unknown = sorted(set(data) - _SECTION_KEYS)
+    if unknown:
+        raise TuneloopError(
+            f"unknown section {unknown[0]!r}", where=source, hint="sections: " + ", ".join(sorted(_SECTION_KEYS))
+        )
+    upstreams = _merged_upstreams(data.get("upstreams"), source)
+    logging_section = {**(data.get("logging") or {}), **(logging or {})}
+    values = {**data, "upstreams": upstreams, "logging": logging_section, "source": source}
+    try:
+        return GatewayConfig(**values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = _describe_loc(error["loc"])
+        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"].removeprefix("Value error, ")
+        raise TuneloopError(message, where=f"{source}: {key}" if key else source) from None
+
+
+def _merged_upstreams(section: Any, source: str) -> dict[str, Upstream]:
+    # One definition of an upstream: config.yaml's (and the built-in openai), then this file's on top.
+    upstreams = load_upstreams()
+    if section is None:
+        return upstreams
+    try:
+        from_file = load_upstreams({"upstreams": section})
+    except TuneloopError as exc:
+        # load_upstreams names config.yaml as the place; here the entry came from the gateway file.
+        if exc.where:
+            exc.where = exc.where.replace(str(get_settings().config_file), source)
+        raise
+    return {**upstreams, **{name: up for name, up in from_file.items() if name in section}}
+
+
+def _describe_loc(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        parts.append(f"[{item}]" if isinstance(item, int) else ("." if parts else "") + str(item))
+    return "".join(parts)

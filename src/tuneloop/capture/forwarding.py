@@ -1,0 +1,280 @@
+"""Calling upstreams: one shared ``httpx.AsyncClient`` (a connection pool per host), with retries and fallbacks.
+
+For each target of a route, in order: try, and on a timeout, a connection error, 429 or 5xx retry with
+exponential backoff and jitter (``backoff_ms`` × 2^n, capped at 2 s, or the upstream's ``Retry-After``
+when that is shorter than the cap); when its retries are spent, move to the next target (the route's
+fallbacks). Any other status is the answer (a 400 is the client's mistake, and every upstream would
+say the same), except 401/403, which mean the gateway's own credentials were refused: those move on
+to the next target without retrying.
+
+Every try is recorded as an :class:`Attempt`; the time spent waiting on upstreams (and backing off
+because of them) is summed so the gateway can report its own overhead apart from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+try:
+    # httpx2 is httpx's API-compatible successor, installed with the official openai SDK (which runs on it).
+    # Its connection pool costs well under half of httpx's CPU per request, and that was most of the
+    # gateway's own cost (see docs/benchmarks.md); httpx is the fallback, with the same API.
+    import httpx2 as httpx
+except ImportError:  # pragma: no cover
+    import httpx  # type: ignore[no-redef]
+
+from tuneloop.capture.routing import MAX_BACKOFF_MS, Target
+from tuneloop.protocol import error_bytes, is_error_body
+
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504}) | frozenset(range(505, 600))
+CREDENTIAL_STATUSES = frozenset({401, 403})
+CONNECT_TIMEOUT_S = 10.0
+# Headers of the upstream's answer that a client may rely on; the rest (hop-by-hop, server) are not passed on.
+PASSED_RESPONSE_HEADERS = ("retry-after", "x-request-id", "openai-processing-ms", "x-ratelimit-remaining-requests")
+
+
+@dataclass
+class Attempt:
+    upstream: str
+    model: str
+    outcome: str  # ok | http_<status> | timeout | connection_error
+    latency_ms: float
+    http_status: int | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "upstream": self.upstream,
+            "model": self.model,
+            "outcome": self.outcome,
+            "http_status": self.http_status,
+            "latency_ms": round(self.latency_ms, 3),
+            **({"error": self.error} if self.error else {}),
+        }
+
+
+@dataclass
+class UpstreamReply:
+    """What the tries came to: the answering target's status and body (or an open stream), or a failure."""
+
+    status: int
+    target: Target | None = None
+    body: bytes | None = None
+    stream: httpx.Response | None = None  # open, for a streamed 200: the caller reads and closes it
+    headers: dict[str, str] = field(default_factory=dict)
+    attempts: list[Attempt] = field(default_factory=list)
+    wait_s: float = 0.0
+    error: str | None = None
+    lane: int | None = None  # the pool lane an open stream holds
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+# httpcore's pool re-checks every idle connection of a pool (a poll() and a getpeername() each) whenever it
+# assigns a request; at 64 concurrent calls that was ~40 % of the gateway's CPU. So the connections are spread
+# over several small pools ("lanes"): each request takes the least busy lane, and a lane rarely holds more than
+# concurrency / LANES connections. At low load the first lane takes everything, so few connections are opened.
+POOL_LANES = 32
+CONNECTIONS_PER_LANE = 64
+
+
+class UpstreamClient:
+    def __init__(self, lanes: int = POOL_LANES, connections_per_lane: int = CONNECTIONS_PER_LANE) -> None:
+        self.lanes = [
+            httpx.AsyncClient(
+                limits=httpx.Limits(
+                    max_connections=connections_per_lane, max_keepalive_connections=connections_per_lane
+                ),
+                timeout=None,  # set per request from the target
+                follow_redirects=False,
+                trust_env=False,  # a proxy set for the user's shell must not capture LLM traffic silently
+            )
+            for _ in range(lanes)
+        ]
+        self.in_flight = [0] * lanes
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """A client for occasional calls (listing models)."""
+        return self.lanes[0]
+
+    async def close(self) -> None:
+        for lane in self.lanes:
+            await lane.aclose()
+
+    async def finish_stream(self, reply: UpstreamReply) -> None:
+        """Close a streamed reply's upstream response and give its lane back."""
+        assert reply.stream is not None
+        try:
+            await reply.stream.aclose()
+        finally:
+            if reply.lane is not None:
+                self.in_flight[reply.lane] -= 1
+                reply.lane = None
+
+    async def call(self, targets: list[Target], body: dict[str, Any], *, stream: bool) -> UpstreamReply:
+        """Send ``body`` (its ``model`` replaced per target) through the targets until one answers."""
+        attempts: list[Attempt] = []
+        wait_s = 0.0
+        last: UpstreamReply | None = None
+        for target in targets:
+            payload = json.dumps({**body, "model": target.model}, separators=(",", ":")).encode()
+            headers = {
+                "content-type": "application/json",
+                "accept": "text/event-stream" if stream else "application/json",
+            }
+            api_key = target.upstream.api_key()
+            if api_key:
+                headers["authorization"] = f"Bearer {api_key}"
+            url = f"{target.upstream.base_url}/chat/completions"
+            timeout = httpx.Timeout(target.timeout_s, connect=min(CONNECT_TIMEOUT_S, target.timeout_s))
+            for try_number in range(target.retries + 1):
+                started = time.perf_counter()
+                reply = await self._try_once(target, url, payload, headers, timeout, stream)
+                elapsed = time.perf_counter() - started
+                wait_s += elapsed
+                attempt = reply.attempts[0]
+                attempt.latency_ms = elapsed * 1000
+                attempts.append(attempt)
+                reply.attempts, reply.wait_s = attempts, wait_s
+                if reply.ok:
+                    return reply
+                if not _retryable(reply):
+                    if reply.status in CREDENTIAL_STATUSES:
+                        last = reply
+                        break  # next target: this upstream refused our key
+                    return _final_failure(reply, attempts)  # the client's mistake: any upstream would say so
+                last = reply
+                if try_number == target.retries:
+                    break
+                delay = _backoff_s(target, try_number, reply.headers.get("retry-after"))
+                if delay is None:
+                    break  # the upstream asks for a longer pause than we would make a client wait
+                await asyncio.sleep(delay)
+                wait_s += delay
+        assert last is not None
+        last.attempts, last.wait_s = attempts, wait_s
+        return _final_failure(last, attempts)
+
+    async def _try_once(
+        self, target: Target, url: str, payload: bytes, headers: dict[str, str], timeout: httpx.Timeout, stream: bool
+    ) -> UpstreamReply:
+        lane = min(range(len(self.in_flight)), key=self.in_flight.__getitem__)
+        self.in_flight[lane] += 1
+        reply = await self._send(self.lanes[lane], target, url, payload, headers, timeout, stream)
+        if reply.stream is not None:
+            reply.lane = lane  # held until finish_stream()
+        else:
+            self.in_flight[lane] -= 1
+        return reply
+
+    async def _send(
+        self,
+        http: httpx.AsyncClient,
+        target: Target,
+        url: str,
+        payload: bytes,
+        headers: dict[str, str],
+        timeout: httpx.Timeout,
+        stream: bool,
+    ) -> UpstreamReply:
+        label = target.upstream.name
+        try:
+            request = http.build_request("POST", url, content=payload, headers=headers, timeout=timeout)
+            response = await http.send(request, stream=True)
+        except httpx.TimeoutException as exc:
+            return _failed(target, 504, "timeout", f"{label} timed out after {target.timeout_s:g}s ({_name(exc)})")
+        except httpx.TransportError as exc:
+            return _failed(target, 502, "connection_error", f"{label}: {_name(exc)}: {exc}".rstrip(": "))
+        passed = {name: response.headers[name] for name in PASSED_RESPONSE_HEADERS if name in response.headers}
+        passed["content-type"] = response.headers.get("content-type", "application/json")
+        attempt = Attempt(label, target.model, "ok" if response.is_success else f"http_{response.status_code}", 0.0)
+        attempt.http_status = response.status_code
+        if stream and response.is_success:
+            return UpstreamReply(response.status_code, target, stream=response, headers=passed, attempts=[attempt])
+        try:
+            body = await response.aread()
+        except httpx.TimeoutException as exc:
+            await response.aclose()
+            return _failed(target, 504, "timeout", f"{label} timed out reading the answer ({_name(exc)})")
+        except httpx.TransportError as exc:
+            await response.aclose()
+            return _failed(target, 502, "connection_error", f"{label} broke off the answer: {_name(exc)}")
+        if not response.is_success:
+            attempt.error = _error_message(body)
+        return UpstreamReply(response.status_code, target, body=body, headers=passed, attempts=[attempt])
+
+
+def _name(exc: BaseException) -> str:
+    return type(exc).__name__
+
+
+def _failed(target: Target, status: int, outcome: str, message: str) -> UpstreamReply:
+    attempt = Attempt(target.upstream.name, target.model, outcome, 0.0, error=message)
+    return UpstreamReply(status, target, attempts=[attempt], error=message)
+
+
+def _retryable(reply: UpstreamReply) -> bool:
+    return (reply.body is None and reply.stream is None) or reply.status in RETRYABLE_STATUSES
+
+
+def _backoff_s(target: Target, try_number: int, retry_after: str | None) -> float | None:
+    delay_ms = min(target.backoff_ms * (2**try_number), MAX_BACKOFF_MS) * random.uniform(0.5, 1.5)
+    if retry_after:
+        try:
+            asked_ms = float(retry_after) * 1000
+        except ValueError:
+            asked_ms = None
+        if asked_ms is not None:
+            if asked_ms > MAX_BACKOFF_MS:
+                return None
+            delay_ms = max(delay_ms, asked_ms)
+    return delay_ms / 1000
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        decoded = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return body[:500].decode("utf-8", "replace")
+    if is_error_body(decoded):
+        return str(decoded["error"]["message"])
+    return body[:500].decode("utf-8", "replace")
+
+
+def _final_failure(last: UpstreamReply, attempts: list[Attempt]) -> UpstreamReply:
+    """The client's answer when every try failed: the last upstream error, always in OpenAI's shape."""
+    tries = f"{len(attempts)} tr{'y' if len(attempts) == 1 else 'ies'}"
+    where = ", ".join(dict.fromkeys(f"{a.upstream}/{a.model}" for a in attempts))
+    if last.body is not None and last.status not in CREDENTIAL_STATUSES:
+        message = f"upstream error after {tries} ({where}): {_error_message(last.body)}"
+        last.error = message
+        try:
+            shaped = is_error_body(json.loads(last.body))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            shaped = False
+        if not shaped:
+            last.body = error_bytes(message, status=last.status, code="upstream_error")
+            last.headers["content-type"] = "application/json"
+        return last
+    if last.status in CREDENTIAL_STATUSES:
+        message = (
+            f"upstream {last.target.upstream.name if last.target else '?'} refused the gateway's credentials "
+            f"(HTTP {last.status}); check its api_key_env ({where}, {tries})"
+        )
+        status, code = 502, "upstream_auth_failed"
+    else:
+        message = f"{last.error} ({where}, {tries})"
+        status = last.status
+        code = "upstream_timeout" if status == 504 else "upstream_unavailable"
+    last.status, last.error = status, message
+    last.body = error_bytes(message, "server_error", status=status, code=code)
+    last.headers = {"content-type": "application/json"}
+    return last

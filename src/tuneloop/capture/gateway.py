@@ -1,0 +1,453 @@
+"""The gateway: an OpenAI-compatible proxy that routes by model name and logs every call to the store.
+
+Endpoints:
+
+- ``POST /v1/chat/completions`` (streamed and not): authenticated with a tuneloop key, routed
+  (:mod:`routing`), sent upstream with retries and fallbacks (:mod:`forwarding`), logged (:mod:`logwriter`).
+  Streams are passed through chunk by chunk as they arrive and reassembled for the log off the path.
+- ``GET /v1/models``: the exact routes, and every configured upstream's own models as ``upstream/model``.
+- ``POST /v1/tuneloop/logs``: calls captured elsewhere (the SDK wrapper with ``log_to=<gateway URL>``).
+- ``GET /metrics`` (Prometheus), ``GET /healthz``.
+
+What the gateway reads from a request and does not pass upstream: ``metadata`` and ``store`` (tags and
+"log this call"; ``store: false`` means the call is not logged), the ``x-tuneloop-tags`` header, and the
+client's ``Authorization`` (upstreams get the gateway's own provider keys).
+
+Overhead: the time a call spent in the gateway minus the time it waited on upstreams (including
+backoff between retries) and on the client reading a stream. It is in the log row and in the response
+header ``x-tuneloop-overhead-ms``; for a stream the header is sent before the body, so it holds the
+overhead up to the first byte, and the log has the whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from pydantic import ValidationError
+
+from tuneloop.capture.config import GatewayConfig
+from tuneloop.capture.forwarding import UpstreamClient, UpstreamReply, httpx
+from tuneloop.capture.keys import KEY_PREFIX, ActiveKey, KeyRing
+from tuneloop.capture.logwriter import LogWriter, StoreSink
+from tuneloop.capture.records import TAGS_HEADER, CallRecord, parse_tags
+from tuneloop.capture.redaction import Redactor
+from tuneloop.capture.routing import Router, Target
+from tuneloop.evals.cost import load_price_table
+from tuneloop.protocol import (
+    ChatCompletionRequest,
+    OpenAIError,
+    describe_validation_error,
+    error_body,
+    install_error_handlers,
+    sse_event,
+)
+
+log = logging.getLogger(__name__)
+
+OVERHEAD_HEADER = "x-tuneloop-overhead-ms"
+NOT_FORWARDED = ("metadata", "store")
+MODELS_CACHE_S = 60.0
+
+CALLS = Counter(
+    "tuneloop_gateway_calls_total", "Chat completion calls by upstream and HTTP status", ["upstream", "status"]
+)
+OVERHEAD = Histogram(
+    "tuneloop_gateway_overhead_seconds",
+    "Time a call spent in the gateway itself, upstream waits excluded",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
+)
+UPSTREAM_TRIES = Counter(
+    "tuneloop_gateway_upstream_tries_total", "Tries sent upstream, by outcome", ["upstream", "outcome"]
+)
+
+
+class Gateway:
+    """The running gateway's state: config, router, upstream client, keys and log writer."""
+
+    def __init__(self, config: GatewayConfig, url: str | None = None) -> None:
+        self.config = config
+        self.url = url
+        self.router = Router(config)
+        self.redactor = Redactor(config.redact)
+        self.writer: LogWriter | None = None
+        self.keys: KeyRing | None = None
+        self.upstreams: UpstreamClient | None = None
+        self._models_cache: tuple[float, list[dict[str, Any]]] | None = None
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the store (replaying a durable journal first), the keys and the upstream pool."""
+        sink = StoreSink(self.url, prices=load_price_table(), redactor=self.redactor)
+        self.writer = LogWriter(sink, self.config.logging, name="gateway")
+        self.keys = KeyRing(self.url, refresh_s=self.config.keys_refresh_s)
+        self.upstreams = UpstreamClient()
+        for target_name, upstream in self.config.upstreams.items():
+            if upstream.api_key_env and upstream.api_key() is None and self._routed(target_name):
+                log.warning(
+                    "upstream %s: %s is not set; calls to it will be refused", target_name, upstream.api_key_env
+                )
+
+    def _routed(self, upstream: str) -> bool:
+        return any(route.upstream == upstream for route in self.config.routes)
+
+    async def stop(self) -> None:
+        if self.upstreams is not None:
+            await self.upstreams.close()
+        if self.writer is not None:
+            # Drains the queue: in a thread, so the event loop is free while it waits.
+            await asyncio.to_thread(self.writer.close)
+
+    async def refresh_keys_forever(self) -> None:
+        assert self.keys is not None
+        while True:
+            await asyncio.sleep(self.config.keys_refresh_s)
+            try:
+                await asyncio.to_thread(self.keys.reload)
+            except Exception:
+                log.exception("reloading API keys failed; keeping the ones loaded")
+
+    # --- auth -------------------------------------------------------------------------------------
+
+    @property
+    def auth_required(self) -> bool:
+        if self.config.auth == "disabled":
+            return False
+        assert self.keys is not None
+        return self.config.auth == "required" or self.keys.any_key_ever
+
+    async def authenticate(self, request: Request) -> ActiveKey | None:
+        """The caller's key; None when auth is off and the caller sent no tuneloop key."""
+        assert self.keys is not None
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" else ""
+        if not self.auth_required:
+            # Open gateway (no key ever created, or auth disabled): a tuneloop key is still honoured, so
+            # calls are attributed and rate-limited, and the first key closes `auth: auto` at once.
+            if token.startswith(KEY_PREFIX) and self.config.auth == "auto":
+                return self.keys.lookup(token) or await asyncio.to_thread(self.keys.lookup_in_store, token)
+            return None
+        if not token:
+            raise OpenAIError(
+                401,
+                "missing API key: send `Authorization: Bearer <tuneloop key>` (create one with `tuneloop keys create`)",
+                code="invalid_api_key",
+            )
+        key = self.keys.lookup(token)
+        if key is None:  # perhaps created since the last reload: one bounded look in the store
+            key = await asyncio.to_thread(self.keys.lookup_in_store, token)
+        if key is None:
+            raise OpenAIError(401, "invalid or revoked API key", code="invalid_api_key")
+        return key
+
+    # --- chat completions -------------------------------------------------------------------------
+
+    async def chat_completions(self, request: Request) -> Response:
+        started = time.perf_counter()
+        key = await self.authenticate(request)
+        payload = _decode_body(await request.body())
+        try:
+            ChatCompletionRequest.model_validate(payload)
+        except ValidationError as exc:
+            message, param = describe_validation_error(exc.errors())
+            raise OpenAIError(400, message, param=param) from None
+        model = payload["model"]
+        tags, metadata = parse_tags(request.headers.get(TAGS_HEADER), payload.get("metadata"))
+        log_it = payload.get("store") is not False
+        base = CallRecord(
+            model_requested=model,
+            request=payload,
+            status="error",
+            tags=tags,
+            metadata=metadata,
+            api_key_id=key.id if key else None,
+        )
+        if key is not None:
+            wait = self.keys.throttle(key) if self.keys else 0.0
+            if wait > 0:
+                return await self._rate_limited(base, key, wait, started, log_it)
+        targets = self.router.resolve(model)
+        forward = {name: value for name, value in payload.items() if name not in NOT_FORWARDED}
+        assert self.upstreams is not None
+        if payload.get("stream"):
+            reply = await self.upstreams.call(targets, forward, stream=True)
+            if reply.ok:
+                return self._relay_stream(reply, base, started, log_it)
+        else:
+            reply = await self.upstreams.call(targets, forward, stream=False)
+        return await self._whole_response(reply, base, started, log_it)
+
+    async def _whole_response(self, reply: UpstreamReply, record: CallRecord, started: float, log_it: bool) -> Response:
+        elapsed = time.perf_counter() - started
+        overhead = max(elapsed - reply.wait_s, 0.0)
+        _fill_from_reply(record, reply)
+        record.status = "ok" if reply.ok else "error"
+        record.http_status = reply.status
+        record.response_body = reply.body
+        record.latency_ms = elapsed * 1000
+        record.overhead_ms = overhead * 1000
+        _count(reply)
+        OVERHEAD.observe(overhead)
+        if log_it:
+            assert self.writer is not None
+            await self.writer.submit(record)
+        headers = {**reply.headers, OVERHEAD_HEADER: f"{overhead * 1000:.3f}"}
+        return Response(reply.body, status_code=reply.status, headers=headers)
+
+    def _relay_stream(self, reply: UpstreamReply, record: CallRecord, started: float, log_it: bool) -> Response:
+        assert reply.stream is not None and self.writer is not None and self.upstreams is not None
+        upstream_response, upstreams = reply.stream, self.upstreams
+        writer, durable = self.writer, self.writer.journal is not None
+        overhead_to_first_byte = max(time.perf_counter() - started - reply.wait_s, 0.0)
+        _fill_from_reply(record, reply)
+        record.stream = True
+        record.http_status = reply.status
+
+        async def relay() -> AsyncIterator[bytes]:
+            chunks: list[bytes] = []
+            upstream_wait, client_wait = reply.wait_s, 0.0
+            ttft: float | None = None
+            outcome: tuple[str, str | None] = ("ok", None)
+            submitted = False
+
+            def finish() -> None:
+                elapsed = time.perf_counter() - started
+                overhead = max(elapsed - upstream_wait - client_wait, 0.0)
+                record.status, record.error = outcome
+                record.response_body = b"".join(chunks)
+                record.latency_ms = elapsed * 1000
+                record.ttft_ms = ttft * 1000 if ttft is not None else None
+                record.overhead_ms = overhead * 1000
+                OVERHEAD.observe(overhead)
+
+            iterator = upstream_response.aiter_raw()
+            tail = b""
+            try:
+                while True:
+                    waited = time.perf_counter()
+                    try:
+                        chunk = await iterator.__anext__()
+                    except StopAsyncIteration:
+                        upstream_wait += time.perf_counter() - waited
+                        break
+                    now = time.perf_counter()
+                    upstream_wait += now - waited
+                    if ttft is None:
+                        ttft = now - started
+                    chunks.append(chunk)
+                    if tail:  # anything after a held-back [DONE] waits with it, in order
+                        tail += chunk
+                        continue
+                    if durable:
+                        # Durable: the closing [DONE] is held back until the call is in the journal, so a
+                        # client never sees a complete answer whose log could still be lost.
+                        done_at = chunk.find(b"data: [DONE]")
+                        if done_at >= 0:
+                            chunk, tail = chunk[:done_at], chunk[done_at:]
+                    if chunk:
+                        waited = time.perf_counter()
+                        yield chunk
+                        client_wait += time.perf_counter() - waited
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                message = f"upstream {record.upstream} broke off the stream: {type(exc).__name__}"
+                outcome = ("error", message)
+                chunks.append(sse_event(error_body(message, "server_error", status=502, code="upstream_stream_error")))
+                tail = chunks[-1]
+            except (asyncio.CancelledError, GeneratorExit):
+                outcome = ("error", "the client went away before the stream ended")
+                raise
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await upstreams.finish_stream(reply)
+                    if not submitted:
+                        finish()
+                        submitted = True
+                        _count(reply)
+                        if log_it:
+                            await writer.submit(record)
+            if tail:
+                yield tail
+
+        headers = {
+            **reply.headers,
+            "cache-control": "no-cache",
+            OVERHEAD_HEADER: f"{overhead_to_first_byte * 1000:.3f}",
+        }
+        headers["content-type"] = "text/event-stream; charset=utf-8"
+        return StreamingResponse(relay(), status_code=reply.status, headers=headers)
+
+    async def _rate_limited(
+        self, record: CallRecord, key: ActiveKey, wait: float, started: float, log_it: bool
+    ) -> Response:
+        message = (
+            f"rate limit of key {key.name!r} reached ({key.rate_limit_per_min} requests/minute); retry in {wait:.1f}s"
+        )
+        record.http_status, record.error = 429, message
+        record.latency_ms = record.overhead_ms = (time.perf_counter() - started) * 1000
+        if log_it:
+            assert self.writer is not None
+            await self.writer.submit(record)
+        CALLS.labels("", "429").inc()
+        retry_after = str(max(1, int(wait + 0.999)))
+        return JSONResponse(
+            error_body(message, "rate_limit_error", status=429, code="rate_limit_exceeded"),
+            status_code=429,
+            headers={"retry-after": retry_after},
+        )
+
+    # --- models -----------------------------------------------------------------------------------
+
+    async def list_models(self) -> dict[str, Any]:
+        now = time.monotonic()
+        if self._models_cache is None or now - self._models_cache[0] > MODELS_CACHE_S:
+            listed = [
+                {"id": name, "object": "model", "created": 0, "owned_by": "tuneloop-route"}
+                for name in self.router.listed_routes()
+            ]
+            results = await asyncio.gather(*(self._upstream_models(name) for name in self.config.upstreams))
+            for models in results:
+                listed.extend(models)
+            self._models_cache = (now, listed)
+        return {"object": "list", "data": self._models_cache[1]}
+
+    async def _upstream_models(self, name: str) -> list[dict[str, Any]]:
+        upstream = self.config.upstreams[name]
+        if upstream.api_key_env and upstream.api_key() is None:
+            return []
+        headers = {"authorization": f"Bearer {upstream.api_key()}"} if upstream.api_key() else {}
+        assert self.upstreams is not None
+        try:
+            response = await self.upstreams.http.get(f"{upstream.base_url}/models", headers=headers, timeout=5.0)
+            response.raise_for_status()
+            data = response.json().get("data") or []
+        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+            log.info("listing the models of upstream %s failed: %s", name, exc)
+            return []
+        return [
+            {"id": f"{name}/{item['id']}", "object": "model", "created": item.get("created", 0), "owned_by": name}
+            for item in data
+            if isinstance(item, dict) and isinstance(item.get("id"), str)
+        ]
+
+    # --- ingest (SDK wrapper) ---------------------------------------------------------------------
+
+    async def ingest(self, request: Request) -> dict[str, Any]:
+        key = await self.authenticate(request)
+        payload = _decode_body(await request.body())
+        records = payload.get("records")
+        if not isinstance(records, list):
+            raise OpenAIError(400, 'expected {"records": [...]}', param="records")
+        parsed: list[CallRecord] = []
+        for index, item in enumerate(records):
+            try:
+                record = CallRecord.from_json(item)
+            except (TypeError, ValueError, KeyError) as exc:
+                raise OpenAIError(
+                    400, f"records[{index}] is not a captured call: {exc}", param=f"records[{index}]"
+                ) from None
+            record.api_key_id = key.id if key else None  # the key that uploaded it, not what the record claims
+            parsed.append(record)
+        assert self.writer is not None
+        for record in parsed:
+            await self.writer.submit(record)
+        return {"accepted": len(parsed)}
+
+    def health(self) -> dict[str, Any]:
+        writer = self.writer
+        return {
+            "status": "ok",
+            "log_queue_depth": writer.depth if writer else None,
+            "logged": writer.written if writer else None,
+            "dropped": writer.dropped if writer else None,
+            "replayed_at_start": writer.replayed if writer else None,
+            "durable": bool(writer and writer.journal),
+        }
+
+
+def _decode_body(raw: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
+        raise OpenAIError(400, f"the request body is not valid JSON: {reason}") from None
+    if not isinstance(payload, dict):
+        raise OpenAIError(400, "the request body must be a JSON object")
+    return payload
+
+
+def _fill_from_reply(record: CallRecord, reply: UpstreamReply) -> None:
+    target: Target | None = reply.target
+    if target is not None:
+        record.upstream, record.upstream_model = target.upstream.name, target.model
+    record.error = reply.error
+    record.attempts = [attempt.to_json() for attempt in reply.attempts]
+
+
+_counters: dict[tuple[str, ...], Counter] = {}  # labelled children, looked up once (labels() takes a lock)
+
+
+def _counter(metric: Counter, *labels: str) -> Counter:
+    key = (metric._name, *labels)
+    child = _counters.get(key)
+    if child is None:
+        child = _counters[key] = metric.labels(*labels)
+    return child
+
+
+def _count(reply: UpstreamReply) -> None:
+    _counter(CALLS, reply.target.upstream.name if reply.target else "", str(reply.status)).inc()
+    for attempt in reply.attempts:
+        _counter(UPSTREAM_TRIES, attempt.upstream, attempt.outcome).inc()
+
+
+def create_app(config: GatewayConfig, url: str | None = None) -> FastAPI:
+    """The gateway as an ASGI app; the store at ``url`` (default: the configured one)."""
+    gateway = Gateway(config, url)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(gateway.start)
+        refresher = asyncio.create_task(gateway.refresh_keys_forever())
+        try:
+            yield
+        finally:
+            refresher.cancel()
+            await gateway.stop()
+
+    app = FastAPI(title="tuneloop gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.gateway = gateway
+    install_error_handlers(app)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await gateway.chat_completions(request)
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        await gateway.authenticate(request)
+        return await gateway.list_models()
+
+    @app.post("/v1/tuneloop/logs")
+    async def ingest(request: Request) -> dict[str, Any]:
+        return await gateway.ingest(request)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz")
+    async def health() -> dict[str, Any]:
+        return gateway.health()
+
+    return app

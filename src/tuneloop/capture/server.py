@@ -1,0 +1,80 @@
+"""Running the gateway: in the foreground (``tuneloop gateway``) or in a background thread (demo, tests).
+
+uvicorn handles SIGTERM and SIGINT: it stops accepting connections, lets calls in flight finish, then
+the app's shutdown drains the log queue into the store before the process exits.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import uvicorn
+
+from tuneloop.capture.config import GatewayConfig
+from tuneloop.capture.gateway import Gateway, create_app
+from tuneloop.errors import TuneloopError
+
+GRACEFUL_SHUTDOWN_S = 30
+
+
+def _uvicorn_config(config: GatewayConfig, host: str, port: int, url: str | None, log_level: str) -> uvicorn.Config:
+    app = create_app(config, url)
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,  # every call is in the store already; a line per request would cost CPU
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        # Upstream calls can take minutes; keep client connections open between them.
+        timeout_keep_alive=75,
+        lifespan="on",
+    )
+
+
+def serve(config: GatewayConfig, host: str = "127.0.0.1", port: int = 4000, url: str | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then drain the log queue and return."""
+    server = uvicorn.Server(_uvicorn_config(config, host, port, url, "info"))
+    try:
+        server.run()
+    except OSError as exc:
+        raise TuneloopError(f"cannot listen on {host}:{port}: {exc}", hint="pick another --port") from exc
+    if not server.started:
+        raise TuneloopError(f"the gateway did not start on {host}:{port}", hint="see the messages above")
+
+
+@dataclass
+class RunningGateway:
+    base_url: str  # e.g. http://127.0.0.1:43567/v1
+    gateway: Gateway
+    server: uvicorn.Server
+
+
+@contextmanager
+def running_gateway(config: GatewayConfig, url: str | None = None, host: str = "127.0.0.1") -> Iterator[RunningGateway]:
+    """A gateway on a free port in a background thread; stopped (and its log drained) on exit."""
+    uv_config = _uvicorn_config(config, host, 0, url, "warning")
+    server = uvicorn.Server(uv_config)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP (else Nagle adds 40 ms).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    port = sock.getsockname()[1]
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="tuneloop-gateway", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise TuneloopError("the gateway did not start", hint="see the log messages above")
+        time.sleep(0.01)
+    try:
+        yield RunningGateway(f"http://{host}:{port}/v1", uv_config.app.state.gateway, server)  # type: ignore[attr-defined]
+    finally:
+        server.should_exit = True
+        thread.join(GRACEFUL_SHUTDOWN_S + 10)
+        sock.close()

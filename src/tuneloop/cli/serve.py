@@ -1,0 +1,55 @@
+"""CLI: serve — the OpenAI-compatible server over the base and its registered fine-tunes."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    backend: str = typer.Option("llamacpp", "--backend", help="llamacpp (CPU), transformers (reference) or vllm."),
+    models: str | None = typer.Option(
+        None, "--models", help="Comma-separated models to serve and check at startup, e.g. T@prod,T@3."
+    ),
+    base: str | None = typer.Option(None, "--base", help="Base model (default: the one the --models were trained on)."),
+    max_adapters: int = typer.Option(8, "--max-adapters", help="Adapters kept loaded (LRU)."),
+    max_queue: int = typer.Option(16, "--max-queue", help="Requests admitted at once; more get 429."),
+    threads: int | None = typer.Option(None, "--threads", help="llama.cpp threads (default: half the cores)."),
+    n_ctx: int = typer.Option(2048, "--n-ctx", help="llama.cpp context window."),
+    device: str = typer.Option("cpu", "--device", help="transformers device (cpu, cuda, mps)."),
+    tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", help="vllm: GPUs per replica."),
+    pipeline_parallel_size: int = typer.Option(1, "--pipeline-parallel-size", help="vllm: pipeline stages."),
+    max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", help="Larger request bodies get 413."),
+) -> None:
+    """Serve /v1/chat/completions, /v1/models, /health and /metrics (OpenAI-compatible)."""
+    import uvicorn
+
+    from tuneloop.serve.app import create_app
+    from tuneloop.serve.engine import build_engine
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    engine = build_engine(
+        backend=backend,
+        models=[name.strip() for name in (models or "").split(",") if name.strip()],
+        base=base,
+        max_adapters=max_adapters,
+        max_queue=max_queue,
+        threads=threads,
+        n_ctx=n_ctx,
+        device=device,
+        tensor_parallel_size=tensor_parallel_size,
+        pipeline_parallel_size=pipeline_parallel_size,
+    )
+    for served in engine.preload():
+        console.print(f"serving {served.id} (verified sha256:{served.version.content_hash[:12]})")
+    console.print(f"base {engine.base.id} on {engine.backend_name}: http://{host}:{port}/v1")
+    try:
+        uvicorn.run(create_app(engine, max_body_bytes=max_body_bytes), host=host, port=port, log_level="warning")
+    finally:
+        engine.close()

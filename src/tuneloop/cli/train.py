@@ -1,0 +1,73 @@
+"""CLI: train — LoRA fine-tuning of a base on a dataset, registered as the next ``task@N``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from tuneloop.bases import DEFAULT_BASE
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def train(
+    ctx: typer.Context,
+    task: str = typer.Option(..., "--task", help="Task name or path of its YAML spec."),
+    data: str = typer.Option(..., "--data", help="Training data: FILE.jsonl (its train split) or dataset:NAME."),
+    base: str = typer.Option(DEFAULT_BASE, "--base", help="Base model: a bundled id, hf:org/name, or a path."),
+    config: Path | None = typer.Option(
+        None, "--config", help="Training config YAML (sft: TRL SFTConfig fields, lora: PEFT LoraConfig fields)."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run with these arguments."),
+    merge: bool = typer.Option(False, "--merge", help="Also write merged full weights beside the adapter."),
+    launcher: str = typer.Option("inprocess", "--launcher", help="inprocess, or accelerate (accelerate launch)."),
+    num_processes: int = typer.Option(1, "--num-processes", min=1, help="Processes for --launcher accelerate."),
+    accelerate_config: Path | None = typer.Option(
+        None, "--accelerate-config", help="An accelerate config file (FSDP, DeepSpeed, several machines)."
+    ),
+) -> None:
+    """Fine-tune a base with LoRA (TRL SFTTrainer + PEFT) and register it as an immutable version.
+
+    Options after `--` go to `accelerate launch` unchanged (e.g. -- --num_machines 2 --machine_rank 0
+    --main_process_ip 10.0.0.1 --main_process_port 29500).
+    """
+    from tuneloop.train import train as run_training
+
+    try:
+        result = run_training(
+            task,
+            data,
+            base,
+            config,
+            launcher=launcher,
+            num_processes=num_processes,
+            accelerate_config=accelerate_config,
+            accelerate_args=list(ctx.args),
+            resume=resume,
+            merge=merge,
+            console=err_console,
+        )
+    except KeyboardInterrupt:
+        err_console.print(
+            "[yellow]interrupted[/]: the checkpoints are kept; run the same command with --resume to continue"
+        )
+        sys.exit(130)
+    version = result.version
+    metrics = result.metrics
+    verb = "registered" if result.created else "identical to the existing version"
+    console.print(f"[bold green]{version.id}[/] {verb} (sha256:{version.content_hash[:12]})", highlight=False)
+    parts = []
+    if metrics.get("train_loss") is not None:
+        parts.append(f"train loss {metrics['train_loss']:.4f}")
+    if metrics.get("eval_loss") is not None:
+        parts.append(f"validation loss {metrics['eval_loss']:.4f}")
+    parts.append(f"{result.seconds / 60:.1f} min, {result.tokens_per_second:,.0f} tokens/s")
+    console.print("  " + ", ".join(parts), highlight=False)
+    console.print(f"  adapter: {version.adapter_path}", highlight=False)
+    if version.loss_curve_path:
+        console.print(f"  loss curve: {version.loss_curve_path}", highlight=False)
+    console.print(f"  evaluate: tuneloop eval run --task {version.task} --model {version.id}", highlight=False)

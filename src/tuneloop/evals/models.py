@@ -1,0 +1,422 @@
+"""Turning a model id into something that answers: a local base, a registry version, or an endpoint.
+
+``resolve_model`` reads the id with the one grammar (``tuneloop.registry.ids``) and decides, without
+loading anything, what exactly will run (its ``identity``, part of the cache key), how it is labelled
+and how its requests are costed. ``ResolvedModel.load()`` then starts it: a local backend (llama.cpp by
+default for a GGUF base, transformers on request) or the official ``openai`` client for an endpoint.
+A run whose answers are all cached never loads the model.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import httpx
+
+from tuneloop.bases import Base, base_weights_hash, resolve_base
+from tuneloop.capture.upstreams import Upstream, get_upstream, upstream_for_base_url
+from tuneloop.errors import TuneloopError
+from tuneloop.evals.cost import UNKNOWN_COST, CostBasis, PriceTable, machine_cost_basis, token_cost_basis
+from tuneloop.registry.ids import BaseRef, EndpointRef, VersionRef, parse_model_id
+from tuneloop.serve.backends import BACKEND_NAMES, Adapter, Backend, GenerationParams, Message, get_backend
+
+ModelKind = Literal["local", "endpoint"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model to evaluate: its id, and for local models the engine (default: llama.cpp for GGUF)."""
+
+    model: str
+    backend: str | None = None
+    backend_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One answer, timed from the caller's side.
+
+    ``latency_ms`` and ``ttft_ms`` include any wait for a busy engine; ``engine_ms`` is the time a local
+    engine itself was busy with the request (the machine time that self-hosted cost is based on).
+    """
+
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cached_tokens: int | None
+    latency_ms: float
+    ttft_ms: float | None
+    engine_ms: float | None = None
+
+
+class RequestFailed(Exception):
+    """This request failed (e.g. the prompt is too long): recorded for its example, the run goes on."""
+
+
+class RequestCancelled(Exception):
+    """The run was interrupted while this request was under way."""
+
+
+class EndpointFailure(TuneloopError):
+    """The endpoint cannot serve this run at all (unreachable, refused the key, no such model)."""
+
+
+class Generator(Protocol):
+    def complete(self, messages: list[Message], params: GenerationParams, stop: threading.Event) -> Completion: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    label: str  # shown in tables and stored with every result
+    requested: str  # what the user wrote
+    identity: str  # what runs, precisely (weights hash + engine, or URL + model): part of the cache key
+    kind: ModelKind
+    cost: CostBasis
+    # Local engines run one request at a time (their lock), so their machine time is their own time.
+    one_at_a_time: bool
+    loader: Callable[[], Generator] = field(repr=False, compare=False)
+
+    def load(self) -> Generator:
+        return self.loader()
+
+    def describe(self) -> dict[str, Any]:
+        """What a run records about this model (its config)."""
+        return {
+            "label": self.label,
+            "requested": self.requested,
+            "identity": self.identity,
+            "kind": self.kind,
+            "cost_basis": self.cost.description,
+        }
+
+
+def resolve_model(spec: ModelSpec, prices: PriceTable, *, stream: bool = True) -> ResolvedModel:
+    """What ``spec`` names, ready to load; raises TuneloopError naming the model id when it can't be."""
+    ref = parse_model_id(spec.model)
+    if spec.backend is not None and spec.backend not in BACKEND_NAMES:
+        raise TuneloopError(
+            f"unknown backend {spec.backend!r}", where="--backend", hint="use one of: " + ", ".join(BACKEND_NAMES)
+        )
+    if isinstance(ref, BaseRef):
+        return _resolve_base(spec, resolve_base(ref.name), prices)
+    if isinstance(ref, VersionRef):
+        return resolve_version(ref, spec, prices)
+    if spec.backend is not None:
+        raise TuneloopError(
+            "--backend applies to local models; this one is behind an endpoint", where=f"model {spec.model}"
+        )
+    return _resolve_endpoint(spec, ref, prices, stream=stream)
+
+
+def resolve_version(ref: VersionRef, spec: ModelSpec, prices: PriceTable) -> ResolvedModel:
+    """A registry version (``task@3``, ``task@sha256:…``, ``task@prod``) as its adapter over its base.
+
+    An alias is resolved here, once: the label and every stored result name the immutable version
+    (``task@3``), and the identity (part of the cache key) is its content hash and the engine. The
+    registry verifies the version's files against that hash when resolving.
+    """
+    from tuneloop.registry import resolve_version as resolve_registered
+
+    info = resolve_registered(ref)
+    base = resolve_base(info.base_id)
+    backend_name = spec.backend or default_backend(base)
+    label = info.id if backend_name == default_backend(base) else f"{info.id} [{backend_name}]"
+    options = dict(spec.backend_options)
+
+    def load() -> Generator:
+        from tuneloop.registry.exports import ensure_gguf_lora
+
+        # llama.cpp applies a GGUF LoRA (exported once per version, cached); transformers the PEFT folder.
+        gguf = ensure_gguf_lora(info) if backend_name == "llamacpp" else None
+        adapter = Adapter(id=info.id, peft_dir=info.adapter_path, gguf_path=gguf)
+        return LocalGenerator(get_backend(backend_name, base, **options), adapter)
+
+    return ResolvedModel(
+        label=label,
+        requested=spec.model,
+        identity=f"{info.hash_ref}|{backend_name}",
+        kind="local",
+        cost=machine_cost_basis(prices),
+        one_at_a_time=True,
+        loader=load,
+    )
+
+
+# --- local bases ---------------------------------------------------------------------------------
+
+
+def default_backend(base: Base) -> str:
+    return "llamacpp" if base.format == "gguf" else "transformers"
+
+
+def _resolve_base(spec: ModelSpec, base: Base, prices: PriceTable) -> ResolvedModel:
+    backend_name = spec.backend or default_backend(base)
+    label = base.id if backend_name == default_backend(base) else f"{base.id} [{backend_name}]"
+    identity = f"{base.id}|sha256:{base_weights_hash(base)}|{backend_name}"
+    options = dict(spec.backend_options)
+    return ResolvedModel(
+        label=label,
+        requested=spec.model,
+        identity=identity,
+        kind="local",
+        cost=machine_cost_basis(prices),
+        one_at_a_time=True,
+        loader=lambda: LocalGenerator(get_backend(backend_name, base, **options)),
+    )
+
+
+class LocalGenerator:
+    """A local backend (with a version's adapter, or the bare base), timed as its callers see it."""
+
+    def __init__(self, backend: Backend, adapter: Adapter | None = None) -> None:
+        self.backend, self.adapter = backend, adapter
+
+    def complete(self, messages: list[Message], params: GenerationParams, stop: threading.Event) -> Completion:
+        if stop.is_set():
+            raise RequestCancelled
+        started = time.perf_counter()
+        try:
+            generation = self.backend.generate(messages, params, adapter=self.adapter)
+        except TuneloopError as exc:  # e.g. a prompt longer than the context: this example only
+            raise RequestFailed(str(exc)) from None
+        latency_ms = (time.perf_counter() - started) * 1000
+        waited_ms = max(0.0, latency_ms - generation.latency_ms)  # queued behind other requests
+        return Completion(
+            text=generation.text,
+            finish_reason=generation.finish_reason,
+            prompt_tokens=generation.prompt_tokens,
+            completion_tokens=generation.completion_tokens,
+            cached_tokens=None,
+            latency_ms=latency_ms,
+            ttft_ms=None if generation.ttft_ms is None else waited_ms + generation.ttft_ms,
+            engine_ms=generation.latency_ms,
+        )
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+# --- endpoints -----------------------------------------------------------------------------------
+
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_MAX_RETRIES = 2
+
+
+def _resolve_endpoint(spec: ModelSpec, ref: EndpointRef, prices: PriceTable, *, stream: bool) -> ResolvedModel:
+    upstream: Upstream | None
+    if ref.upstream is not None:
+        upstream = get_upstream(ref.upstream)
+        base_url = upstream.base_url
+    else:
+        assert ref.base_url is not None
+        base_url = ref.base_url
+        upstream = upstream_for_base_url(base_url)  # a configured one at this URL lends its key
+    api_key = upstream.api_key() if upstream else None
+    if upstream is not None and upstream.api_key_env and api_key is None:
+        raise TuneloopError(
+            f"{upstream.api_key_env} is not set, and upstream {upstream.name!r} needs its API key from it",
+            where=f"model {spec.model}",
+            hint=f"export {upstream.api_key_env}=... (or change api_key_env under upstreams.{upstream.name} "
+            "in config.yaml)",
+        )
+    priced = prices.lookup(ref.model, ref.upstream)
+    if priced is not None:
+        cost = token_cost_basis(*priced, prices)
+    elif ref.upstream is None or (upstream is not None and upstream.self_hosted):
+        cost = machine_cost_basis(prices)  # an endpoint URL or a self-hosted upstream: you pay the machine
+    else:
+        cost = UNKNOWN_COST
+    timeout_s = upstream.timeout_s if upstream else DEFAULT_TIMEOUT_S
+    max_retries = upstream.max_retries if upstream else DEFAULT_MAX_RETRIES
+    return ResolvedModel(
+        label=spec.model,
+        requested=spec.model,
+        identity=f"{base_url}#{ref.model}",
+        kind="endpoint",
+        cost=cost,
+        one_at_a_time=False,
+        loader=lambda: EndpointGenerator(
+            spec.model, base_url, ref.model, api_key, timeout_s=timeout_s, max_retries=max_retries, stream=stream
+        ),
+    )
+
+
+# OpenAI's reasoning models refuse temperature/top_p and count hidden reasoning tokens against the
+# output limit, so a task's small max_tokens would cut them off before they answer.
+_REASONING_MODEL = re.compile(r"^(o\d|gpt-5)")
+
+
+def sampling_arguments(model: str, params: GenerationParams) -> dict[str, Any]:
+    if _REASONING_MODEL.match(model):
+        return {}
+    arguments: dict[str, Any] = {"temperature": params.temperature, "top_p": params.top_p}
+    arguments["max_tokens"] = params.max_tokens
+    if params.stop:
+        arguments["stop"] = params.stop
+    if params.seed is not None:
+        arguments["seed"] = params.seed
+    return arguments
+
+
+class EndpointGenerator:
+    """An OpenAI-compatible endpoint through the official client, streaming to time the first token.
+
+    The client retries connection errors, 408/409/429 and 5xx ``max_retries`` times with backoff; what
+    still fails after that stops the run (``EndpointFailure``), keeping the answers already stored.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        base_url: str,
+        model: str,
+        api_key: str | None,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        stream: bool = True,
+    ) -> None:
+        import openai
+
+        self.label, self.base_url, self.model, self.stream = label, base_url, model, stream
+        self.timeout_s, self.attempts = timeout_s, max_retries + 1
+        # A placeholder key for endpoints that need none: the client refuses to start without one, and
+        # the user's OPENAI_API_KEY must not be sent to an arbitrary URL.
+        self.client = openai.OpenAI(
+            base_url=base_url, api_key=api_key or "no-key", timeout=timeout_s, max_retries=max_retries
+        )
+
+    def complete(self, messages: list[Message], params: GenerationParams, stop: threading.Event) -> Completion:
+        import openai
+
+        if stop.is_set():
+            raise RequestCancelled
+        arguments = sampling_arguments(self.model, params)
+        try:
+            if self.stream:
+                return self._streamed(messages, arguments, stop)
+            return self._whole(messages, arguments)
+        except openai.APITimeoutError:
+            raise EndpointFailure(
+                f"no answer within {self.timeout_s:g} s, {self.attempts} attempts",
+                where=f"model {self.label}",
+                hint="check the server's load, or raise timeout_s for this upstream in config.yaml",
+            ) from None
+        except openai.APIConnectionError as exc:
+            cause = exc.__cause__ or exc
+            raise EndpointFailure(
+                f"cannot reach {self.base_url} after {self.attempts} attempts: {cause}",
+                where=f"model {self.label}",
+                hint="check that the server is running and the URL (scheme, host, port, /v1) is right",
+            ) from None
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+            raise EndpointFailure(
+                f"the endpoint refused the API key (HTTP {exc.status_code}): {_api_message(exc)}",
+                where=f"model {self.label}",
+                hint="check the key in the environment variable named by the upstream's api_key_env",
+            ) from None
+        except openai.NotFoundError as exc:
+            raise EndpointFailure(
+                f"HTTP 404 from {self.base_url}: {_api_message(exc)}",
+                where=f"model {self.label}",
+                hint=f"check the model name ({self.model!r}) and that the base URL ends where /chat/completions starts",
+            ) from None
+        except (openai.RateLimitError, openai.InternalServerError) as exc:
+            raise EndpointFailure(
+                f"HTTP {exc.status_code} after {self.attempts} attempts: {_api_message(exc)}",
+                where=f"model {self.label}",
+                hint="lower --concurrency, or wait and resume the run",
+            ) from None
+        except openai.APIStatusError as exc:  # 400/422: this request, not the endpoint
+            raise RequestFailed(f"HTTP {exc.status_code}: {_api_message(exc)}") from None
+        except openai.APIError as exc:  # an error event inside the stream
+            raise RequestFailed(f"the endpoint reported an error: {_api_message(exc)}") from None
+        except httpx.TransportError as exc:  # the connection broke mid-stream (the client retries only the start)
+            raise EndpointFailure(
+                f"the connection to {self.base_url} broke during an answer: {exc!r}",
+                where=f"model {self.label}",
+                hint="check the server, then resume the run",
+            ) from None
+
+    def _streamed(self, messages: list[Message], arguments: dict[str, Any], stop: threading.Event) -> Completion:
+        started = time.perf_counter()
+        first_token_at: float | None = None
+        parts: list[str] = []
+        finish_reason: str | None = None
+        usage: Any = None
+        chunks = self.client.chat.completions.create(
+            model=self.model,
+            messages=messages,  # type: ignore[arg-type]
+            stream=True,
+            stream_options={"include_usage": True},
+            **arguments,
+        )
+        with chunks:
+            for chunk in chunks:
+                if stop.is_set():
+                    raise RequestCancelled
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                for choice in chunk.choices:
+                    if choice.delta.content:
+                        first_token_at = first_token_at or time.perf_counter()
+                        parts.append(choice.delta.content)
+                    if choice.finish_reason:
+                        finish_reason = choice.finish_reason
+        finished = time.perf_counter()
+        return Completion(
+            text="".join(parts),
+            finish_reason=finish_reason,
+            prompt_tokens=getattr(usage, "prompt_tokens", None),
+            completion_tokens=getattr(usage, "completion_tokens", None),
+            cached_tokens=_cached_tokens(usage),
+            latency_ms=(finished - started) * 1000,
+            ttft_ms=None if first_token_at is None else (first_token_at - started) * 1000,
+        )
+
+    def _whole(self, messages: list[Message], arguments: dict[str, Any]) -> Completion:
+        started = time.perf_counter()
+        response = self.client.chat.completions.create(
+            model=self.model,
+            messages=messages,  # type: ignore[arg-type]
+            **arguments,
+        )
+        latency_ms = (time.perf_counter() - started) * 1000
+        choice = response.choices[0] if response.choices else None
+        usage = response.usage
+        return Completion(
+            text=(choice.message.content or "") if choice else "",
+            finish_reason=choice.finish_reason if choice else None,
+            prompt_tokens=getattr(usage, "prompt_tokens", None),
+            completion_tokens=getattr(usage, "completion_tokens", None),
+            cached_tokens=_cached_tokens(usage),
+            latency_ms=latency_ms,
+            ttft_ms=None,
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _cached_tokens(usage: Any) -> int | None:
+    details = getattr(usage, "prompt_tokens_details", None)
+    return getattr(details, "cached_tokens", None)
+
+
+def _api_message(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+        if isinstance(error, str):
+            return error
+    return str(getattr(exc, "message", exc))

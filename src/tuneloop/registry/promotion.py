@@ -1,0 +1,146 @@
+"""Promote and roll back aliases (``task@prod``): atomic moves with an audit trail.
+
+Each move is one transaction that updates the ``aliases`` row and appends an ``alias_events`` row (who,
+when, from, to, why), so a reader sees either the old target or the new one, and the history always
+explains the current state. A running server re-reads aliases (``serve/engine.py``), so a move takes
+effect without a restart.
+
+Rollback moves the alias back to where its last move came from (the ``from`` of the latest event);
+rolling back twice therefore returns to the version that was rolled back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+
+from tuneloop.errors import TuneloopError
+from tuneloop.registry.ids import ALIAS_PATTERN
+from tuneloop.registry.versions import resolve_version, verify_version
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from tuneloop.store.models import AliasEvent
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    """One recorded move of ``task@alias``; version ids are ``task@N`` (None: the alias did not exist)."""
+
+    task: str
+    alias: str
+    from_version: str | None
+    to_version: str | None
+    actor: str | None
+    reason: str | None
+    at: datetime | None
+
+
+def promote(task: str, version: str, alias: str, actor: str | None = None, reason: str | None = None) -> AliasMove:
+    """Point ``task@alias`` at ``version`` (``task@N``, ``task@sha256:…``, or another alias's target).
+
+    The version's files are verified first: a tampered version is never promoted.
+    """
+    from tuneloop.store import session_scope
+    from tuneloop.store.models import ModelVersion
+
+    _check_alias(task, alias)
+    reference = version if "@" in version else f"{task}@{version}"
+    info = resolve_version(reference, verify=False)
+    if info.task != task:
+        raise TuneloopError(f"{info.id} is a version of {info.task}, not {task}", where=f"{task}@{alias}")
+    verify_version(info)
+    with session_scope() as session:
+        target_id = session.scalar(
+            sa.select(ModelVersion.id).where(ModelVersion.task == task, ModelVersion.version == info.version)
+        )
+        return _move(session, task, alias, target_id, actor, reason)
+
+
+def rollback(task: str, alias: str, actor: str | None = None, reason: str | None = None) -> AliasMove:
+    """Move ``task@alias`` back to the version its latest move came from."""
+    from tuneloop.store import session_scope
+    from tuneloop.store.models import AliasEvent
+
+    _check_alias(task, alias)
+    with session_scope() as session:
+        last = session.scalar(
+            sa.select(AliasEvent)
+            .where(AliasEvent.task == task, AliasEvent.alias == alias)
+            .order_by(AliasEvent.id.desc())
+            .limit(1)
+        )
+        if last is None:
+            raise TuneloopError(
+                f"{task}@{alias} has never been moved", where=f"{task}@{alias}", hint="promote a version first"
+            )
+        if last.from_version_id is None:
+            raise TuneloopError(
+                f"{task}@{alias} has no earlier version to roll back to (its last move created it)",
+                where=f"{task}@{alias}",
+                hint=f"promote the version you want: tuneloop models promote {task}@N --alias {alias}",
+            )
+        return _move(session, task, alias, last.from_version_id, actor, reason or "rollback")
+
+
+def alias_history(task: str, alias: str | None = None) -> list[AliasMove]:
+    """Every recorded move of the task's aliases (or one alias), oldest first."""
+    from tuneloop.store import session_scope
+    from tuneloop.store.models import AliasEvent
+
+    with session_scope() as session:
+        query = sa.select(AliasEvent).where(AliasEvent.task == task).order_by(AliasEvent.id)
+        if alias is not None:
+            query = query.where(AliasEvent.alias == alias)
+        return [_as_move(session, event) for event in session.scalars(query)]
+
+
+def _move(session: Session, task: str, alias: str, target_id: int, actor: str | None, reason: str | None) -> AliasMove:
+    from tuneloop.store.models import Alias, AliasEvent
+
+    # A row lock where the database has them (PostgreSQL), so two concurrent moves serialise; SQLite
+    # serialises writers by itself.
+    row = session.scalar(sa.select(Alias).where(Alias.task == task, Alias.alias == alias).with_for_update())
+    previous = row.version_id if row is not None else None
+    if row is None:
+        session.add(Alias(task=task, alias=alias, version_id=target_id))
+    else:
+        row.version_id = target_id
+    event = AliasEvent(
+        task=task, alias=alias, from_version_id=previous, to_version_id=target_id, actor=actor, reason=reason
+    )
+    session.add(event)
+    session.flush()
+    return _as_move(session, event)
+
+
+def _as_move(session: Session, event: AliasEvent) -> AliasMove:
+    from tuneloop.store.models import ModelVersion
+
+    def name(version_id: int | None) -> str | None:
+        if version_id is None:
+            return None
+        row = session.get(ModelVersion, version_id)
+        return f"{row.task}@{row.version}" if row is not None else None
+
+    return AliasMove(
+        task=event.task,
+        alias=event.alias,
+        from_version=name(event.from_version_id),
+        to_version=name(event.to_version_id),
+        actor=event.actor,
+        reason=event.reason,
+        at=event.created_at,
+    )
+
+
+def _check_alias(task: str, alias: str) -> None:
+    if not ALIAS_PATTERN.match(alias):
+        raise TuneloopError(
+            f"{alias!r} is not a valid alias (a lowercase letter, then letters, digits, '_' or '-')",
+            where=f"{task}@{alias}",
+        )

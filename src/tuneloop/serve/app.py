@@ -1,0 +1,191 @@
+"""The OpenAI-compatible HTTP surface of ``tuneloop serve``: routes parse, call the engine, and answer.
+
+``/v1/chat/completions`` (whole or streamed), ``/v1/models``, ``/health``, ``/metrics``. Every error is
+OpenAI-shaped (``protocol.install_error_handlers``): unknown model 404 ``model_not_found``, a bad
+parameter 400 naming it, a body over ``max_body_bytes`` 413, a full queue 429 with ``Retry-After``.
+
+:func:`start_background_server` runs the app on a free loopback port in a thread: the demo, the tests
+and the benchmarks use it, so they exercise the real server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from tuneloop.protocol import ChatCompletionRequest, ModelList, OpenAIError, error_bytes, install_error_handlers
+from tuneloop.serve.engine import ServeEngine
+
+DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB: far above any chat a small model's context holds
+
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
+
+
+class BodySizeLimit:
+    """Refuse request bodies over ``limit`` bytes with 413, by Content-Length or while reading a chunked one."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[dict]], send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(send)
+            return
+        seen = 0
+        too_large = False
+
+        async def counting_receive() -> dict:
+            nonlocal seen, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    too_large = True
+                    raise _BodyTooLarge
+            return message
+
+        refused = False
+
+        async def guarded_send(message: dict) -> None:
+            # The framework turns a failed body read into its own 400; answer 413 instead.
+            nonlocal refused
+            if too_large:
+                if not refused:
+                    refused = True
+                    await self._refuse(send)
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except _BodyTooLarge:
+            if not refused:
+                await self._refuse(send)
+
+    async def _refuse(self, send: Any) -> None:
+        body = error_bytes(f"the request body is larger than {self.limit} bytes", status=413, code="body_too_large")
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def create_app(engine: ServeEngine, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+    """The FastAPI app over ``engine``."""
+    app = FastAPI(
+        title="tuneloop serve",
+        version="1",
+        summary="OpenAI-compatible chat completions over pinned fine-tune versions",
+    )
+    app.state.engine = engine
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, limit=max_body_bytes)
+
+    async def record_errors(request: Request, exc: OpenAIError) -> JSONResponse:
+        engine.metrics.observe_error(None, exc.status, exc.code or exc.type)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    app.add_exception_handler(OpenAIError, record_errors)
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(body: ChatCompletionRequest) -> Response:
+        if body.stream:
+            served, events = await engine.stream(body)
+            return StreamingResponse(
+                events,
+                media_type="text/event-stream",
+                headers={"X-Tuneloop-Model": served.id, "Cache-Control": "no-cache"},
+            )
+        completion = await engine.complete(body)
+        return JSONResponse(completion, headers={"X-Tuneloop-Model": completion["model"]})
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        cards = await asyncio.to_thread(engine.list_models)
+        return ModelList(data=cards).model_dump(mode="json")
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> dict[str, Any]:
+        served = await asyncio.to_thread(engine.resolve, model_id)
+        for card in await asyncio.to_thread(engine.list_models):
+            if card["id"] == served.id:
+                return card
+        raise OpenAIError(404, f"model {model_id!r} not found", param="model", code="model_not_found")
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return engine.health()
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(engine.metrics.exposition(), media_type=engine.metrics.content_type)
+
+    return app
+
+
+@dataclass
+class BackgroundServer:
+    """A server running in a thread of this process; ``base_url`` is what an ``openai`` client takes."""
+
+    base_url: str
+    engine: ServeEngine
+    _server: Any
+    _thread: threading.Thread
+
+    def stop(self, *, close_engine: bool = True) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=30)
+        if close_engine:
+            self.engine.close()
+
+
+def start_background_server(
+    engine: ServeEngine, *, host: str = "127.0.0.1", port: int = 0, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+) -> BackgroundServer:
+    """Serve ``engine`` on ``host:port`` (0: a free port) in a daemon thread; returns once it accepts."""
+    import uvicorn
+
+    if port == 0:
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            port = probe.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(engine, max_body_bytes=max_body_bytes), host=host, port=port, log_level="warning", lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="tuneloop-serve", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not start on {host}:{port}")
+        time.sleep(0.02)
+    return BackgroundServer(f"http://{host}:{port}/v1", engine, server, thread)
+
+
+def openapi_json(engine: ServeEngine) -> str:
+    """The server's OpenAPI document (schemathesis and client generators read it)."""
+    return json.dumps(create_app(engine).openapi(), indent=1)

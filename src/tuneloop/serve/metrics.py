@@ -1,0 +1,92 @@
+"""Prometheus metrics of the server, labelled by the resolved immutable version (``task@3``), never an alias.
+
+Each app gets its own ``CollectorRegistry`` so several servers (tests, the demo) can live in one process.
+Requests that fail before a model is resolved are labelled ``model="-"``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+UNRESOLVED = "-"
+_LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2.5, 5, 10, 30)
+
+
+class ServeMetrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "tuneloop_serve_requests",
+            "Chat completion requests answered, by resolved model and HTTP status.",
+            ["model", "status"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "tuneloop_serve_errors",
+            "Requests answered with an error, by resolved model and OpenAI error code/type.",
+            ["model", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "tuneloop_serve_request_latency_seconds",
+            "Time from admission to the last token (queue wait included).",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "tuneloop_serve_time_to_first_token_seconds",
+            "Time from admission to the first generated token.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "tuneloop_serve_tokens",
+            "Tokens processed, by kind (prompt, completion).",
+            ["model", "kind"],
+            registry=self.registry,
+        )
+        self.schema_violations = Counter(
+            "tuneloop_serve_schema_violations",
+            "Answers that did not validate against their JSON schema (reported to the client, never hidden).",
+            ["model"],
+            registry=self.registry,
+        )
+        self.adapter_loads = Counter(
+            "tuneloop_serve_adapter_verifications",
+            "Versions verified against their content hash before being loaded.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "tuneloop_serve_queue_depth",
+            "Requests admitted and not yet finished (running + waiting).",
+            registry=self.registry,
+        )
+        self.queue_rejections = Counter(
+            "tuneloop_serve_queue_rejections",
+            "Requests refused with 429 because the queue was full.",
+            registry=self.registry,
+        )
+
+    def observe_success(
+        self, model: str, *, latency_s: float, ttft_s: float | None, prompt_tokens: int, completion_tokens: int
+    ) -> None:
+        self.requests.labels(model, "200").inc()
+        self.latency.labels(model).observe(latency_s)
+        if ttft_s is not None:
+            self.ttft.labels(model).observe(ttft_s)
+        self.tokens.labels(model, "prompt").inc(prompt_tokens)
+        self.tokens.labels(model, "completion").inc(completion_tokens)
+
+    def observe_error(self, model: str | None, status: int, code: str) -> None:
+        label = model or UNRESOLVED
+        self.requests.labels(label, str(status)).inc()
+        self.errors.labels(label, code).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,336 @@
+"""``train()``: from a dataset to a registered, immutable ``task@N``, in the order a user would check it.
+
+1. Resolve the task, the base and the config; read and check every row, and tokenize them (``data.py``);
+   any problem is reported, naming the row and field, before a model is loaded for training.
+2. Fill in the config from the data (``config.py``) and write the run folder:
+   ``$TUNELOOP_HOME/runs/<task>/<time>-<fingerprint>/`` with ``run.json`` and the tokenized splits.
+3. Launch the recipe (``launch.py``): in this process, or under ``accelerate launch``.
+4. Plot the loss curve, optionally merge the adapter into full weights, and register the version
+   (``tuneloop.registry.versions``): same files as an existing version give that version back.
+
+``resume=True`` finds the newest unfinished run of the task with the same data, base and config and continues
+it from its last checkpoint (or only registers it, if training had finished).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from tuneloop.bases import base_weights_hash, end_of_turn_token, resolve_base, transformers_dir
+from tuneloop.config import get_settings
+from tuneloop.errors import TuneloopError
+from tuneloop.registry.versions import ModelVersionInfo, register_version
+from tuneloop.task import Task, load_task
+from tuneloop.train.config import ResolvedConfig, TrainConfig, load_config, resolve
+from tuneloop.train.data import encode_rows, load_source, prepare
+from tuneloop.train.launch import launch
+from tuneloop.train.plots import plot_loss_curve
+from tuneloop.train.recipe import RESULT_FILE, RUN_FILE
+
+REGISTERED_FILE = "registered.json"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    version: ModelVersionInfo
+    created: bool  # False: identical to an existing version, which is returned
+    run_dir: Path
+    seconds: float  # the training itself
+    tokens_per_second: float
+    metrics: dict[str, Any]
+
+
+def train(
+    task: str | Task,
+    data: str | Path,
+    base: str = "smollm2-135m-instruct",
+    config: str | Path | TrainConfig | None = None,
+    *,
+    launcher: str = "inprocess",
+    num_processes: int = 1,
+    accelerate_config: Path | None = None,
+    accelerate_args: list[str] | None = None,
+    resume: bool = False,
+    merge: bool = False,
+    console: Console | None = None,
+) -> TrainResult:
+    """Fine-tune ``base`` on ``data`` (``FILE.jsonl`` or ``dataset:NAME``) and register ``task@N``."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    console = console or Console(stderr=True)
+    say: Callable[[str], None] = lambda message: console.print(message, highlight=False)  # noqa: E731
+
+    # 1. What to train, on what, how: every check before any training.
+    spec = task if isinstance(task, Task) else load_task(task)
+    resolved_base = resolve_base(base)
+    user_config = config if isinstance(config, TrainConfig) else load_config(config)
+    source = load_source(str(data))
+    base_dir = transformers_dir(resolved_base, progress=say)
+    tokenizer = _tokenizer(base_dir)
+    model_info = _model_info(base_dir)
+    user_max = user_config.sft.get("max_length")
+    encoded = encode_rows(source.rows, tokenizer, user_max or model_info["context"])
+    _warn_on_prompt_drift(spec, source.rows, say)
+    longest = max(len(item.input_ids) for item in encoded)
+    device = "cuda" if _cuda_available() else "cpu"
+    resolved = resolve(
+        user_config,
+        examples=len(encoded),
+        longest=longest,
+        parameters=model_info["parameters"],
+        world_size=num_processes,
+        device=device,
+        context_length=model_info["context"],
+    )
+    weights_sha256 = base_weights_hash(resolved_base)
+    fingerprint = _fingerprint(spec, resolved_base.id, weights_sha256, source.sha256, resolved, num_processes)
+
+    # 2. The run folder: a new one, or the unfinished one being resumed.
+    if resume:
+        run_dir = _find_resumable(spec.name, fingerprint)
+        say(f"resuming {run_dir}")
+    else:
+        run_dir = _new_run_dir(spec.name, fingerprint)
+        prepared = prepare(
+            encoded, run_dir / "data", validation_fraction=resolved.validation_fraction, seed=resolved.sft["seed"]
+        )
+        run_spec = {
+            "task": spec.name,
+            "base": resolved_base.id,
+            "base_dir": str(base_dir),
+            "train_dir": str(prepared.train_dir),
+            "eval_dir": str(prepared.eval_dir) if prepared.eval_dir else None,
+            "sft": resolved.sft,
+            "lora": resolved.lora,
+            "fingerprint": fingerprint,
+            "data": {
+                "ref": source.ref,
+                "sha256": source.sha256,
+                "rows": len(source.rows),
+                "left_out_test_rows": source.left_out_test,
+                "train_examples": prepared.train_examples,
+                "validation_examples": prepared.eval_examples,
+                "train_tokens": prepared.train_tokens,
+                "longest_tokens": prepared.longest,
+                **prepared.stats,
+            },
+            "config": resolved.to_dict(),
+            "chosen": resolved.chosen,
+            "launcher": {"name": launcher, "num_processes": num_processes},
+        }
+        (run_dir / RUN_FILE).write_text(json.dumps(run_spec, indent=1))
+        left_out = f", {source.left_out_test} test rows left out" if source.left_out_test else ""
+        say(
+            f"{prepared.train_examples} training examples ({prepared.train_tokens:,} tokens), "
+            f"{prepared.eval_examples} held back for validation{left_out}; "
+            f"{resolved.sft['num_train_epochs']} epochs at lr {resolved.sft['learning_rate']:g}, "
+            f"LoRA r={resolved.lora['r']} on {resolved.lora['target_modules']}"
+        )
+        say(f"run folder: {run_dir}")
+    run_spec = json.loads((run_dir / RUN_FILE).read_text())
+
+    # 3. Train (unless a resumed run had already finished training).
+    result_path = run_dir / RESULT_FILE
+    previous = json.loads(result_path.read_text()) if result_path.is_file() else None
+    if previous is None or previous.get("status") != "finished":
+        run_spec["resume_from_checkpoint"] = bool(resume and _has_checkpoint(run_dir))
+        (run_dir / RUN_FILE).write_text(json.dumps(run_spec, indent=1))
+        result_path.unlink(missing_ok=True)
+        result = launch(
+            run_dir,
+            launcher=launcher,
+            num_processes=num_processes,
+            accelerate_config=accelerate_config,
+            accelerate_args=accelerate_args,
+        )
+    else:
+        result = previous
+    if result.get("status") == "diverged":
+        checkpoint = result.get("last_checkpoint")
+        raise TuneloopError(
+            f"training diverged: the loss became NaN or infinite at step {result.get('step')}; stopped there"
+            + (f", the last good checkpoint is {checkpoint}" if checkpoint else ", before any checkpoint was saved"),
+            where=str(run_dir),
+            hint="lower the learning rate (sft: {learning_rate: ...}) and train again",
+        )
+
+    # 4. The loss curve, merged weights on request, and the registry.
+    adapter_dir = run_dir / "adapter"
+    history = json.loads((run_dir / "log_history.json").read_text())
+    curve = plot_loss_curve(history, run_dir / "loss_curve.png", title=f"{spec.name} on {resolved_base.id}")
+    extra: dict[str, Path] = {}
+    if curve is not None:
+        extra["loss_curve.png"] = curve
+    if merge:
+        say("merging the adapter into the base weights")
+        extra["merged"] = merge_adapter(base_dir, adapter_dir, run_dir / "merged")
+    metrics = {
+        **result.get("metrics", {}),
+        "train_seconds": result.get("seconds"),
+        "tokens_per_second": result.get("tokens_per_second"),
+        "world_size": result.get("world_size"),
+    }
+    version, created = register_version(
+        spec.name,
+        adapter_dir,
+        base_id=resolved_base.id,
+        base_weights_hash=weights_sha256,
+        system_prompt=spec.system_prompt(),
+        input_template=spec.input,
+        decoding=spec.decoding.model_dump(),
+        dataset_ref=f"{run_spec['data']['ref']}#sha256:{run_spec['data']['sha256'][:16]}",
+        config={
+            "train": run_spec["config"],
+            "chosen": run_spec.get("chosen", {}),
+            "data": run_spec["data"],
+            "launcher": run_spec.get("launcher"),
+            "run_dir": str(run_dir),
+        },
+        metrics=metrics,
+        extra_files=extra,
+    )
+    (run_dir / REGISTERED_FILE).write_text(
+        json.dumps({"version": version.id, "content_hash": version.content_hash, "created": created}, indent=1)
+    )
+    return TrainResult(
+        version=version,
+        created=created,
+        run_dir=run_dir,
+        seconds=float(result.get("seconds") or 0.0),
+        tokens_per_second=float(result.get("tokens_per_second") or 0.0),
+        metrics=metrics,
+    )
+
+
+def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
+    """Full weights with the adapter folded in (``--merge``): for engines that take no adapters."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, local_files_only=True)
+    merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    merged.save_pretrained(out_dir, safe_serialization=True)
+    AutoTokenizer.from_pretrained(adapter_dir, local_files_only=True).save_pretrained(out_dir)
+    return out_dir
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _tokenizer(base_dir: Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
+    if not tokenizer.chat_template:
+        raise TuneloopError(
+            "the base's tokenizer has no chat template, so chats can't be formatted for training",
+            where=str(base_dir),
+            hint="fine-tune an instruct/chat base",
+        )
+    eot = end_of_turn_token(tokenizer)
+    if eot is not None:
+        tokenizer.eos_token = eot
+    return tokenizer
+
+
+def _model_info(base_dir: Path) -> dict[str, Any]:
+    """Parameter count (from the safetensors headers, without loading) and context length."""
+    parameters = 0
+    for path in sorted(base_dir.glob("*.safetensors")):
+        with path.open("rb") as handle:
+            (size,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(size))
+        for name, entry in header.items():
+            if name != "__metadata__":
+                count = 1
+                for dim in entry["shape"]:
+                    count *= dim
+                parameters += count
+    config = json.loads((base_dir / "config.json").read_text())
+    return {"parameters": parameters, "context": config.get("max_position_embeddings")}
+
+
+def _warn_on_prompt_drift(spec: Task, rows: list[Any], say: Callable[[str], None]) -> None:
+    """Training prompts that differ from the task's are a silent quality loss at serve time: say so."""
+    expected = spec.system_prompt()
+    differ = [row for row in rows if row.messages and row.messages[0]["role"] == "system"]
+    differ = [row for row in differ if row.messages[0]["content"].strip() != expected]
+    if differ:
+        say(
+            f"[yellow]warning:[/] {len(differ)} of {len(rows)} rows have a system prompt that differs from "
+            f"task {spec.name}'s (first: {differ[0].where}); the version is served with the task's prompt"
+        )
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _fingerprint(
+    spec: Task, base_id: str, weights: str, data_sha: str, resolved: ResolvedConfig, processes: int
+) -> str:
+    payload = {
+        "task": spec.name,
+        "prompt": [spec.system_prompt(), spec.input],
+        "base": [base_id, weights],
+        "data": data_sha,
+        "config": resolved.to_dict(),
+        "processes": processes,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def runs_dir(task: str) -> Path:
+    return get_settings().home / "runs" / task
+
+
+def _new_run_dir(task: str, fingerprint: str) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    run_dir = runs_dir(task) / f"{stamp}-{fingerprint[:8]}"
+    suffix = 1
+    while run_dir.exists():
+        suffix += 1
+        run_dir = runs_dir(task) / f"{stamp}-{fingerprint[:8]}-{suffix}"
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def _find_resumable(task: str, fingerprint: str) -> Path:
+    candidates = []
+    for run_file in runs_dir(task).glob(f"*/{RUN_FILE}"):
+        run_dir = run_file.parent
+        if (run_dir / REGISTERED_FILE).is_file():
+            continue
+        try:
+            if json.loads(run_file.read_text()).get("fingerprint") == fingerprint:
+                candidates.append(run_dir)
+        except (OSError, ValueError):
+            continue
+    if not candidates:
+        raise TuneloopError(
+            f"no unfinished run of {task} with this data, base and config to resume",
+            where=str(runs_dir(task)),
+            hint="run without --resume to start a new one (the same --data, --base and --config are needed to resume)",
+        )
+    return max(candidates, key=lambda path: (path / RUN_FILE).stat().st_mtime)
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    return any((run_dir / "checkpoints").glob("checkpoint-*"))
+
+
+def elapsed(started: float) -> float:
+    return time.perf_counter() - started

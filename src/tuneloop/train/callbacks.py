@@ -1,0 +1,103 @@
+"""Trainer callbacks: a progress bar with loss, tokens/s and ETA; a guard that stops a diverging run.
+
+Both read the per-process ``RunMonitor`` the trainer fills in (``train/trainer.py``). Only the main process
+draws; every process takes part in the NaN check, so all of them stop at the same step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+from rich.console import Console
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from tuneloop.progress import progress_bar
+from tuneloop.train.trainer import RunMonitor
+
+
+class RichProgressCallback(TrainerCallback):
+    """``training ━━━━━━━  120/300  40%  0.3 step/s  0:06:40 eta 0:10:00`` with loss, val loss and tokens/s."""
+
+    def __init__(self, monitor: RunMonitor, console: Console | None = None, world_size: int = 1) -> None:
+        self.monitor = monitor
+        self.console = console or Console(stderr=True)
+        self.world_size = world_size
+        self.progress = None
+        self.bar = None
+        self.loss: float | None = None
+        self.eval_loss: float | None = None
+        self._started = 0.0
+        self._tokens_at_start = 0
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if not state.is_world_process_zero:
+            return
+        self.progress = progress_bar(self.console, unit="step")
+        self.progress.start()
+        self.bar = self.progress.add_task("training", total=state.max_steps, completed=state.global_step)
+        self._started = time.perf_counter()
+        self._tokens_at_start = self.monitor.tokens
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if self.progress is None:
+            return
+        elapsed = time.perf_counter() - self._started
+        tokens = (self.monitor.tokens - self._tokens_at_start) * self.world_size
+        parts = ["training"]
+        if self.loss is not None:
+            parts.append(f"loss {self.loss:.3f}")
+        if self.eval_loss is not None:
+            parts.append(f"val {self.eval_loss:.3f}")
+        if elapsed > 0 and tokens:
+            parts.append(f"{tokens / elapsed:,.0f} tok/s")
+        self.progress.update(self.bar, completed=state.global_step, description="  ".join(parts))
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" in logs:
+            self.loss = float(logs["loss"])
+        if "eval_loss" in logs:
+            self.eval_loss = float(logs["eval_loss"])
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if self.progress is not None:
+            self.on_step_end(args, state, control)
+            self.progress.stop()
+            self.progress = None
+
+
+class NonFiniteLossGuard(TrainerCallback):
+    """Stops training at the first optimizer step whose loss was NaN/inf, before anything is saved.
+
+    The step's update has already been applied (its weights are poisoned), so nothing from it is kept:
+    no checkpoint, no evaluation, no log. The last checkpoint saved before it is the last good state.
+    """
+
+    def __init__(self, monitor: RunMonitor) -> None:
+        self.monitor = monitor
+        self.diverged_at: int | None = None
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        bad = self.monitor.nonfinite
+        if args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor([1.0 if bad else 0.0], device=args.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            bad = bool(flag.item())
+        if bad:
+            self.diverged_at = state.global_step
+            control.should_training_stop = True
+            control.should_save = False
+            control.should_evaluate = False
+            control.should_log = False
+        self.monitor.nonfinite = False
+        return control
+
+
+def last_finite(values: list[float]) -> float | None:
+    for value in reversed(values):
+        if math.isfinite(value):
+            return value
+    return None

@@ -1,0 +1,323 @@
+"""The training config: HF/TRL/PEFT field names, and defaults chosen from the dataset so a user tunes nothing.
+
+A config file is YAML with two sections named after the classes they fill, plus tuneloop's own few keys::
+
+    sft:                     # trl.SFTConfig (and transformers.TrainingArguments) fields
+      num_train_epochs: 3
+      learning_rate: 1.0e-3
+      max_length: 1024       # conversations longer than this are refused before training, never cut
+    lora:                    # peft.LoraConfig fields
+      r: 16
+      lora_alpha: 32
+      target_modules: all-linear
+    validation_fraction: 0.05  # share of the training rows held back for validation loss
+
+Every key is checked against the dataclass it belongs to; a misspelt one is reported with its file and line.
+
+Defaults (``resolve``), each overridden by the file:
+
+- epochs: about 10,000 example-passes over the data, between 1 and 10 epochs (the rule OpenPipe uses);
+- batch: 16 examples per optimizer step (fewer for tiny datasets), padding-free micro-batches of 8;
+- learning rate: 1e-3 for bases under 0.5B parameters, 4e-4 under 3B, 2e-4 above (LoRA rates scale down
+  with width); linear decay after a 5 % warm-up;
+- LoRA r=16, alpha=32, on every linear layer of the transformer blocks, no dropout;
+- bf16 autocast where the hardware computes bf16 natively (CUDA with bf16, CPUs with AVX512-BF16/AMX),
+  else float32; no gradient checkpointing on CPU (memory is not the constraint there, time is);
+- validation loss on 5 % of the rows (at most 100), evaluated about 4 times per run, with checkpoints at the
+  same steps (the last 2 kept).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tuneloop.errors import TuneloopError
+
+SECTIONS = ("sft", "lora")
+TOP_LEVEL_KEYS = ("validation_fraction",)
+EXAMPLE_PASSES = 10_000
+MIN_EPOCHS, MAX_EPOCHS = 1, 10
+EFFECTIVE_BATCH = 16
+MICRO_BATCH = 8
+DEFAULT_VALIDATION_FRACTION = 0.05
+MAX_VALIDATION_ROWS = 100
+
+# Keys tuneloop decides itself; setting them would break the recipe (padding-free batches from our own
+# pre-tokenized data, the run's folder layout).
+RESERVED_SFT_KEYS = {
+    "output_dir": "checkpoints go in the run folder",
+    "padding_free": "tuneloop always trains padding-free (no padding, no attention across examples)",
+    "packing": "tuneloop trains padding-free on whole examples; packing would split them",
+    "dataset_text_field": "the data is tokenized by tuneloop before training",
+    "assistant_only_loss": "the loss is always on assistant tokens only",
+    "completion_only_loss": "the loss is always on assistant tokens only",
+}
+RESERVED_LORA_KEYS = {"task_type": "always CAUSAL_LM"}
+
+
+@dataclass
+class TrainConfig:
+    """What the user set (a file, or nothing); ``resolve`` fills in the rest."""
+
+    sft: dict[str, Any] = field(default_factory=dict)
+    lora: dict[str, Any] = field(default_factory=dict)
+    validation_fraction: float | None = None
+    source: str | None = None  # the file it came from
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"sft": dict(self.sft), "lora": dict(self.lora)}
+        if self.validation_fraction is not None:
+            out["validation_fraction"] = self.validation_fraction
+        return out
+
+
+@dataclass
+class ResolvedConfig:
+    """Everything a run uses: SFTConfig and LoraConfig keyword arguments, and tuneloop's own settings."""
+
+    sft: dict[str, Any]
+    lora: dict[str, Any]
+    validation_fraction: float
+    max_length: int
+    chosen: dict[str, str]  # key -> why this default (for the run's log and `models show`)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sft": self.sft,
+            "lora": self.lora,
+            "validation_fraction": self.validation_fraction,
+            "max_length": self.max_length,
+        }
+
+
+def _sft_fields() -> set[str]:
+    from trl import SFTConfig
+
+    return {f.name for f in dataclasses.fields(SFTConfig) if f.init}
+
+
+def _lora_fields() -> set[str]:
+    from peft import LoraConfig
+
+    return {f.name for f in dataclasses.fields(LoraConfig) if f.init}
+
+
+def load_config(path: str | Path | None) -> TrainConfig:
+    """Read and check a config file; ``None`` gives the all-defaults config."""
+    if path is None:
+        return TrainConfig()
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TuneloopError("config file not found", where=str(path), hint="check the path") from None
+    return parse_config(text, str(path))
+
+
+def parse_config(text: str, source: str = "<config>") -> TrainConfig:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise TuneloopError(f"not valid YAML: {getattr(exc, 'problem', None) or exc}", where=where) from None
+    if data is None:
+        return TrainConfig(source=source)
+    if not isinstance(data, dict):
+        raise TuneloopError("a training config must be a YAML mapping (sft:, lora:)", where=f"{source}:1")
+    lines = _key_lines(root)
+
+    def fail(keys: tuple[str, ...], message: str, hint: str | None = None) -> TuneloopError:
+        line = lines.get(keys) or lines.get(keys[:1]) or 1
+        return TuneloopError(f"{'.'.join(keys)}: {message}", where=f"{source}:{line}", hint=hint)
+
+    config = TrainConfig(source=source)
+    for key, value in data.items():
+        if key in SECTIONS:
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise fail(
+                    (key,), f"must be a mapping of {'trl.SFTConfig' if key == 'sft' else 'peft.LoraConfig'} fields"
+                )
+            known = _sft_fields() if key == "sft" else _lora_fields()
+            reserved = RESERVED_SFT_KEYS if key == "sft" else RESERVED_LORA_KEYS
+            for name in value:
+                if name in reserved:
+                    raise fail((key, name), f"is set by tuneloop ({reserved[name]})", hint="remove it")
+                if name not in known:
+                    close = _close(name, known)
+                    raise fail(
+                        (key, name),
+                        f"unknown {'trl.SFTConfig' if key == 'sft' else 'peft.LoraConfig'} field",
+                        hint=f"did you mean {close!r}?" if close else "check its spelling against the HF/TRL/PEFT docs",
+                    )
+            setattr(config, key, dict(value))
+        elif key == "validation_fraction":
+            if not isinstance(value, int | float) or not 0 <= value < 0.5:
+                raise fail((key,), "must be a number in [0, 0.5)")
+            config.validation_fraction = float(value)
+        else:
+            close = _close(str(key), {*SECTIONS, *TOP_LEVEL_KEYS})
+            raise fail(
+                (str(key),),
+                "unknown key",
+                hint=(f"did you mean {close!r}? " if close else "") + "the config has sections sft: and lora:",
+            )
+    _check_types(config, fail)
+    return config
+
+
+def _check_types(config: TrainConfig, fail: Any) -> None:
+    """Build the real SFTConfig/LoraConfig once, so a bad value is reported now with its line."""
+    from peft import LoraConfig
+    from trl import SFTConfig
+
+    sft = {k: v for k, v in config.sft.items() if k != "max_length"}
+    max_length = config.sft.get("max_length")
+    if max_length is not None and (not isinstance(max_length, int) or max_length < 8):
+        raise fail(("sft", "max_length"), "must be a whole number of tokens (at least 8)")
+    for key, value in sft.items():
+        try:
+            SFTConfig(output_dir="/tmp/tuneloop-config-check", report_to="none", use_cpu=True, **{key: value})
+        except (TypeError, ValueError) as exc:
+            raise fail(("sft", key), f"invalid value {value!r}: {exc}") from None
+    for key, value in config.lora.items():
+        try:
+            LoraConfig(**{key: value})
+        except (TypeError, ValueError) as exc:
+            raise fail(("lora", key), f"invalid value {value!r}: {exc}") from None
+
+
+def _key_lines(root: yaml.Node | None) -> dict[tuple[str, ...], int]:
+    lines: dict[tuple[str, ...], int] = {}
+    if not isinstance(root, yaml.MappingNode):
+        return lines
+    for key_node, value_node in root.value:
+        lines[(str(key_node.value),)] = key_node.start_mark.line + 1
+        if isinstance(value_node, yaml.MappingNode):
+            for sub_key, _ in value_node.value:
+                lines[(str(key_node.value), str(sub_key.value))] = sub_key.start_mark.line + 1
+    return lines
+
+
+def _close(name: str, known: set[str]) -> str | None:
+    import difflib
+
+    matches = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+    return matches[0] if matches else None
+
+
+# --- defaults from the data and the machine -----------------------------------------------------
+
+
+def default_epochs(examples: int) -> int:
+    """About 10,000 example-passes, 1 to 10 epochs."""
+    return max(MIN_EPOCHS, min(MAX_EPOCHS, round(EXAMPLE_PASSES / max(1, examples))))
+
+
+def default_learning_rate(parameters: int) -> float:
+    if parameters < 500_000_000:
+        return 1e-3
+    if parameters < 3_000_000_000:
+        return 4e-4
+    return 2e-4
+
+
+def bf16_is_fast(device: str) -> bool:
+    """Whether bf16 autocast speeds training up here (it slows it down on CPUs without native bf16)."""
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device == "cpu":
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    return False
+
+
+def resolve(
+    user: TrainConfig,
+    *,
+    examples: int,
+    longest: int,
+    parameters: int,
+    world_size: int = 1,
+    device: str = "cpu",
+    context_length: int | None = None,
+) -> ResolvedConfig:
+    """The run's full config: the user's keys win; every other key is chosen from the data and machine."""
+    chosen: dict[str, str] = {}
+    sft: dict[str, Any] = dict(user.sft)
+    lora: dict[str, Any] = dict(user.lora)
+
+    validation_fraction = (
+        user.validation_fraction if user.validation_fraction is not None else DEFAULT_VALIDATION_FRACTION
+    )
+    if user.validation_fraction is None and examples * validation_fraction > MAX_VALIDATION_ROWS:
+        validation_fraction = MAX_VALIDATION_ROWS / examples
+    train_examples = examples - (round(examples * validation_fraction) if examples >= 20 else 0)
+
+    def default(key: str, value: Any, why: str, into: dict[str, Any] = sft) -> None:
+        if key not in into:
+            into[key] = value
+            chosen[key] = why
+
+    max_length = sft.pop("max_length", None) or _round_up(longest, 64)
+    if context_length:
+        max_length = min(max_length, context_length)
+
+    micro = sft.get("per_device_train_batch_size", MICRO_BATCH)
+    target = min(EFFECTIVE_BATCH, max(1, train_examples // 8))
+    default("per_device_train_batch_size", min(micro, target), "padding-free micro-batch")
+    accumulation = max(1, round(target / (sft["per_device_train_batch_size"] * world_size)))
+    default("gradient_accumulation_steps", accumulation, f"{target} examples per optimizer step")
+    default("num_train_epochs", default_epochs(train_examples), f"~{EXAMPLE_PASSES:,} example-passes, 1-10 epochs")
+    default("learning_rate", default_learning_rate(parameters), "LoRA rate for the base's size")
+    default("lr_scheduler_type", "linear", "linear decay")
+    default("warmup_steps", 0.05, "5% warm-up")
+    default("weight_decay", 0.0, "no decay on LoRA weights")
+    default("max_grad_norm", 1.0, "clip")
+    fast_bf16 = bf16_is_fast(device)
+    default("bf16", fast_bf16, "native bf16" if fast_bf16 else "no native bf16: float32")
+    default("gradient_checkpointing", device != "cpu", "off on CPU: time, not memory, is short")
+    default("seed", 42, "HF default")
+    default("optim", "adamw_torch", "AdamW")
+
+    batch = sft["per_device_train_batch_size"] * sft["gradient_accumulation_steps"] * world_size
+    steps = max(1, math.ceil(train_examples / batch) * max(1, math.ceil(float(sft["num_train_epochs"]))))
+    if sft.get("max_steps", -1) > 0:
+        steps = sft["max_steps"]
+    default("logging_steps", max(1, min(10, steps // 40)), "~40 points on the loss curve")
+    has_validation = train_examples < examples
+    every = max(1, math.ceil(steps / 4))
+    if has_validation:
+        default("eval_strategy", "steps", "validation loss ~4 times per run")
+        default("eval_steps", every, "validation loss ~4 times per run")
+        default("per_device_eval_batch_size", sft["per_device_train_batch_size"], "as training")
+    else:
+        default("eval_strategy", "no", "too few rows to hold any back")
+    default("save_strategy", "steps", "checkpoints for --resume")
+    default("save_steps", every, "checkpoint ~4 times per run")
+    default("save_total_limit", 2, "keep the last 2 checkpoints")
+
+    default("r", 16, "LoRA rank", lora)
+    default("lora_alpha", 2 * lora["r"], "alpha = 2r", lora)
+    default("lora_dropout", 0.0, "no dropout", lora)
+    default("target_modules", "all-linear", "every linear layer of the blocks", lora)
+    default("bias", "none", "no bias training", lora)
+    return ResolvedConfig(sft, lora, validation_fraction, max_length, chosen)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return int(math.ceil(value / multiple) * multiple)

@@ -1,0 +1,297 @@
+"""Training data: read it, check every row, and tokenize it with assistant-only labels, before any training.
+
+Everything a run needs from the data is done here, in the launching process: rows are read (a JSONL file or a
+stored dataset), each is checked (an assistant turn to learn from, no longer than the maximum length), and
+encoded to ``input_ids`` and ``labels`` where only the assistant's answer and its end-of-turn token carry a
+label (everything else is ``-100``). The result is saved as a ``datasets`` folder that the training
+processes, in-process or under ``accelerate launch``, load as is; they never tokenize.
+
+The label mask is read off the chat template itself: for the k-th message, an assistant turn, the text
+rendered for ``messages[:k]`` with the generation prompt ends where the answer begins, and the text
+rendered for ``messages[:k+1]`` runs through the turn's end-of-turn token. The characters between are the
+answer; tokens that start inside that span are labelled. This works for any template whose renderings
+are prefixes of one another (ChatML, Llama 3, Gemma, Mistral, ...), and is refused with a clear error for
+one that is not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuneloop.bases import end_of_turn_token
+from tuneloop.data.jsonl import read_rows
+from tuneloop.errors import TuneloopError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+IGNORE_INDEX = -100
+DATASET_PREFIX = "dataset:"
+MAX_PROBLEMS_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    """One conversation to learn from, with where it came from (``file:line`` or ``dataset X entry N``)."""
+
+    messages: list[dict[str, Any]]
+    where: str
+
+
+@dataclass(frozen=True)
+class SourceData:
+    rows: list[SourceRow]
+    ref: str  # what the registry records: "dataset:NAME" or the file's absolute path
+    sha256: str  # over the rows used, in order
+    left_out_test: int = 0  # rows of a file marked metadata.split == "test", never trained on
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(label != IGNORE_INDEX for label in self.labels)
+
+
+@dataclass
+class PreparedData:
+    """What ``prepare`` wrote: the tokenized train and validation splits, and counts for the run's record."""
+
+    train_dir: Path
+    eval_dir: Path | None
+    train_examples: int
+    eval_examples: int
+    train_tokens: int
+    longest: int
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+
+def load_source(data: str) -> SourceData:
+    """Rows from ``FILE.jsonl`` (its train split when rows carry ``metadata.split``) or ``dataset:NAME``."""
+    if data.startswith(DATASET_PREFIX):
+        return _load_dataset(data.removeprefix(DATASET_PREFIX))
+    path = Path(data).expanduser()
+    rows = read_rows(path)  # checks the chat format, naming file:line and field
+    lines = _row_line_numbers(path)
+    kept: list[SourceRow] = []
+    left_out = 0
+    for row, line in zip(rows, lines, strict=True):
+        split = (row.get("metadata") or {}).get("split") if isinstance(row.get("metadata"), dict) else None
+        if split == "test":
+            left_out += 1
+            continue
+        kept.append(SourceRow(row["messages"], f"{path}:{line}"))
+    if not kept:
+        raise TuneloopError(
+            "no training rows: the file is empty or every row is in the test split",
+            where=str(path),
+            hint="add rows, or mark some with metadata.split = train",
+        )
+    return SourceData(kept, str(path.resolve()), _rows_sha256(kept), left_out)
+
+
+def _row_line_numbers(path: Path) -> list[int]:
+    """The line of each row ``read_rows`` returns (it skips blank lines the same way)."""
+    text = path.read_text(encoding="utf-8")
+    return [number for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+
+
+def _load_dataset(name: str) -> SourceData:
+    import sqlalchemy as sa
+
+    from tuneloop.store import session_scope
+    from tuneloop.store.models import Dataset, DatasetEntry
+
+    with session_scope() as session:
+        dataset = session.scalar(sa.select(Dataset).where(Dataset.name == name))
+        if dataset is None:
+            known = session.scalars(sa.select(Dataset.name).order_by(Dataset.name)).all()
+            raise TuneloopError(
+                f"no dataset named {name!r} in the store",
+                where=f"--data dataset:{name}",
+                hint=("known datasets: " + ", ".join(known)) if known else "import one first (tuneloop data ...)",
+            )
+        entries = session.scalars(
+            sa.select(DatasetEntry)
+            .where(DatasetEntry.dataset_id == dataset.id, DatasetEntry.split == "train")
+            .order_by(DatasetEntry.id)
+        ).all()
+        rows = [SourceRow(list(entry.messages), f"dataset {name} entry {entry.id}") for entry in entries]
+    if not rows:
+        raise TuneloopError(f"dataset {name!r} has no train-split entries", where=f"--data dataset:{name}")
+    return SourceData(rows, f"{DATASET_PREFIX}{name}", _rows_sha256(rows))
+
+
+def _rows_sha256(rows: list[SourceRow]) -> str:
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps(row.messages, sort_keys=True, ensure_ascii=False).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+# --- encoding --------------------------------------------------------------------------------------
+
+
+class ChatTemplateMismatch(ValueError):
+    """The template renders a conversation's prefix differently from the conversation's start."""
+
+
+def encode_conversation(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]]) -> Encoded:
+    """``input_ids`` of the whole chat and ``labels`` that keep only the assistant turns (with end-of-turn)."""
+    full = _render(tokenizer, messages, add_generation_prompt=False)
+    eot = end_of_turn_token(tokenizer) or tokenizer.eos_token
+    spans: list[tuple[int, int]] = []
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = _render(tokenizer, messages[:index], add_generation_prompt=True) if index else ""
+        through = _render(tokenizer, messages[: index + 1], add_generation_prompt=False)
+        if not full.startswith(before) or not full.startswith(through) or len(through) < len(before):
+            raise ChatTemplateMismatch(
+                "the chat template renders the conversation's start differently on its own, so the assistant's "
+                "tokens can't be told apart"
+            )
+        turn = through[len(before) :]
+        end = len(through.rstrip())
+        if eot and (found := turn.rfind(eot)) >= 0:
+            end = len(before) + found + len(eot)
+        spans.append((len(before), end))
+    encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    input_ids = list(encoded["input_ids"])
+    labels = [IGNORE_INDEX] * len(input_ids)
+    span_index = 0
+    for position, (start, _end) in enumerate(encoded["offset_mapping"]):
+        while span_index < len(spans) and start >= spans[span_index][1]:
+            span_index += 1
+        if span_index < len(spans) and spans[span_index][0] <= start < spans[span_index][1]:
+            labels[position] = input_ids[position]
+    return Encoded(input_ids, labels)
+
+
+def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], *, add_generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(
+        [{"role": m["role"], "content": m["content"]} for m in messages],
+        tokenize=False,
+        add_generation_prompt=add_generation_prompt,
+    )
+
+
+def check_row(row: SourceRow) -> str | None:
+    """Why a row can't be trained on (before tokenizing), or None."""
+    roles = [message["role"] for message in row.messages]
+    if "assistant" not in roles:
+        return "messages: no assistant message (the answer to learn); the last message must have role assistant"
+    if roles[-1] != "assistant":
+        return f"messages[{len(roles) - 1}].role: the conversation ends with a {roles[-1]} message, not the answer"
+    last = row.messages[-1]["content"]
+    if not last.strip():
+        return f"messages[{len(roles) - 1}].content: the assistant's answer is empty"
+    return None
+
+
+def encode_rows(rows: list[SourceRow], tokenizer: PreTrainedTokenizerBase, max_length: int | None) -> list[Encoded]:
+    """Encode every row, or raise one error listing the rows that can't be trained on (file:line, field)."""
+    problems: list[tuple[str, str]] = []
+    encoded: list[Encoded] = []
+    for row in rows:
+        problem = check_row(row)
+        if problem is None:
+            try:
+                item = encode_conversation(tokenizer, row.messages)
+            except ChatTemplateMismatch as exc:
+                raise TuneloopError(
+                    str(exc), where=row.where, hint="use a base whose chat template is prefix-stable"
+                ) from None
+            if max_length is not None and len(item.input_ids) > max_length:
+                problem = (
+                    f"messages: the conversation is {len(item.input_ids)} tokens, longer than the maximum "
+                    f"length {max_length}"
+                )
+            elif item.trained_tokens == 0:
+                problem = "messages: the assistant's answer tokenizes to nothing to learn"
+            else:
+                encoded.append(item)
+        if problem is not None:
+            problems.append((row.where, problem))
+    if problems:
+        shown = [f"{where}: {problem}" for where, problem in problems[:MAX_PROBLEMS_SHOWN]]
+        more = len(problems) - len(shown)
+        if more:
+            shown.append(f"... and {more} more")
+        too_long = any("longer than the maximum length" in problem for _, problem in problems)
+        hint = "fix or remove these rows"
+        if too_long:
+            hint += "; or raise max_length in the training config (sft: {max_length: N})"
+        raise TuneloopError(
+            f"{len(problems)} row{'s' if len(problems) > 1 else ''} can't be trained on:\n  " + "\n  ".join(shown),
+            where=problems[0][0],
+            hint=hint,
+        )
+    return encoded
+
+
+# --- preparing a run's data ------------------------------------------------------------------------
+
+
+def split_validation(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train indices, validation indices): a seeded share held back, none for tiny datasets."""
+    held = round(count * fraction)
+    if count < 20 or held < 1:
+        return list(range(count)), []
+    order = list(range(count))
+    random.Random(f"tuneloop-validation:{seed}").shuffle(order)
+    held_back = sorted(order[:held])
+    chosen = set(held_back)
+    return [i for i in range(count) if i not in chosen], held_back
+
+
+def save_encoded(items: list[Encoded], directory: Path) -> None:
+    from datasets import Dataset
+
+    Dataset.from_dict(
+        {"input_ids": [item.input_ids for item in items], "labels": [item.labels for item in items]}
+    ).save_to_disk(str(directory))
+
+
+def load_encoded(directory: Path):  # -> datasets.Dataset
+    from datasets import load_from_disk
+
+    return load_from_disk(str(directory))
+
+
+def prepare(encoded: list[Encoded], out_dir: Path, *, validation_fraction: float, seed: int) -> PreparedData:
+    """Hold back the validation share and save both splits under ``out_dir`` (train/, validation/)."""
+    train_idx, eval_idx = split_validation(len(encoded), validation_fraction, seed)
+    train_items = [encoded[i] for i in train_idx]
+    eval_items = [encoded[i] for i in eval_idx]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_encoded(train_items, out_dir / "train")
+    eval_dir = None
+    if eval_items:
+        eval_dir = out_dir / "validation"
+        save_encoded(eval_items, eval_dir)
+    lengths = [len(item.input_ids) for item in encoded]
+    return PreparedData(
+        train_dir=out_dir / "train",
+        eval_dir=eval_dir,
+        train_examples=len(train_items),
+        eval_examples=len(eval_items),
+        train_tokens=sum(len(item.input_ids) for item in train_items),
+        longest=max(lengths),
+        stats={
+            "mean_tokens": sum(lengths) / len(lengths),
+            "mean_trained_tokens": sum(item.trained_tokens for item in encoded) / len(encoded),
+        },
+    )

@@ -1,0 +1,150 @@
+"""The SFT recipe: LoRA fine-tuning of a base on pre-tokenized chats, one process's view, top to bottom.
+
+Run by ``launch.py`` in the calling process, or in each process of ``accelerate launch`` (DDP, FSDP or
+DeepSpeed from an accelerate config file, several machines through accelerate's own options) as
+``python -m tuneloop.train.recipe RUN_DIR``. Everything it needs is in ``RUN_DIR/run.json`` and the data
+folders beside it, written by ``train()`` before launching, so every process trains on identical tokens and
+none tokenizes. It writes, from the main process only:
+
+    RUN_DIR/checkpoints/checkpoint-N/   (Trainer checkpoints, the last 2 kept; ``--resume`` continues from one)
+    RUN_DIR/adapter/                    (the PEFT adapter: adapter_config.json, adapter_model.safetensors,
+                                         tokenizer files and chat template)
+    RUN_DIR/log_history.json            (every logged loss, validation loss, learning rate)
+    RUN_DIR/result.json                 (finished | diverged | failed, with the step and the metrics)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+RESULT_FILE = "result.json"
+RUN_FILE = "run.json"
+EXIT_DIVERGED = 3
+
+
+def run(run_dir: Path) -> dict[str, Any]:
+    """Train as described by ``run_dir/run.json``; returns (and on the main process writes) the result."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # bases are local; nothing may reach the network
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from trl import SFTConfig
+
+    from tuneloop.bases import align_special_tokens
+    from tuneloop.train import attention
+    from tuneloop.train.callbacks import NonFiniteLossGuard, RichProgressCallback
+    from tuneloop.train.data import load_encoded
+    from tuneloop.train.trainer import TuneloopSFTTrainer
+
+    spec = json.loads((run_dir / RUN_FILE).read_text())
+    started = time.perf_counter()
+
+    # 1. The base, in float32 (bf16 autocast is the trainer's job), with attention that keeps the
+    #    examples of a padding-free batch apart.
+    tokenizer = AutoTokenizer.from_pretrained(spec["base_dir"], local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        spec["base_dir"],
+        dtype=torch.float32,
+        attn_implementation=attention.register(),
+        local_files_only=True,
+    )
+    align_special_tokens(model, tokenizer)  # eos = the end-of-turn token, which the labels teach
+
+    # 2. The data, tokenized before launch: input_ids, and labels that are -100 outside assistant turns.
+    train_dataset = load_encoded(Path(spec["train_dir"]))
+    eval_dataset = load_encoded(Path(spec["eval_dir"])) if spec.get("eval_dir") else None
+
+    # 3. The recipe's settings, by their TRL/PEFT names (config.py chose the defaults).
+    args = SFTConfig(
+        output_dir=str(run_dir / "checkpoints"),
+        padding_free=True,  # examples concatenated, position_ids restarting at 0: no padding, no cross-talk
+        max_length=None,  # lengths were checked before launch; nothing is ever cut
+        report_to="none",
+        disable_tqdm=True,  # our own progress bar
+        dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),
+        **spec["sft"],
+    )
+    trainer = TuneloopSFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=LoraConfig(task_type="CAUSAL_LM", **spec["lora"]),
+    )
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    guard = NonFiniteLossGuard(trainer.monitor)
+    trainer.add_callback(RichProgressCallback(trainer.monitor, world_size=args.world_size))
+    trainer.add_callback(guard)
+
+    # 4. Train, from the last checkpoint when resuming.
+    resume = spec.get("resume_from_checkpoint")
+    trainer.train(resume_from_checkpoint=resume)
+
+    # 5. Save (main process only): the adapter and tokenizer, the loss history, the outcome.
+    result: dict[str, Any] = {"status": "finished", "step": trainer.state.global_step}
+    history = trainer.state.log_history
+    if guard.diverged_at is not None:
+        result = {
+            "status": "diverged",
+            "step": guard.diverged_at,
+            "last_checkpoint": _last_checkpoint(run_dir / "checkpoints", before=guard.diverged_at),
+        }
+    elif trainer.is_world_process_zero():
+        adapter_dir = run_dir / "adapter"
+        trainer.model.save_pretrained(str(adapter_dir))
+        tokenizer.save_pretrained(str(adapter_dir))
+    if trainer.is_world_process_zero():
+        result["seconds"] = time.perf_counter() - started
+        result["world_size"] = args.world_size
+        result["tokens_per_second"] = _tokens_per_second(trainer, result["seconds"], args.world_size)
+        result["metrics"] = _final_metrics(history)
+        (run_dir / "log_history.json").write_text(json.dumps(history, indent=1))
+        (run_dir / RESULT_FILE).write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _tokens_per_second(trainer: Any, seconds: float, world_size: int) -> float:
+    train_seconds = trainer.state.log_history[-1].get("train_runtime") if trainer.state.log_history else None
+    return trainer.monitor.tokens * world_size / (train_seconds or seconds)
+
+
+def _final_metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
+    train = [h for h in history if "loss" in h]
+    evals = [h for h in history if "eval_loss" in h]
+    summary = next((h for h in reversed(history) if "train_runtime" in h), {})
+    return {
+        "train_loss": train[-1]["loss"] if train else None,
+        "eval_loss": evals[-1]["eval_loss"] if evals else None,
+        "best_eval_loss": min(h["eval_loss"] for h in evals) if evals else None,
+        "train_runtime_s": summary.get("train_runtime"),
+        "steps": summary.get("step") or (history[-1].get("step") if history else 0),
+        "epochs": summary.get("epoch"),
+    }
+
+
+def _last_checkpoint(folder: Path, before: int) -> str | None:
+    steps = sorted(
+        int(path.name.split("-")[1])
+        for path in folder.glob("checkpoint-*")
+        if path.name.split("-")[1].isdigit() and int(path.name.split("-")[1]) < before
+    )
+    return str(folder / f"checkpoint-{steps[-1]}") if steps else None
+
+
+def main() -> None:
+    """Entry point for ``accelerate launch -m tuneloop.train.recipe RUN_DIR``."""
+    result = run(Path(sys.argv[1]))
+    sys.exit(EXIT_DIVERGED if result.get("status") == "diverged" else 0)
+
+
+if __name__ == "__main__":
+    main()

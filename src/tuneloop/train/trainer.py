@@ -1,0 +1,67 @@
+"""TRL's SFTTrainer with the loss computed where it is needed: the assistant's tokens, and nowhere else.
+
+The labels already carry ``-100`` on every token that is not the assistant's (``train/data.py``). The stock
+trainer still projects every position through the LM head (on GPUs TRL's fused head skips them; on CPU it
+does not): for a 135M model with a 49k vocabulary that head is a fifth of the work at every position,
+although only ~15 % of positions are the answer. Here the model is asked for logits only at the labelled
+positions (``logits_to_keep`` with their indices), and the loss is the mean over those tokens of the whole
+(gradient-accumulated, all-process) batch, exactly as ``Trainer`` normalises it.
+
+It also counts the tokens it trains on (for tokens/s) and notices a non-finite loss (for the NaN guard in
+``callbacks.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from trl import SFTTrainer
+
+from tuneloop.train.data import IGNORE_INDEX
+
+
+@dataclass
+class RunMonitor:
+    """Shared between the trainer and its callbacks, per process."""
+
+    tokens: int = 0  # input tokens trained on by this process since it started
+    nonfinite: bool = False  # a training loss since the last optimizer step was NaN or infinite
+
+
+class TuneloopSFTTrainer(SFTTrainer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.monitor = RunMonitor()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[override]
+        mode = "train" if model.training else "eval"
+        labels = inputs.pop("labels")
+        inputs.pop("seq_idx", None)  # only for linear-attention layers; Llama-family models take **kwargs anyway
+        targets = labels[:, 1:]  # position p predicts token p + 1
+        keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().flatten()
+        outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
+        logits = outputs.logits.float()  # (batch, kept, vocab)
+        kept_targets = targets[:, keep]
+        loss_sum = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), kept_targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+        valid = kept_targets != IGNORE_INDEX
+        count = valid.sum()
+        denominator = num_items_in_batch if num_items_in_batch is not None else count
+        loss = loss_sum / torch.as_tensor(denominator, device=loss_sum.device).clamp(min=1)
+        # Trainer averages gradients over processes; a loss normalised by the all-process token count must
+        # be scaled back up, as Trainer.compute_loss does.
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes
+
+        with torch.no_grad():
+            correct = ((logits.argmax(dim=-1) == kept_targets) & valid).sum()
+            self._metrics[mode]["mean_token_accuracy"].append((correct / count.clamp(min=1)).item())
+            if mode == "train":
+                self.monitor.tokens += int(inputs["input_ids"].numel())
+                if not torch.isfinite(loss_sum):
+                    self.monitor.nonfinite = True
+        return (loss, outputs) if return_outputs else loss
