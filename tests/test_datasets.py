@@ -193,3 +193,16 @@ def test_data_cli(tmp_path: Path) -> None:
     assert imported.exit_code == 0 and "added 5 entries" in imported.output
     missing = runner.invoke(app, ["data", "show", "nope"])
     assert missing.exit_code != 0
+
+
+def test_an_input_keeps_the_split_it_first_had(tmp_path: Path) -> None:
+    # Verified labels imported with their own split first, then the same inputs arrive from the logs.
+    path = tmp_path / "gold.jsonl"
+    write_rows(path, [{"messages": chat(f"doc {i}", answer()), "metadata": {"split": "test"}} for i in range(10)])
+    import_jsonl(path, "demo", task=TASK, provenance="human")
+    for index in range(10):
+        log_call(f"doc {index}", "a weak answer", tags={"task": TASK})
+    dataset_from_logs("demo", build_filter([f"tag.task={TASK}"]), test_fraction=0.0)
+    with session_scope() as session:
+        splits = {entry.split for entry in session.scalars(sa.select(DatasetEntry))}
+    assert splits == {"test"}

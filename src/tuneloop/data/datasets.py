@@ -9,11 +9,11 @@ shape the answer (``tools``, ``tool_choice``, ``response_format``). It is identi
   task's canonical answer JSON (``Task.answer_json``), so formatting differences neither split duplicates
   nor reach training.
 
-A dataset holds a given (input, output) pair once. The split is a function of the input hash alone
-(``test`` when its first 64 bits / 2^64 < ``test_fraction``): stable across runs, and every label of one input (the
-logged answer, a teacher's, a human's) lands in the same split, so the test split never leaks into
-training. Rows imported with ``metadata.split`` keep it (synthetic data chooses its split to keep
-near-copies apart).
+A dataset holds a given (input, output) pair once. An input's split is fixed by its first entry in the
+dataset, so every answer to it (the logged one, a teacher's, a human's) lands in the same split and the test
+split never leaks into training. That first split is the row's ``metadata.split`` when an import carries one
+(synthetic data chooses its split to keep near-copies apart), else a function of the input hash alone
+(``test`` when its first 64 bits / 2^64 < ``test_fraction``): stable across runs.
 
 Provenance says where the answer came from: ``log`` (a captured call), ``upload`` (an imported file),
 ``teacher`` (relabelled by a teacher model) or ``human`` (verified by a person). Lineage:
@@ -161,12 +161,14 @@ def add_entries(
     session: Session, dataset: Dataset, drafts: Iterable[EntryDraft], task: Task | None, test_fraction: float
 ) -> AddResult:
     """Add drafts to a dataset, skipping (input, output) pairs it already holds."""
-    existing = {
-        (row.input_hash, row.output_hash)
-        for row in session.execute(
-            sa.select(DatasetEntry.input_hash, DatasetEntry.output_hash).where(DatasetEntry.dataset_id == dataset.id)
+    rows = session.execute(
+        sa.select(DatasetEntry.input_hash, DatasetEntry.output_hash, DatasetEntry.split).where(
+            DatasetEntry.dataset_id == dataset.id
         )
-    }
+    ).all()
+    existing = {(row.input_hash, row.output_hash) for row in rows}
+    # An input keeps the split it first had in this dataset: all its answers train, or all test.
+    split_of_input = {row.input_hash: row.split for row in rows}
     result = AddResult()
     new_entries: list[DatasetEntry] = []
     for draft in drafts:
@@ -185,7 +187,10 @@ def add_entries(
             result.duplicates += 1
             continue
         existing.add((digest_in, digest_out))
-        split = draft.split if draft.split in SPLITS else split_for(digest_in, test_fraction)
+        split = split_of_input.get(digest_in) or (
+            draft.split if draft.split in SPLITS else split_for(digest_in, test_fraction)
+        )
+        split_of_input[digest_in] = split
         entry = DatasetEntry(
             dataset_id=dataset.id,
             input_hash=digest_in,

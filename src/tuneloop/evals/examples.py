@@ -16,11 +16,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from tuneloop.data.datasets import all_entries, resolve
 from tuneloop.data.jsonl import read_rows
 from tuneloop.errors import TuneloopError
 from tuneloop.evals.scoring import parse_answer
 from tuneloop.serve.backends import Message
-from tuneloop.store import SPLITS, Dataset, DatasetEntry, session_scope
+from tuneloop.store import SPLITS, Dataset, session_scope
 from tuneloop.task import Task
 
 DATASET_PREFIX = "dataset:"
@@ -164,14 +165,10 @@ def _dataset_examples(task: Task, data_ref: str, limit: int | None) -> list[Exam
                 where=data_ref,
                 hint=f"use --task {dataset.task}, or another dataset",
             )
-        query = (
-            sa.select(DatasetEntry)
-            .where(DatasetEntry.dataset_id == dataset.id, DatasetEntry.split == split)
-            .order_by(DatasetEntry.id)
-        )
-        if limit is not None:
-            query = query.limit(limit)
-        entries = [(entry.id, entry.messages, entry.fields) for entry in session.scalars(query)]
+        # The gold of an input is its resolved answer (human > teacher > upload > log, passing checks), the
+        # same one training reads: superseded log answers and failing ones are not gold.
+        resolved = resolve(all_entries(session, dataset, split))[:limit]
+        entries = [(entry.id, entry.messages, entry.fields) for entry in resolved]
     if not entries:
         raise TuneloopError(f"dataset {name!r} has no {split} entries", where=data_ref)
     return [
