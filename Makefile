@@ -8,10 +8,17 @@ PYTEST_ARGS ?=
 .PHONY: install demo test lint format clean
 
 # Reinstalls only when the dependencies change. constraints/cpu.txt keeps torch on its CPU build.
+# llama.cpp's AMX kernels segfault on the first decode on virtualised Sapphire/Granite Rapids CPUs (seen on
+# these machines; ggml-org/llama.cpp#20824), so llama-cpp-python is compiled for the native CPU minus AMX.
+# --no-cache-dir: a wheel pip cached from an earlier build with AMX must not be reused.
+LLAMA_CPP_CMAKE_ARGS := -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
+	-DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'
+
 $(STAMP): pyproject.toml constraints/cpu.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tuneloop needs Python 3.11 or newer")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(BIN)/pip install --no-cache-dir -c constraints/cpu.txt llama-cpp-python
 	$(BIN)/pip install -c constraints/cpu.txt -e '.[dev]'
 	touch $(STAMP)
 

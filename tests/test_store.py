@@ -314,7 +314,7 @@ def test_every_table_round_trips(db_url: str) -> None:
 def test_times_are_stored_as_utc_and_naive_ones_refused(db_url: str) -> None:
     expires = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=timezone(timedelta(hours=2)))
     with session_scope(db_url) as session:
-        session.add(ReviewItem(task="t", lock_expires_at=expires, locked_by="ana", status="locked"))
+        session.add(ReviewItem(task="t", lock_expires_at=expires, locked_by="ana"))
     with session_scope(db_url) as session:
         item = session.scalars(sa.select(ReviewItem)).one()
         assert item.lock_expires_at == expires and item.lock_expires_at.tzinfo is UTC

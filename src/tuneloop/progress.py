@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -34,8 +36,43 @@ class RateColumn(ProgressColumn):
         return Text(text, style="progress.data.speed")
 
 
-def progress_bar(console: Console | None = None, unit: str = "it", transient: bool = False) -> Progress:
-    return Progress(
+class LoggedProgress(Progress):
+    """A Progress that, when its console is not a terminal (a log file, CI), prints the bars every
+    ``log_every`` seconds: rich draws a live bar only on terminals and would otherwise stay silent until
+    the end of a run that may take an hour."""
+
+    def __init__(self, *columns: ProgressColumn, log_every: float = 30.0, **kwargs) -> None:
+        super().__init__(*columns, **kwargs)
+        self.log_every = log_every
+        self._stopped = threading.Event()
+        self._logger: threading.Thread | None = None
+
+    def start(self) -> None:
+        super().start()
+        if not self.console.is_terminal and self.log_every > 0 and self._logger is None:
+            self._stopped.clear()
+            self._logger = threading.Thread(target=self._log, name="progress-log", daemon=True)
+            self._logger.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._logger is not None:
+            self._logger.join(timeout=1)
+            self._logger = None
+        super().stop()
+
+    def _log(self) -> None:
+        while not self._stopped.wait(self.log_every):
+            with self._lock:
+                tasks = [task for task in self.tasks if task.visible and not task.finished]
+            if tasks:
+                self.console.print(self.make_tasks_table(tasks))
+
+
+def progress_bar(
+    console: Console | None = None, unit: str = "it", transient: bool = False, log_every: float = 30.0
+) -> Progress:
+    return LoggedProgress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -46,4 +83,5 @@ def progress_bar(console: Console | None = None, unit: str = "it", transient: bo
         TimeRemainingColumn(),
         console=console,
         transient=transient,
+        log_every=log_every,
     )

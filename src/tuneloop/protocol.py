@@ -66,6 +66,8 @@ class ChatCompletionRequest(_Open):
     n: int | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
 
     @field_validator("metadata")
     @classmethod

@@ -133,6 +133,8 @@ class Task(_Strict):
     fields: dict[str, FieldSpec] = Field(default_factory=dict)
     checks: list[Check] = Field(default_factory=list)
     on_check_failure: str = "escalate"
+    # A share of answers that pass their checks sent to the review queue anyway, for audit.
+    audit_sample_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     requirements: Requirements = Field(default_factory=Requirements)
     decoding: Decoding = Field(default_factory=Decoding)
 

@@ -134,6 +134,8 @@ class GatewayConfig(_Strict):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     # Seconds between reloads of the API keys from the store (new keys also load on first sight).
     keys_refresh_s: float = Field(default=5.0, gt=0)
+    # Serve the web UI (tuneloop.ui, docs/ui.md) under /ui of the gateway.
+    ui: bool = False
     source: str = "<defaults>"
 
     @model_validator(mode="after")
@@ -145,7 +147,7 @@ class GatewayConfig(_Strict):
         return self
 
 
-_SECTION_KEYS = {"upstreams", "routes", "auth", "redact", "logging", "keys_refresh_s"}
+_SECTION_KEYS = {"upstreams", "routes", "auth", "redact", "logging", "keys_refresh_s", "ui"}
 
 
 def load_gateway_config(

@@ -32,7 +32,7 @@ from typing import Any
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import ValidationError
 
 from tuneloop.capture.config import GatewayConfig
@@ -43,6 +43,7 @@ from tuneloop.capture.records import TAGS_HEADER, CallRecord, parse_tags
 from tuneloop.capture.redaction import Redactor
 from tuneloop.capture.routing import Router, Target
 from tuneloop.evals.cost import load_price_table
+from tuneloop.monitor.metrics import ReviewMetrics
 from tuneloop.protocol import (
     ChatCompletionRequest,
     OpenAIError,
@@ -51,6 +52,7 @@ from tuneloop.protocol import (
     install_error_handlers,
     sse_event,
 )
+from tuneloop.review.policy import REVIEW_HEADER, ReviewPolicy
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,14 @@ class Gateway:
         self.keys: KeyRing | None = None
         self.upstreams: UpstreamClient | None = None
         self._models_cache: tuple[float, list[dict[str, Any]]] | None = None
+        # Checks and on_check_failure on each whole answer of a task (tuneloop.review.policy); their
+        # metrics live on a registry of this gateway, so several gateways can share a process.
+        self.review_registry = CollectorRegistry()
+        self.review = ReviewPolicy(
+            url=url,
+            metrics=ReviewMetrics(self.review_registry, "tuneloop_gateway", url=url),
+            redact=self.redactor.json if self.redactor.enabled else None,
+        )
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -186,7 +196,77 @@ class Gateway:
                 return self._relay_stream(reply, base, started, log_it)
         else:
             reply = await self.upstreams.call(targets, forward, stream=False)
+            if reply.ok:
+                rejected = await self._review(reply, base, payload, forward, log_it)
+                if rejected is not None:
+                    return await self._whole_response(rejected, base, started, log_it)
         return await self._whole_response(reply, base, started, log_it)
+
+    async def _review(
+        self, reply: UpstreamReply, record: CallRecord, payload: dict[str, Any], forward: dict[str, Any], log_it: bool
+    ) -> UpstreamReply | None:
+        """Apply the task's checks to a whole answer, in place on ``reply`` (annotated body, review header,
+        or the fallback's answer); returns the 422 reply to send instead when the policy rejects it."""
+        try:
+            completion = json.loads(reply.body or b"")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return None
+        if not isinstance(completion, dict) or reply.target is None:
+            return None
+        previous = completion.get("tuneloop") if isinstance(completion.get("tuneloop"), dict) else {}
+        if "checks" in previous:  # a tuneloop server upstream applied the policy already
+            review = previous.get("review") or {}
+            if review.get("hold") and review.get("id") is not None:
+                reply.headers[REVIEW_HEADER] = str(review["id"])
+                from tuneloop.review.queue import link_capture
+
+                await asyncio.to_thread(link_capture, int(review["id"]), record.capture_id, url=self.url)
+            return None
+        model = f"{reply.target.upstream.name}/{completion.get('model') or reply.target.model}"
+
+        async def retry(fallback: str) -> dict[str, Any]:
+            assert self.upstreams is not None and self.writer is not None
+            second = await self.upstreams.call(self.router.resolve(fallback), forward, stream=False)
+            logged = CallRecord(
+                model_requested=fallback,
+                request={**payload, "model": fallback},
+                status="ok" if second.ok else "error",
+                http_status=second.status,
+                response_body=second.body,
+                tags=[*record.tags, "fallback"],
+                metadata={**record.metadata, "fallback_for": record.capture_id},
+                api_key_id=record.api_key_id,
+            )
+            _fill_from_reply(logged, second)
+            if log_it:  # both calls are logged: the draft (this call's row) and the fallback
+                await self.writer.submit(logged)
+            if not second.ok or second.target is None:
+                raise OpenAIError(second.status, second.error or f"fallback {fallback} failed", code="upstream_error")
+            answer = json.loads(second.body or b"{}")
+            answer["model"] = f"{second.target.upstream.name}/{answer.get('model') or second.target.model}"
+            return answer
+
+        outcome = await self.review.apply(payload, completion, model=model, retry=retry, capture_id=record.capture_id)
+        if outcome.action == "none":
+            return None
+        if outcome.error is not None:
+            error = outcome.error
+            # The draft stays in the log (for drift and relabelling); the client gets the 422.
+            record.response_body = reply.body
+            return UpstreamReply(
+                error.status,
+                reply.target,
+                body=json.dumps(error.body()).encode(),
+                headers={"content-type": "application/json"},
+                attempts=reply.attempts,
+                wait_s=reply.wait_s,
+                error=error.message,
+            )
+        if outcome.action == "fallback":
+            record.response_body = reply.body  # this call's row keeps the draft; the fallback has its own row
+        reply.body = json.dumps(outcome.completion, separators=(",", ":")).encode()
+        reply.headers.update(outcome.headers)
+        return None
 
     async def _whole_response(self, reply: UpstreamReply, record: CallRecord, started: float, log_it: bool) -> Response:
         elapsed = time.perf_counter() - started
@@ -194,7 +274,8 @@ class Gateway:
         _fill_from_reply(record, reply)
         record.status = "ok" if reply.ok else "error"
         record.http_status = reply.status
-        record.response_body = reply.body
+        if record.response_body is None:  # a rejected or replaced answer keeps the draft in the log
+            record.response_body = reply.body
         record.latency_ms = elapsed * 1000
         record.overhead_ms = overhead * 1000
         _count(reply)
@@ -444,10 +525,15 @@ def create_app(config: GatewayConfig, url: str | None = None) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        body = generate_latest() + await asyncio.to_thread(generate_latest, gateway.review_registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
     async def health() -> dict[str, Any]:
         return gateway.health()
 
+    if config.ui:  # the web UI's pages under /ui (docs/ui.md); imported only when wanted
+        from tuneloop.ui import mount_ui
+
+        mount_ui(app, "/ui")
     return app

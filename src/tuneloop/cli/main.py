@@ -7,11 +7,12 @@ import sys
 import typer
 from rich.console import Console
 
-from tuneloop.cli import bases, data, db, demo, doctor, keys, logs, models, models_alias, task
+from tuneloop.cli import bases, data, db, demo, doctor, keys, logs, models, models_alias, monitor, review, task
 from tuneloop.cli import eval as eval_cli
 from tuneloop.cli import gateway as gateway_cli
 from tuneloop.cli import serve as serve_cli
 from tuneloop.cli import train as train_cli
+from tuneloop.cli import ui as ui_cli
 from tuneloop.errors import TuneloopError
 
 app = typer.Typer(
@@ -27,11 +28,14 @@ app.add_typer(db.app, name="db", help="The store: migrations.")
 app.add_typer(eval_cli.app, name="eval", help="Benchmark models on a task: field error, latency, cost, verdict.")
 app.add_typer(logs.app, name="logs", help="Calls captured by the gateway and the SDK: list, show, export.")
 app.add_typer(keys.app, name="keys", help="API keys for the gateway: create, list, revoke.")
+app.add_typer(review.app, name="review", help="The review queue: list, show (and lock), approve, correct, reject.")
+app.add_typer(monitor.app, name="monitor", help="Drift between time windows; shadow replays to a candidate.")
 models_alias.register(models.app)
 app.add_typer(models.app, name="models", help="Registered fine-tunes (task@N): list, show, promote, rollback.")
 app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(train_cli.train)
 app.command("gateway")(gateway_cli.gateway)
 app.command("serve")(serve_cli.serve)
+app.command("ui")(ui_cli.ui)
 app.command("doctor")(doctor.doctor)
 app.command("demo")(demo.demo)
 

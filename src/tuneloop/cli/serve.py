@@ -26,10 +26,16 @@ def serve(
     tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", help="vllm: GPUs per replica."),
     pipeline_parallel_size: int = typer.Option(1, "--pipeline-parallel-size", help="vllm: pipeline stages."),
     max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", help="Larger request bodies get 413."),
+    audit_rate: float | None = typer.Option(
+        None,
+        "--audit-rate",
+        help="Share of passing answers queued for review (default: each task's audit_sample_rate).",
+    ),
 ) -> None:
     """Serve /v1/chat/completions, /v1/models, /health and /metrics (OpenAI-compatible)."""
     import uvicorn
 
+    from tuneloop.review.policy import ReviewPolicy
     from tuneloop.serve.app import create_app
     from tuneloop.serve.engine import build_engine
 
@@ -50,6 +56,8 @@ def serve(
         console.print(f"serving {served.id} (verified sha256:{served.version.content_hash[:12]})")
     console.print(f"base {engine.base.id} on {engine.backend_name}: http://{host}:{port}/v1")
     try:
-        uvicorn.run(create_app(engine, max_body_bytes=max_body_bytes), host=host, port=port, log_level="warning")
+        review = ReviewPolicy(metrics=engine.metrics.review, audit_rate=audit_rate)
+        app = create_app(engine, max_body_bytes=max_body_bytes, review=review)
+        uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
         engine.close()

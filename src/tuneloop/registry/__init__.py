@@ -1,9 +1,9 @@
-"""The registry: the model-id grammar (``ids.py``), immutable versions (``versions.py``), aliases.
+"""The registry: the model-id grammar (``ids.py``), immutable versions (``versions.py``),
+promote/rollback of aliases (``promotion.py``), GGUF LoRA exports (``exports.py``).
 
 Other stages resolve a ``task@N`` / ``task@sha256:...`` / ``task@alias`` through ``resolve_version``.
 """
 
-from tuneloop.registry.aliases import set_alias
 from tuneloop.registry.ids import BaseRef, EndpointRef, ModelRef, VersionRef, parse_model_id
 from tuneloop.registry.versions import (
     ModelVersionInfo,
@@ -25,6 +25,5 @@ __all__ = [
     "parse_model_id",
     "register_version",
     "resolve_version",
-    "set_alias",
     "verify_version",
 ]

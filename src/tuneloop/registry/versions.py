@@ -243,6 +243,9 @@ def register_version(
                         or 0
                     ) + 1
                     final = task_dir / str(number)
+                    recorded = dict(metrics or {})
+                    if (staging / LOSS_CURVE).is_file():
+                        recorded["loss_curve"] = str(final / LOSS_CURVE)
                     row = ModelVersion(
                         task=task,
                         version=number,
@@ -260,7 +263,7 @@ def register_version(
                                 "decoding": identity["decoding"],
                             },
                         },
-                        metrics=metrics or {},
+                        metrics=recorded,
                     )
                     session.add(row)
                     session.flush()  # a concurrent registration of the same number fails here

@@ -23,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from tuneloop.protocol import ChatCompletionRequest, ModelList, OpenAIError, error_bytes, install_error_handlers
+from tuneloop.review.policy import ReviewPolicy
 from tuneloop.serve.engine import ServeEngine
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB: far above any chat a small model's context holds
@@ -93,8 +94,12 @@ class _BodyTooLarge(Exception):
     pass
 
 
-def create_app(engine: ServeEngine, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
-    """The FastAPI app over ``engine``."""
+def create_app(
+    engine: ServeEngine, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, review: ReviewPolicy | None = None
+) -> FastAPI:
+    """The FastAPI app over ``engine``; each whole structured answer goes through ``review`` (the task's
+    checks and ``on_check_failure``, see tuneloop.review.policy; default: a policy on the default store)."""
+    review = review or ReviewPolicy(metrics=engine.metrics.review)
     app = FastAPI(
         title="tuneloop serve",
         version="1",
@@ -120,7 +125,16 @@ def create_app(engine: ServeEngine, *, max_body_bytes: int = DEFAULT_MAX_BODY_BY
                 headers={"X-Tuneloop-Model": served.id, "Cache-Control": "no-cache"},
             )
         completion = await engine.complete(body)
-        return JSONResponse(completion, headers={"X-Tuneloop-Model": completion["model"]})
+        outcome = await review.apply(
+            body.model_dump(mode="json", exclude_none=True),
+            completion,
+            model=completion["model"],
+            retry=lambda model: _complete_elsewhere(engine, body, model),
+        )
+        if outcome.error is not None:
+            raise outcome.error
+        headers = {"X-Tuneloop-Model": outcome.completion["model"], **outcome.headers}
+        return JSONResponse(outcome.completion, headers=headers)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -146,6 +160,17 @@ def create_app(engine: ServeEngine, *, max_body_bytes: int = DEFAULT_MAX_BODY_BY
     return app
 
 
+async def _complete_elsewhere(engine: ServeEngine, body: ChatCompletionRequest, model: str) -> dict[str, Any]:
+    """A fallback answer: from this engine when it serves ``model``, else from the upstream it names."""
+    from tuneloop.registry.ids import EndpointRef, parse_model_id
+    from tuneloop.review.fallback import call_endpoint
+
+    ref = parse_model_id(model)
+    if isinstance(ref, EndpointRef):
+        return await call_endpoint(ref, body.model_dump(mode="json", exclude_none=True))
+    return await engine.complete(body.model_copy(update={"model": model}))
+
+
 @dataclass
 class BackgroundServer:
     """A server running in a thread of this process; ``base_url`` is what an ``openai`` client takes."""
@@ -163,7 +188,12 @@ class BackgroundServer:
 
 
 def start_background_server(
-    engine: ServeEngine, *, host: str = "127.0.0.1", port: int = 0, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    engine: ServeEngine,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    review: ReviewPolicy | None = None,
 ) -> BackgroundServer:
     """Serve ``engine`` on ``host:port`` (0: a free port) in a daemon thread; returns once it accepts."""
     import uvicorn
@@ -173,7 +203,11 @@ def start_background_server(
             probe.bind((host, 0))
             port = probe.getsockname()[1]
     config = uvicorn.Config(
-        create_app(engine, max_body_bytes=max_body_bytes), host=host, port=port, log_level="warning", lifespan="off"
+        create_app(engine, max_body_bytes=max_body_bytes, review=review),
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="off",
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="tuneloop-serve", daemon=True)

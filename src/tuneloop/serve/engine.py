@@ -14,7 +14,8 @@ same code as the server.
 - **Queue.** Backends run one generation at a time, so requests wait in one FIFO worker (fair: first come,
   first served, whichever version they name). At most ``max_queue`` requests are admitted (running +
   waiting); one more is refused with 429 and ``Retry-After``.
-- **Structured output.** A task version decodes under its task's output schema by default; a request's
+- **Structured output.** A task version decodes under its task's output schema by default (llama.cpp's
+  grammar, llguidance for transformers, vLLM's guided decoding); a request's
   ``response_format`` ``json_schema`` replaces it, ``json_object`` asks for the task schema (or any JSON
   object on a base), ``text`` turns it off. The answer is always validated afterwards; a violation is
   reported in the response (``tuneloop.schema_valid`` / ``schema_errors``) and counted, never hidden.
@@ -38,7 +39,15 @@ from tuneloop.errors import TuneloopError
 from tuneloop.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, OpenAIError, sse_event
 from tuneloop.registry.ids import BaseRef, EndpointRef, VersionRef, parse_model_id
 from tuneloop.registry.versions import ModelVersionInfo
-from tuneloop.serve.backends import Adapter, Backend, Generation, GenerationParams, Message
+from tuneloop.serve.backends import (
+    MAX_TOP_LOGPROBS,
+    Adapter,
+    Backend,
+    Delta,
+    Generation,
+    GenerationParams,
+    Message,
+)
 from tuneloop.serve.grammar import ANY_JSON_OBJECT, Validation, check_schema, validate_answer
 from tuneloop.serve.metrics import ServeMetrics
 
@@ -128,6 +137,8 @@ class ServeEngine:
             ref = parse_model_id(name)
         except TuneloopError as exc:
             raise _not_found(name, exc.message) from None
+        except (OSError, ValueError):  # probing the name as a path failed (e.g. a name too long for one)
+            raise _not_found(name, "not a model name this server knows") from None
         if isinstance(ref, EndpointRef):
             raise _not_found(name, "this server serves its own models only, not upstream ones")
         if isinstance(ref, BaseRef):
@@ -148,7 +159,9 @@ class ServeEngine:
 
             try:
                 same = resolve_base(name).id == self.base.id
-            except TuneloopError:
+            # A client's model name is any string; as a path it can fail in any way (no home directory
+            # for "~x", a NUL byte, a name too long): each means "not this server's base", a 404.
+            except (TuneloopError, OSError, RuntimeError, ValueError):
                 same = False
             if not same:
                 raise _not_found(name, f"this server runs the base {self.base.id} and its fine-tunes")
@@ -266,9 +279,15 @@ class ServeEngine:
             raise _invalid("only n=1 is supported", "n")
         if request.tools:
             raise _invalid("tools are not supported by tuneloop serve", "tools")
-        if getattr(request, "logprobs", None) or getattr(request, "top_logprobs", None) is not None:
-            parameter = "logprobs" if getattr(request, "logprobs", None) else "top_logprobs"
-            raise _invalid("log probabilities are not supported by tuneloop serve yet", parameter)
+        logprobs = bool(request.logprobs)
+        top_logprobs = request.top_logprobs or 0
+        if request.top_logprobs is not None:
+            if not logprobs:
+                raise _invalid("needs logprobs: true", "top_logprobs")
+            if not 0 <= request.top_logprobs <= MAX_TOP_LOGPROBS:
+                raise _invalid(f"must be between 0 and {MAX_TOP_LOGPROBS}, got {request.top_logprobs}", "top_logprobs")
+        if logprobs and self.backend_name == "vllm":
+            raise _invalid("log probabilities are not supported by the vllm backend yet", "logprobs")
         defaults = served.decoding
         temperature = _number(request.temperature, defaults.get("temperature", 0.0), "temperature", 0.0, 2.0)
         top_p = _number(request.top_p, defaults.get("top_p", 1.0), "top_p", 0.0, 1.0)
@@ -286,11 +305,12 @@ class ServeEngine:
         if request.seed is not None and not 0 <= request.seed < 2**63:
             raise _invalid("seed must be a non-negative 64-bit integer", "seed")
         schema = self._schema_for(request.response_format, served)
-        if schema is not None and self.backend_name == "llamacpp":
-            from tuneloop.serve.grammar import llama_grammar
+        if schema is not None and self.backend_name in ("llamacpp", "transformers"):
+            from tuneloop.serve.grammar import llama_grammar, llguidance_grammar
 
+            grammar = llama_grammar if self.backend_name == "llamacpp" else llguidance_grammar
             try:
-                llama_grammar(schema)  # built (and cached) now, so a schema it can't express is a 400
+                grammar(schema)  # built (and cached) now, so a schema the engine can't express is a 400
             except TuneloopError as exc:
                 raise _invalid(exc.message, "response_format.json_schema.schema") from None
         params = GenerationParams(
@@ -300,6 +320,8 @@ class ServeEngine:
             stop=stop or None,
             seed=request.seed,
             json_schema=schema,
+            logprobs=logprobs,
+            top_logprobs=top_logprobs,
         )
         return Plan(served, _messages(request), params, schema)
 
@@ -378,7 +400,7 @@ class ServeEngine:
                     "index": 0,
                     "message": {"role": "assistant", "content": generation.text},
                     "finish_reason": generation.finish_reason,
-                    "logprobs": None,
+                    "logprobs": _logprobs(generation.logprobs) if plan.params.logprobs else None,
                 }
             ],
             usage=_usage(generation),
@@ -438,13 +460,13 @@ class ServeEngine:
         async def sse() -> AsyncIterator[bytes]:
             completion_id, created = _completion_id(), int(time.time())
 
-            def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+            def chunk(delta: dict[str, Any], finish: str | None = None, logprobs: Any = None, **extra: Any) -> bytes:
                 body = ChatCompletionChunk(
                     id=completion_id,
                     created=created,
                     model=served.id,
                     system_fingerprint=served.fingerprint,
-                    choices=[{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+                    choices=[{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}],
                     **extra,
                 )
                 return sse_event(body.model_dump(mode="json", exclude_none=True))
@@ -453,8 +475,11 @@ class ServeEngine:
                 yield chunk({"role": "assistant", "content": ""})
                 kind, value = first
                 while kind == "delta":
-                    if value:
-                        yield chunk({"content": value})
+                    if value.text or value.logprobs:
+                        yield chunk(
+                            {"content": value.text},
+                            logprobs=_logprobs(value.logprobs) if plan.params.logprobs else None,
+                        )
                     kind, value = await events.get()
                 if kind == "error":
                     log.error("stream for %s failed: %s", served.id, value)
@@ -532,17 +557,35 @@ class ServeEngine:
 
 
 def _stream_generation(backend: Backend, plan: Plan) -> Any:
-    """The backend's ``stream_generation`` (deltas, then the Generation); engines without it get their
-    ``generate`` result as one delta."""
+    """``Delta``s, then the Generation: the backend's ``stream_deltas`` (text with token logprobs), else
+    its ``stream_generation`` (text only), else its ``generate`` result as one delta."""
+    if hasattr(backend, "stream_deltas"):
+        return backend.stream_deltas(plan.messages, plan.params, adapter=plan.served.adapter)
     if hasattr(backend, "stream_generation"):
-        return backend.stream_generation(plan.messages, plan.params, adapter=plan.served.adapter)
+        texts = backend.stream_generation(plan.messages, plan.params, adapter=plan.served.adapter)
+
+        def wrapped() -> Any:
+            try:
+                while True:
+                    yield Delta(next(texts))
+            except StopIteration as end:
+                return end.value
+            finally:
+                texts.close()
+
+        return wrapped()
 
     def whole() -> Any:
         generation = backend.generate(plan.messages, plan.params, adapter=plan.served.adapter)
-        yield generation.text
+        yield Delta(generation.text, generation.logprobs)
         return generation
 
     return whole()
+
+
+def _logprobs(tokens: list[Any] | None) -> dict[str, Any]:
+    """OpenAI's ``choices[].logprobs``: ``{"content": [{token, logprob, bytes, top_logprobs}], "refusal"}``."""
+    return {"content": [token.openai() for token in tokens or []], "refusal": None}
 
 
 def _messages(request: ChatCompletionRequest) -> list[Message]:
@@ -564,6 +607,10 @@ def _messages(request: ChatCompletionRequest) -> list[Message]:
             content = "".join(texts)
         if content is None:
             raise _invalid("content is required", f"messages[{index}].content")
+        try:
+            content.encode("utf-8")
+        except UnicodeEncodeError:  # JSON may escape a lone surrogate (\ud800), which no tokenizer can take
+            raise _invalid("is not valid Unicode (it holds a lone surrogate)", f"messages[{index}].content") from None
         messages.append({"role": role, "content": content})
     return messages
 

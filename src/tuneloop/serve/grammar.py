@@ -6,10 +6,11 @@ newlines, no indentation), so a model cannot spend its tokens on blanks. One spa
 our training targets are written with ``", "`` and ``": "`` (``Task.answer_json``); forbidding it would
 push the model off the format it learned.
 
-transformers: neither xgrammar nor llguidance is a dependency (xgrammar pins its own torch/triton wheels,
-which clash with the CPU torch build we pin). The transformers backend therefore decodes without a
-grammar, and the server's validation after decoding reports any violation (``schema_valid: false``
-and the schema errors in the response, a metric per version). See docs/serving.md.
+transformers: llguidance (Microsoft's grammar engine, also used inside llama.cpp, vLLM and SGLang) compiles
+the schema into a token-level matcher; the backend masks each step's logits with it (a logits processor).
+We use it rather than xgrammar because llguidance's wheel has no dependencies, while xgrammar pins its own
+torch/triton builds, which clash with the CPU torch we pin. Whitespace is held to the same rule as for
+llama.cpp (``LLGUIDANCE_OPTIONS``).
 
 Validation after decoding is the same for every engine: ``validate_answer``.
 """
@@ -100,12 +101,61 @@ def llama_grammar(schema: dict[str, Any]) -> Any:
 @functools.lru_cache(maxsize=64)
 def _llama_grammar_for(canonical_schema: str) -> Any:
     gbnf = json_schema_gbnf(json.loads(canonical_schema))
+    if not gbnf_parses(gbnf):
+        # e.g. {"enum": []}: the converter writes an empty rule that llama.cpp can't parse
+        raise TuneloopError(
+            "llama.cpp can't parse the grammar made from this schema (does the schema accept any value?)",
+            where="response_format.json_schema.schema",
+        )
     try:
         return _llama_grammar_from_text(gbnf)
     except ValueError as exc:
         raise TuneloopError(
-            f"llama.cpp refused the grammar made from this schema: {exc}", where="response_format.json_schema"
+            f"llama.cpp refused the grammar made from this schema: {exc}", where="response_format.json_schema.schema"
         ) from None
+
+
+def gbnf_parses(gbnf: str) -> bool:
+    """Whether llama.cpp's own parser accepts ``gbnf``.
+
+    ``LlamaGrammar.from_string`` only stores the text: the parse happens when a sampler is built, and a
+    grammar that fails there adds a null sampler that crashes the process at the first token. So every
+    grammar is parsed once here, up front (no vocabulary is needed to parse).
+    """
+    import llama_cpp
+
+    sampler = llama_cpp.llama_sampler_init_grammar(None, gbnf.encode(), b"root")
+    if not sampler:
+        return False
+    llama_cpp.llama_sampler_free(sampler)
+    return True
+
+
+# llguidance's JSON compiler options: whitespace only where JSON allows it, and there at most one space
+# (the same rule as STRICT_SPACE_RULE). ``lenient``: keywords it can't enforce are skipped rather than
+# refused, exactly as the GBNF converter does; validation after decoding still checks them.
+LLGUIDANCE_OPTIONS: dict[str, Any] = {"whitespace_flexible": True, "whitespace_pattern": "[ ]?", "lenient": True}
+
+
+def llguidance_grammar(schema: dict[str, Any]) -> str:
+    """llguidance's grammar for JSON documents matching ``schema`` (strict whitespace), cached by the
+    schema's JSON; TuneloopError naming the parameter when llguidance can't express it."""
+    return _llguidance_grammar_for(json.dumps(schema))
+
+
+@functools.lru_cache(maxsize=64)
+def _llguidance_grammar_for(canonical_schema: str) -> str:
+    from llguidance import LLMatcher
+
+    where = "response_format.json_schema.schema"
+    try:
+        grammar = LLMatcher.grammar_from_json_schema(canonical_schema, overrides=LLGUIDANCE_OPTIONS)
+    except ValueError as exc:
+        raise TuneloopError(f"this JSON schema can't be turned into a grammar: {exc}", where=where) from None
+    is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar)
+    if is_error:
+        raise TuneloopError(f"this JSON schema can't be turned into a grammar: {messages[0]}", where=where)
+    return grammar
 
 
 ANY_JSON_OBJECT: dict[str, Any] = {"type": "object"}

@@ -9,6 +9,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from tuneloop.monitor.metrics import ReviewMetrics
+
 UNRESOLVED = "-"
 _LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2.5, 5, 10, 30)
 
@@ -72,6 +74,8 @@ class ServeMetrics:
             "Requests refused with 429 because the queue was full.",
             registry=self.registry,
         )
+        # Check failures, actions (escalate, reject, fallback, …) and the review queue depth.
+        self.review = ReviewMetrics(self.registry, "tuneloop_serve")
 
     def observe_success(
         self, model: str, *, latency_s: float, ttft_s: float | None, prompt_tokens: int, completion_tokens: int

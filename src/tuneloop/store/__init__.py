@@ -24,6 +24,7 @@ from tuneloop.store.db import (
 )
 from tuneloop.store.models import (
     PROVENANCES,
+    REVIEW_REASONS,
     REVIEW_STATUSES,
     SPLITS,
     Alias,
@@ -43,6 +44,7 @@ from tuneloop.store.models import (
 
 __all__ = [
     "PROVENANCES",
+    "REVIEW_REASONS",
     "REVIEW_STATUSES",
     "SPLITS",
     "Alias",

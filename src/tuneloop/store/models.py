@@ -24,7 +24,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, WriteOnlyMapped, mapped_colu
 
 PROVENANCES = ("log", "upload", "teacher", "human")
 SPLITS = ("train", "test")
-REVIEW_STATUSES = ("pending", "locked", "approved", "corrected", "dismissed")
+REVIEW_STATUSES = ("pending", "approved", "corrected", "rejected")
+# Why an item is in the queue: an answer failed its checks, or a passing one was sampled for audit.
+REVIEW_REASONS = ("check_failed", "audit")
 
 # Explicit constraint names make Alembic migrations identical on SQLite and PostgreSQL, and let a
 # later migration drop or alter a constraint by name.
@@ -319,33 +321,57 @@ class AliasEvent(Base):
 
 
 class ReviewItem(Base):
-    """An answer a human should look at (it failed a check), from a logged request or a dataset entry.
+    """An answer a human should look at: it failed its task's checks, or was sampled for audit.
 
-    A reviewer takes a time-limited lock (``locked_by``, ``lock_expires_at``) so two people do not
-    review the same item; the outcome is approved, corrected (with ``correction``) or dismissed.
+    It refers to the call it came from (``request_id``; from the gateway also ``capture_id``, since the
+    log row is written after the response leaves) or to a dataset entry (``entry_id``), and keeps its own
+    copy of the request (``request``) so an item is reviewable even when the call was not logged.
+    ``model_resolved`` is the immutable version that drafted the answer, never an alias.
+
+    A reviewer takes a time-limited lock (``locked_by``, ``locked_at``, ``lock_expires_at``): while it
+    holds, nobody else can resolve the item. Resolution is approved (the draft is right), corrected
+    (``correction`` holds the fixed fields) or rejected (not an example worth keeping, e.g. spam). An
+    approval or correction becomes a human-verified dataset entry (``verified_entry_id``);
+    ``time_spent_s`` is the time from taking the lock to resolving.
     """
 
     __tablename__ = "review_items"
     __table_args__ = (
         sa.Index("ix_review_items_task_status", "task", "status"),
+        sa.Index("ix_review_items_status_model_resolved", "status", "model_resolved"),
         _one_of("status", REVIEW_STATUSES),
+        _one_of("reason", REVIEW_REASONS),
     )
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
     request_id: Mapped[int | None] = mapped_column(
         BigIntId, sa.ForeignKey("requests.id", ondelete="SET NULL"), index=True
     )
+    capture_id: Mapped[str | None] = mapped_column(sa.String(64), index=True)
     entry_id: Mapped[int | None] = mapped_column(
         BigIntId, sa.ForeignKey("dataset_entries.id", ondelete="SET NULL"), index=True
     )
     task: Mapped[str] = mapped_column(sa.String(255))
+    model_resolved: Mapped[str | None] = mapped_column(sa.String(255))
+    reason: Mapped[str] = mapped_column(sa.String(16), default="check_failed", server_default="check_failed")
+    # The request as the client sent it (messages and the options that shape the answer).
+    request: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # The model's answer: {"content": text, "fields": parsed fields or null when it does not parse}.
     draft: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     failed_checks: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    # Mean token probability of the draft, when the engine returned logprobs.
+    confidence: Mapped[float | None] = mapped_column(sa.Float)
     status: Mapped[str] = mapped_column(sa.String(16), default="pending")
     locked_by: Mapped[str | None] = mapped_column(sa.String(255))
+    locked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     lock_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     reviewer: Mapped[str | None] = mapped_column(sa.String(255))
+    # The corrected fields (all of them, after the reviewer's changes) when status is corrected.
     correction: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    note: Mapped[str | None] = mapped_column(sa.Text)
+    verified_entry_id: Mapped[int | None] = mapped_column(
+        BigIntId, sa.ForeignKey("dataset_entries.id", ondelete="SET NULL")
+    )
     time_spent_s: Mapped[float | None] = mapped_column(sa.Float)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

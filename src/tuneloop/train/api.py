@@ -133,7 +133,12 @@ def train(
         say(
             f"{prepared.train_examples} training examples ({prepared.train_tokens:,} tokens), "
             f"{prepared.eval_examples} held back for validation{left_out}; "
-            f"{resolved.sft['num_train_epochs']} epochs at lr {resolved.sft['learning_rate']:g}, "
+            + (
+                f"{resolved.sft['max_steps']} steps"
+                if resolved.sft.get("max_steps", -1) > 0
+                else f"{resolved.sft['num_train_epochs']} epochs"
+            )
+            + f" at lr {resolved.sft['learning_rate']:g}, "
             f"LoRA r={resolved.lora['r']} on {resolved.lora['target_modules']}"
         )
         say(f"run folder: {run_dir}")
@@ -199,6 +204,8 @@ def train(
         metrics=metrics,
         extra_files=extra,
     )
+    if resolved_base.gguf_path is not None:
+        _export_for_llamacpp(version, say)
     (run_dir / REGISTERED_FILE).write_text(
         json.dumps({"version": version.id, "content_hash": version.content_hash, "created": created}, indent=1)
     )
@@ -334,3 +341,16 @@ def _has_checkpoint(run_dir: Path) -> bool:
 
 def elapsed(started: float) -> float:
     return time.perf_counter() - started
+
+
+def _export_for_llamacpp(version: ModelVersionInfo, say: Callable[[str], None]) -> None:
+    """Export the GGUF LoRA llama.cpp serves at registration, so the first request does not wait for it.
+    A failure is reported, not fatal: the version stands, and serving retries the export (with its error)."""
+    from tuneloop.registry.exports import ensure_gguf_lora
+
+    try:
+        path = ensure_gguf_lora(version)
+    except TuneloopError as error:
+        say(f"[yellow]warning:[/] no GGUF LoRA for llama.cpp: {error}")
+    else:
+        say(f"GGUF LoRA for llama.cpp: {path}")

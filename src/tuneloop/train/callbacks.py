@@ -65,6 +65,10 @@ class RichProgressCallback(TrainerCallback):
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         if self.progress is not None:
             self.on_step_end(args, state, control)
+        self.close()
+
+    def close(self) -> None:
+        if self.progress is not None:
             self.progress.stop()
             self.progress = None
 

@@ -108,26 +108,15 @@ def _row_line_numbers(path: Path) -> list[int]:
 
 
 def _load_dataset(name: str) -> SourceData:
-    import sqlalchemy as sa
+    """The dataset's train split as the data stage resolves it: one entry per input (human-verified over
+    teacher over logged answers), entries failing the task's checks left out."""
+    from tuneloop.data.datasets import resolved_entries
 
-    from tuneloop.store import session_scope
-    from tuneloop.store.models import Dataset, DatasetEntry
-
-    with session_scope() as session:
-        dataset = session.scalar(sa.select(Dataset).where(Dataset.name == name))
-        if dataset is None:
-            known = session.scalars(sa.select(Dataset.name).order_by(Dataset.name)).all()
-            raise TuneloopError(
-                f"no dataset named {name!r} in the store",
-                where=f"--data dataset:{name}",
-                hint=("known datasets: " + ", ".join(known)) if known else "import one first (tuneloop data ...)",
-            )
-        entries = session.scalars(
-            sa.select(DatasetEntry)
-            .where(DatasetEntry.dataset_id == dataset.id, DatasetEntry.split == "train")
-            .order_by(DatasetEntry.id)
-        ).all()
-        rows = [SourceRow(list(entry.messages), f"dataset {name} entry {entry.id}") for entry in entries]
+    try:
+        entries = resolved_entries(name, split="train")
+    except TuneloopError as error:
+        raise TuneloopError(error.message, where=f"--data dataset:{name}", hint=error.hint) from None
+    rows = [SourceRow(list(entry.messages), f"dataset {name} entry {entry.id}") for entry in entries]
     if not rows:
         raise TuneloopError(f"dataset {name!r} has no train-split entries", where=f"--data dataset:{name}")
     return SourceData(rows, f"{DATASET_PREFIX}{name}", _rows_sha256(rows))

@@ -34,11 +34,13 @@ def run(run_dir: Path) -> dict[str, Any]:
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTConfig
 
     from tuneloop.bases import align_special_tokens
     from tuneloop.train import attention
     from tuneloop.train.callbacks import NonFiniteLossGuard, RichProgressCallback
+    from tuneloop.train.collate import PaddingFreeCollator
     from tuneloop.train.data import load_encoded
     from tuneloop.train.trainer import TuneloopSFTTrainer
 
@@ -63,7 +65,7 @@ def run(run_dir: Path) -> dict[str, Any]:
     # 3. The recipe's settings, by their TRL/PEFT names (config.py chose the defaults).
     args = SFTConfig(
         output_dir=str(run_dir / "checkpoints"),
-        padding_free=True,  # examples concatenated, position_ids restarting at 0: no padding, no cross-talk
+        padding_free=False,  # TRL's flag; batches are padding-free through our collator (shared prefix once)
         max_length=None,  # lengths were checked before launch; nothing is ever cut
         report_to="none",
         disable_tqdm=True,  # our own progress bar
@@ -77,20 +79,25 @@ def run(run_dir: Path) -> dict[str, Any]:
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
+        data_collator=PaddingFreeCollator(),  # one row per micro-batch, no padding, no cross-example attention
         peft_config=LoraConfig(task_type="CAUSAL_LM", **spec["lora"]),
     )
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     guard = NonFiniteLossGuard(trainer.monitor)
-    trainer.add_callback(RichProgressCallback(trainer.monitor, world_size=args.world_size))
+    progress = RichProgressCallback(trainer.monitor, world_size=args.world_size)
+    trainer.add_callback(progress)
     trainer.add_callback(guard)
 
     # 4. Train, from the last checkpoint when resuming.
-    resume = spec.get("resume_from_checkpoint")
-    trainer.train(resume_from_checkpoint=resume)
+    checkpoint = get_last_checkpoint(args.output_dir) if spec.get("resume_from_checkpoint") else None
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        progress.close()  # also after Ctrl-C or a crash: leave the terminal clean
 
     # 5. Save (main process only): the adapter and tokenizer, the loss history, the outcome.
-    result: dict[str, Any] = {"status": "finished", "step": trainer.state.global_step}
+    result: dict[str, Any] = {"status": "finished", "step": trainer.state.global_step, "resumed_from": checkpoint}
     history = trainer.state.log_history
     if guard.diverged_at is not None:
         result = {

@@ -39,7 +39,9 @@ class TuneloopSFTTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[override]
         mode = "train" if model.training else "eval"
         labels = inputs.pop("labels")
-        inputs.pop("seq_idx", None)  # only for linear-attention layers; Llama-family models take **kwargs anyway
+        inputs.pop("seq_idx", None)  # only for linear-attention layers
+        # The examples' own tokens, a shared prefix counted once per example: the dataset's tokens trained on.
+        example_tokens = inputs.pop("example_tokens", None)
         targets = labels[:, 1:]  # position p predicts token p + 1
         keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().flatten()
         outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
@@ -61,7 +63,9 @@ class TuneloopSFTTrainer(SFTTrainer):
             correct = ((logits.argmax(dim=-1) == kept_targets) & valid).sum()
             self._metrics[mode]["mean_token_accuracy"].append((correct / count.clamp(min=1)).item())
             if mode == "train":
-                self.monitor.tokens += int(inputs["input_ids"].numel())
+                self.monitor.tokens += int(
+                    example_tokens if example_tokens is not None else inputs["input_ids"].numel()
+                )
                 if not torch.isfinite(loss_sum):
                     self.monitor.nonfinite = True
         return (loss, outputs) if return_outputs else loss

@@ -11,13 +11,16 @@ from typing import Any
 from tuneloop.bases import Base
 from tuneloop.errors import TuneloopError
 from tuneloop.serve.backends.base import (
+    MAX_TOP_LOGPROBS,
     Adapter,
     Backend,
+    Delta,
     FinishReason,
     Generation,
     GenerationParams,
     Message,
     StopStrings,
+    TokenLogprob,
     TokenRun,
     TokenStreamBackend,
 )
@@ -40,13 +43,16 @@ def get_backend(name: str, base: Base, **options: Any) -> Backend:
 
 __all__ = [
     "BACKEND_NAMES",
+    "MAX_TOP_LOGPROBS",
     "Adapter",
     "Backend",
+    "Delta",
     "FinishReason",
     "Generation",
     "GenerationParams",
     "Message",
     "StopStrings",
+    "TokenLogprob",
     "TokenRun",
     "TokenStreamBackend",
     "get_backend",

@@ -21,6 +21,8 @@ from tuneloop.errors import TuneloopError
 FinishReason = Literal["stop", "length"]
 Message = dict[str, Any]  # {"role": "system"|"user"|"assistant", "content": str}
 
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit for top_logprobs
+
 
 @dataclass(frozen=True)
 class GenerationParams:
@@ -34,10 +36,19 @@ class GenerationParams:
     # Constrain decoding to JSON matching this schema, through the engine's grammar support (serve/grammar.py);
     # engines without one decode freely and the caller validates after.
     json_schema: dict[str, Any] | None = field(default=None, hash=False)
+    # Report each chosen token's log probability, and the ``top_logprobs`` likeliest alternatives.
+    logprobs: bool = False
+    top_logprobs: int = 0
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
             raise TuneloopError(f"must be at least 1, got {self.max_tokens}", where="max_tokens")
+        if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise TuneloopError(
+                f"must be between 0 and {MAX_TOP_LOGPROBS}, got {self.top_logprobs}", where="top_logprobs"
+            )
+        if self.top_logprobs and not self.logprobs:
+            raise TuneloopError("needs logprobs to be true", where="top_logprobs")
         if self.temperature < 0:
             raise TuneloopError(f"must be >= 0, got {self.temperature}", where="temperature")
         if not 0 < self.top_p <= 1:
@@ -62,8 +73,63 @@ class Adapter:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token with its log probability under the model, and the likeliest alternatives.
+
+    Log probabilities are the model's own (log-softmax of its logits), before temperature, top_p or a
+    grammar reshape the distribution: what the model believed, which is what a confidence check wants.
+    Under a grammar the chosen token therefore need not be among ``top``. ``data`` is the token's raw
+    bytes: a token can hold part of a UTF-8 character, so only the bytes of all tokens join to the text.
+    """
+
+    data: bytes
+    logprob: float
+    top: tuple[tuple[bytes, float], ...] = ()
+
+    def openai(self) -> dict[str, Any]:
+        """OpenAI's ``choices[].logprobs.content[]`` item: token, logprob, bytes, top_logprobs."""
+        return {
+            **_token_entry(self.data, self.logprob),
+            "top_logprobs": [_token_entry(data, logprob) for data, logprob in self.top],
+        }
+
+
+def _token_entry(data: bytes, logprob: float) -> dict[str, Any]:
+    return {"token": data.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(data)}
+
+
+def top_logprobs_of(logits: Any, chosen: int, k: int, token_bytes: Any) -> TokenLogprob:
+    """The chosen token's entry from one step's raw logits (a 1-D float array of the vocabulary).
+
+    ``token_bytes(id)`` gives a token's bytes. Computed in float64: log-softmax over ~50k logits in
+    float32 loses digits that matter for near-certain tokens (logprob -1e-6 vs 0).
+    """
+    import numpy as np
+
+    values = np.asarray(logits, dtype=np.float64).reshape(-1)
+    shifted = values - values.max()
+    log_total = np.log(np.exp(shifted).sum())
+    logprobs = shifted - log_total
+    top: tuple[tuple[bytes, float], ...] = ()
+    if k:
+        best = np.argpartition(-logprobs, k - 1)[:k]
+        best = best[np.argsort(-logprobs[best], kind="stable")]
+        top = tuple((token_bytes(int(index)), min(float(logprobs[index]), 0.0)) for index in best)
+    return TokenLogprob(token_bytes(chosen), min(float(logprobs[chosen]), 0.0), top)
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A piece of streamed text, with the tokens that make it up when logprobs were asked for."""
+
+    text: str
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass(frozen=True)
 class Generation:
-    """A finished reply. Token counts exclude the end-of-turn token; ``ttft_ms`` is None if none came."""
+    """A finished reply. Token counts exclude the end-of-turn token; ``ttft_ms`` is None if none came.
+    ``logprobs`` (when asked for) has one entry per token of ``text``."""
 
     text: str
     finish_reason: FinishReason
@@ -71,6 +137,7 @@ class Generation:
     completion_tokens: int
     latency_ms: float
     ttft_ms: float | None
+    logprobs: list[TokenLogprob] | None = None
 
     @property
     def tokens_per_second(self) -> float:
@@ -114,11 +181,13 @@ class TokenRun:
 
     ``pieces`` yields the text of each new token, one item per token ("" while a multi-byte character
     is incomplete), and returns "stop" when it ends at the end of the turn or "length" when it ran out
-    of tokens. Closing ``pieces`` must stop the engine's work.
+    of tokens. Closing ``pieces`` must stop the engine's work. When the params asked for logprobs, the
+    engine appends each token's ``TokenLogprob`` to ``logprobs`` before yielding its piece.
     """
 
     prompt_tokens: int
     pieces: Generator[str, None, FinishReason]
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass
@@ -126,6 +195,7 @@ class _Tally:
     completion_tokens: int = 0
     first_token_at: float | None = None
     finish_reason: FinishReason = "length"
+    logprobs: list[TokenLogprob] | None = None  # the tokens of the text emitted so far
 
 
 @dataclass
@@ -191,54 +261,70 @@ class TokenStreamBackend(ABC):
         with self._lock:
             started = time.perf_counter()
             run = self._start(messages, params, adapter)
-            tally = _Tally()
-            text = "".join(self._deltas(run, params, tally))
+            tally = _Tally(logprobs=[] if params.logprobs else None)
+            text = "".join(delta.text for delta in self._deltas(run, params, tally))
             finished = time.perf_counter()
-        return Generation(
-            text=text,
-            finish_reason=tally.finish_reason,
-            prompt_tokens=run.prompt_tokens,
-            completion_tokens=tally.completion_tokens,
-            latency_ms=(finished - started) * 1000,
-            ttft_ms=None if tally.first_token_at is None else (tally.first_token_at - started) * 1000,
-        )
+        return _generation(text, run, tally, started, finished)
 
     def stream(
         self, messages: list[Message], params: GenerationParams | None = None, adapter: Adapter | None = None
     ) -> Iterator[str]:
         """Text deltas as they are generated. Lazy: a refused chat or an over-long prompt raises at the
         first ``next()``, so a server should take the first delta before sending its response headers."""
-        yield from self.stream_generation(messages, params, adapter)
+        for delta in self.stream_deltas(messages, params, adapter):
+            yield delta.text
 
     def stream_generation(
         self, messages: list[Message], params: GenerationParams | None = None, adapter: Adapter | None = None
     ) -> Generator[str, None, Generation]:
         """Like ``stream``, and returns the finished ``Generation`` (text, counts, finish reason, timings)
         when exhausted: what a server needs for a stream's last chunk and usage."""
+        deltas = self.stream_deltas(messages, params, adapter)
+        try:
+            while True:
+                yield next(deltas).text
+        except StopIteration as end:
+            return end.value
+        finally:
+            deltas.close()
+
+    def stream_deltas(
+        self, messages: list[Message], params: GenerationParams | None = None, adapter: Adapter | None = None
+    ) -> Generator[Delta, None, Generation]:
+        """Like ``stream_generation``, each delta with the ``TokenLogprob`` of its tokens when
+        ``params.logprobs`` is set (a delta may then carry tokens but no text: part of a character)."""
         params = params or GenerationParams()
         with self._lock:
             started = time.perf_counter()
             run = self._start(messages, params, adapter)
-            tally = _Tally()
+            tally = _Tally(logprobs=[] if params.logprobs else None)
             parts: list[str] = []
             for delta in self._deltas(run, params, tally):
-                parts.append(delta)
+                parts.append(delta.text)
                 yield delta
             finished = time.perf_counter()
-        return Generation(
-            text="".join(parts),
-            finish_reason=tally.finish_reason,
-            prompt_tokens=run.prompt_tokens,
-            completion_tokens=tally.completion_tokens,
-            latency_ms=(finished - started) * 1000,
-            ttft_ms=None if tally.first_token_at is None else (tally.first_token_at - started) * 1000,
-        )
+        return _generation("".join(parts), run, tally, started, finished)
 
     def close(self) -> None:  # noqa: B027 - optional hook, deliberately not abstract
         """Nothing to free by default; engines holding native memory override this."""
 
-    def _deltas(self, run: TokenRun, params: GenerationParams, tally: _Tally) -> Iterator[str]:
+    def _deltas(self, run: TokenRun, params: GenerationParams, tally: _Tally) -> Iterator[Delta]:
         stops = StopStrings(params.stop or [])
+        # Logprobs follow the text: a token is released with the delta that emits its first character
+        # (or, holding part of a character, with the one that completes it). Tokens held back as the
+        # possible start of a stop string are released with the text, or dropped with it at a stop.
+        held: list[tuple[int, TokenLogprob]] = []  # (offset of the token's text in all text fed, entry)
+        fed = emitted = 0
+
+        def release(upto: int | None) -> list[TokenLogprob] | None:
+            nonlocal held
+            if tally.logprobs is None:
+                return None
+            ready = [entry for start, entry in held if upto is None or start < upto]
+            held = [] if upto is None else [(start, entry) for start, entry in held if start >= upto]
+            tally.logprobs.extend(ready)
+            return ready
+
         try:
             while True:
                 try:
@@ -249,13 +335,32 @@ class TokenStreamBackend(ABC):
                 tally.completion_tokens += 1
                 if tally.first_token_at is None:
                     tally.first_token_at = time.perf_counter()
-                emitted, stopped = stops.feed(piece)
-                if emitted:
-                    yield emitted
+                if tally.logprobs is not None:
+                    held.append((fed, run.logprobs[tally.completion_tokens - 1]))
+                fed += len(piece)
+                text, stopped = stops.feed(piece)
+                emitted += len(text)
+                ready = release(emitted)
+                if text or ready:
+                    yield Delta(text, ready)
                 if stopped:
                     tally.finish_reason = "stop"
-                    return
-            if tail := stops.flush():
-                yield tail
+                    return  # tokens still held belong to the stop string: dropped
+            tail = stops.flush()
+            ready = release(None)
+            if tail or ready:
+                yield Delta(tail, ready)
         finally:
             run.pieces.close()  # stops the engine when the caller stopped early or a stop string hit
+
+
+def _generation(text: str, run: TokenRun, tally: _Tally, started: float, finished: float) -> Generation:
+    return Generation(
+        text=text,
+        finish_reason=tally.finish_reason,
+        prompt_tokens=run.prompt_tokens,
+        completion_tokens=tally.completion_tokens,
+        latency_ms=(finished - started) * 1000,
+        ttft_ms=None if tally.first_token_at is None else (tally.first_token_at - started) * 1000,
+        logprobs=tally.logprobs,
+    )

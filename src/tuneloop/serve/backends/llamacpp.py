@@ -29,9 +29,11 @@ from tuneloop.serve.backends.base import (
     FinishReason,
     GenerationParams,
     Message,
+    TokenLogprob,
     TokenRun,
     TokenStreamBackend,
     chat_template_error,
+    top_logprobs_of,
 )
 from tuneloop.serve.grammar import llama_grammar
 
@@ -153,9 +155,12 @@ class LlamaCppBackend(TokenStreamBackend):
                 where=self.base.id,
                 hint="shorten the input, or load the backend with a larger n_ctx",
             )
-        return TokenRun(len(prompt), self._pieces(prompt, min(params.max_tokens, room), params))
+        logprobs: list[TokenLogprob] = []
+        return TokenRun(len(prompt), self._pieces(prompt, min(params.max_tokens, room), params, logprobs), logprobs)
 
-    def _pieces(self, prompt: list[int], max_new: int, params: GenerationParams) -> Generator[str, None, FinishReason]:
+    def _pieces(
+        self, prompt: list[int], max_new: int, params: GenerationParams, logprobs: list[TokenLogprob]
+    ) -> Generator[str, None, FinishReason]:
         # temperature 0 makes llama.cpp's sampler chain plain argmax. When sampling, top_k and min_p are
         # off so that only the OpenAI parameters (temperature, top_p) shape the distribution.
         self.llama.set_seed(params.seed if params.seed is not None else random.randrange(2**32))
@@ -173,10 +178,33 @@ class LlamaCppBackend(TokenStreamBackend):
         for produced, token in enumerate(tokens, start=1):
             if self._is_end_of_turn(self._vocab, token):
                 return "stop"
-            yield decoder.decode(self.llama.detokenize([token]))
+            data = self.llama.detokenize([token])
+            if params.logprobs:
+                logprobs.append(self._logprob(token, data, params.top_logprobs))
+            yield decoder.decode(data)
             if produced >= max_new:
                 return "length"
         return "length"
+
+    def _logprob(self, token: int, data: bytes, top: int) -> TokenLogprob:
+        """The chosen token's entry, from the logits it was sampled from.
+
+        Right after ``generate`` yields a token, the context still holds the logits of the last position
+        it evaluated, the ones the sampler just drew from (``llama_get_logits_ith(ctx, -1)``), so the
+        model need not keep logits for every position (``logits_all``).
+        """
+        import llama_cpp
+        import numpy as np
+
+        row = llama_cpp.llama_get_logits_ith(self.llama.ctx, -1)
+        logits = np.ctypeslib.as_array(row, shape=(self.llama.n_vocab(),))
+
+        def token_bytes(token_id: int) -> bytes:
+            # The chosen token's bytes are exactly what went into the text; alternatives are shown with
+            # their special-token text, so the end of the turn reads as "<|im_end|>", not "".
+            return data if token_id == token else self.llama.detokenize([token_id], special=True)
+
+        return top_logprobs_of(logits, token, top, token_bytes)
 
 
 def _token_text(llama: Any, token_id: int) -> str:

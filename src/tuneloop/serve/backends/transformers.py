@@ -4,6 +4,10 @@
 streamed replies share one path with exact token counts. (``TextIteratorStreamer`` hands over text
 split at word boundaries, which loses the per-token count and the first-token time.)
 
+Structured output: a request's JSON schema becomes an llguidance matcher (``serve/grammar.py``) that
+masks every step's logits to the tokens the schema still allows, as a logits processor. Log probabilities
+are read by another logits processor placed before the mask, so they are the model's own.
+
 Adapters: PEFT injects LoRA layers into the one loaded base in place; each version is loaded once under
 its own adapter name, kept in an LRU of ``max_adapters``, and switched per request (``set_adapter``), or
 switched off for requests to the bare base.
@@ -26,9 +30,11 @@ from tuneloop.serve.backends.base import (
     FinishReason,
     GenerationParams,
     Message,
+    TokenLogprob,
     TokenRun,
     TokenStreamBackend,
     chat_template_error,
+    top_logprobs_of,
 )
 
 if TYPE_CHECKING:
@@ -67,6 +73,27 @@ class TransformersBackend(TokenStreamBackend):
             end_ids.add(self.tokenizer.convert_tokens_to_ids(eot))
         self._end_of_turn_ids = sorted(i for i in end_ids if i is not None)
         self._max_positions = getattr(self.model.config, "max_position_embeddings", None)
+        self._llg_tokenizer: Any = None  # llguidance's view of the vocabulary, built on first use (~1 s)
+
+    @property
+    def llg_tokenizer(self) -> Any:
+        """llguidance's tokenizer over this model's vocabulary: grammars and each token's bytes."""
+        if self._llg_tokenizer is None:
+            import llguidance.hf
+
+            # The end of the turn is what a finished grammar allows; the logits' width is the model's
+            # vocabulary, which may be padded beyond the tokenizer's.
+            self._llg_tokenizer = llguidance.hf.from_tokenizer(
+                self.tokenizer, n_vocab=self._vocab_size(), eos_token=self._end_of_turn_ids
+            )
+        return self._llg_tokenizer
+
+    def _vocab_size(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """A token's bytes (a byte-level token may hold part of a UTF-8 character)."""
+        return bytes(self.llg_tokenizer.decode_bytes([token_id]))
 
     def prompt_ids(self, messages: list[Message]) -> torch.Tensor:
         """The chat's token ids (1 x n), ending with the assistant's turn opening."""
@@ -133,13 +160,14 @@ class TransformersBackend(TokenStreamBackend):
                     hint="shorten the input",
                 )
             max_new = min(max_new, room)
-        return TokenRun(prompt_tokens, self._pieces(input_ids, max_new, params))
+        logprobs: list[TokenLogprob] = []
+        return TokenRun(prompt_tokens, self._pieces(input_ids, max_new, params, logprobs), logprobs)
 
     def _pieces(
-        self, input_ids: torch.Tensor, max_new: int, params: GenerationParams
+        self, input_ids: torch.Tensor, max_new: int, params: GenerationParams, logprobs: list[TokenLogprob]
     ) -> Generator[str, None, FinishReason]:
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
         tokens: queue.Queue[Any] = queue.Queue()
@@ -170,6 +198,22 @@ class TransformersBackend(TokenStreamBackend):
             if params.greedy
             else {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
         )
+        steps: queue.Queue[torch.Tensor] = queue.Queue()  # each step's log-softmax, when logprobs are asked for
+
+        class RecordLogprobs(LogitsProcessor):
+            """Keeps each step's distribution as the model gave it (first in the list: before any mask)."""
+
+            def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+                steps.put(scores[0].detach().to("cpu", torch.float32).clone())
+                return scores
+
+        # Custom processors run after transformers' own and before temperature/top_p, so top_p picks
+        # among the tokens the grammar allows (never an empty set).
+        processors: list[Any] = []
+        if params.logprobs:
+            processors.append(RecordLogprobs())
+        if params.json_schema is not None:
+            processors.append(self._grammar_mask(params.json_schema, prompt_length=int(input_ids.shape[1])))
 
         def work() -> None:
             try:
@@ -184,6 +228,7 @@ class TransformersBackend(TokenStreamBackend):
                         pad_token_id=self.tokenizer.pad_token_id,
                         streamer=TokenQueue(),
                         stopping_criteria=StoppingCriteriaList([Cancelled()]),
+                        logits_processor=LogitsProcessorList(processors),
                         **decoding,
                     )
             except BaseException as exc:
@@ -200,6 +245,8 @@ class TransformersBackend(TokenStreamBackend):
                 if token_id in self._end_of_turn_ids:
                     return "stop"
                 generated.append(token_id)
+                if params.logprobs:
+                    logprobs.append(top_logprobs_of(steps.get(), token_id, params.top_logprobs, self.token_bytes))
                 # Decode the whole reply each time: tokens can merge into one character (UTF-8
                 # bytes split across byte-level BPE tokens), shown as U+FFFD until complete.
                 text = self.tokenizer.decode(generated, skip_special_tokens=True)
@@ -214,3 +261,41 @@ class TransformersBackend(TokenStreamBackend):
         finally:
             cancelled.set()
             worker.join()
+
+    def _grammar_mask(self, schema: dict[str, Any], *, prompt_length: int) -> Any:
+        """A logits processor that keeps only the tokens ``schema``'s grammar allows next."""
+        import numpy as np
+        import torch
+        from llguidance import LLMatcher
+        from transformers import LogitsProcessor
+
+        from tuneloop.serve.grammar import llguidance_grammar
+
+        matcher = LLMatcher(self.llg_tokenizer, llguidance_grammar(schema), log_level=0)
+        vocab = self._vocab_size()
+        end_of_turn = self._end_of_turn_ids
+
+        class GrammarMask(LogitsProcessor):
+            consumed = 0
+
+            def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+                # Called once per step with everything so far: feed the matcher the token chosen last step.
+                for token in input_ids[0, prompt_length + self.consumed :].tolist():
+                    matcher.consume_token(token)
+                    self.consumed += 1
+                if matcher.is_error():
+                    # Cannot happen for tokens it allowed; if it does, end the turn: validation after
+                    # decoding reports the broken answer instead of the model running on unconstrained.
+                    allowed = np.zeros(vocab, dtype=bool)
+                    allowed[end_of_turn] = True
+                else:
+                    bits = np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8)
+                    allowed = np.unpackbits(bits, bitorder="little")[:vocab].astype(bool)
+                mask = torch.from_numpy(~allowed).to(scores.device)
+                width = min(scores.shape[-1], mask.shape[0])
+                masked = scores.clone()
+                masked[:, :width] = masked[:, :width].masked_fill(mask[:width], float("-inf"))
+                masked[:, width:] = float("-inf")
+                return masked
+
+        return GrammarMask()

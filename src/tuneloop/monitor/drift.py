@@ -1,0 +1,289 @@
+"""Drift: did a model's traffic change between a baseline window and the latest window?
+
+``tuneloop monitor drift --model T@prod --baseline 7d --window 1d`` reads the logged calls (``requests``)
+answered by the model's resolved version (``T@4``, also behind a gateway upstream: ``local/T@4``) in the
+last ``window`` and in the ``baseline`` before it, and compares:
+
+- **check-failure rate**: answers failing the task's checks (as the policy recorded them in
+  ``tuneloop.checks``, else the checks run now); two-proportion z-test;
+- **human-correction rate**: calls whose review item a person corrected; two-proportion z-test
+  (corrections come later than traffic, so a fresh window can look better than it will);
+- **null rate per field**: two-proportion z-test;
+- **field value distributions** of number and date fields, and **latency**: two-sample
+  Kolmogorov-Smirnov test.
+
+A change is flagged when its p-value is below ``alpha`` divided by the number of tests run (Bonferroni:
+many fields are tested at once, so a stable window must not light up by chance), and the effect is large
+enough to matter (``MIN_RATE_CHANGE`` for rates, ``MIN_KS_DISTANCE`` for distributions), and each window
+holds at least ``min_samples`` values. The statistics are written out here (a few lines each) rather
+than taken from SciPy, which tuneloop does not otherwise need.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from tuneloop.errors import TuneloopError
+from tuneloop.store import RequestLog, ReviewItem, session_scope, utcnow
+from tuneloop.task import Task, load_task
+
+DEFAULT_ALPHA = 0.01
+MIN_RATE_CHANGE = 0.02  # absolute change in a rate below which nothing is flagged
+MIN_KS_DISTANCE = 0.1  # KS distance below which nothing is flagged
+DEFAULT_MIN_SAMPLES = 20
+
+
+# --- statistics ------------------------------------------------------------------------------------
+
+
+def two_proportion_z_test(x1: int, n1: int, x2: int, n2: int) -> tuple[float, float]:
+    """(z, two-sided p) for H0: the two proportions x1/n1 and x2/n2 are equal (pooled standard error)."""
+    if n1 == 0 or n2 == 0:
+        return 0.0, 1.0
+    pooled = (x1 + x2) / (n1 + n2)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    if se == 0:
+        return 0.0, 1.0
+    z = (x2 / n2 - x1 / n1) / se
+    return z, math.erfc(abs(z) / math.sqrt(2))
+
+
+def ks_two_sample(a: list[float], b: list[float]) -> tuple[float, float]:
+    """(D, p) of the two-sample Kolmogorov-Smirnov test: the largest gap between the empirical CDFs, and
+    its asymptotic p-value (Kolmogorov's distribution with Stephens' small-sample correction)."""
+    if not a or not b:
+        return 0.0, 1.0
+    xs, ys = sorted(a), sorted(b)
+    n, m = len(xs), len(ys)
+    distance = max(abs(bisect_right(xs, v) / n - bisect_right(ys, v) / m) for v in (*xs, *ys))
+    effective = math.sqrt(n * m / (n + m))
+    lam = (effective + 0.12 + 0.11 / effective) * distance
+    if lam < 1e-3:
+        return distance, 1.0
+    p = 2 * sum((-1) ** (k - 1) * math.exp(-2 * k * k * lam * lam) for k in range(1, 101))
+    return distance, min(1.0, max(0.0, p))
+
+
+# --- the report ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DriftRow:
+    metric: str  # "check-failure rate", "null rate: payoff_amount", "values: payoff_amount", "latency ms"
+    test: str  # "z-test" | "KS"
+    baseline: float | None  # the rate, or the median
+    window: float | None
+    n_baseline: int
+    n_window: int
+    statistic: float | None  # z, or the KS distance
+    p_value: float | None
+    flagged: bool
+    note: str = ""
+
+
+@dataclass
+class DriftReport:
+    model: str
+    resolved: str
+    task: str
+    baseline_range: tuple[datetime, datetime]
+    window_range: tuple[datetime, datetime]
+    alpha: float
+    threshold: float  # the per-test p-value threshold after Bonferroni
+    rows: list[DriftRow] = field(default_factory=list)
+
+    @property
+    def flagged(self) -> list[DriftRow]:
+        return [row for row in self.rows if row.flagged]
+
+
+@dataclass
+class _Sample:
+    answers: int = 0
+    failed: int = 0
+    corrected: int = 0
+    nulls: dict[str, int] = field(default_factory=dict)
+    present: dict[str, int] = field(default_factory=dict)  # rows whose answer parsed (null-rate denominator)
+    values: dict[str, list[float]] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)
+
+
+def drift_report(
+    model: str,
+    *,
+    baseline: timedelta,
+    window: timedelta,
+    now: datetime | None = None,
+    task: str | None = None,
+    alpha: float = DEFAULT_ALPHA,
+    min_samples: int = DEFAULT_MIN_SAMPLES,
+    url: str | None = None,
+) -> DriftReport:
+    """Compare the last ``window`` of ``model``'s logged traffic with the ``baseline`` before it."""
+    if baseline <= timedelta(0) or window <= timedelta(0):
+        raise TuneloopError("both windows must be longer than zero", where="--baseline/--window", hint="e.g. 7d and 1d")
+    if not 0 < alpha < 1:
+        raise TuneloopError(f"must be between 0 and 1, got {alpha}", where="--alpha")
+    resolved, version_task = _resolve(model)
+    task_name = task or version_task
+    now = now or utcnow()
+    window_start = now - window
+    baseline_start = window_start - baseline
+    with session_scope(url) as session:
+        match = sa.or_(RequestLog.model_resolved == resolved, RequestLog.model_resolved.like(f"%/{resolved}"))
+        rows = session.execute(
+            sa.select(
+                RequestLog.id,
+                RequestLog.capture_id,
+                RequestLog.created_at,
+                RequestLog.response,
+                RequestLog.latency_ms,
+                RequestLog.task,
+            ).where(match, RequestLog.created_at >= baseline_start, RequestLog.created_at < now)
+        ).all()
+        if task_name is None:
+            task_name = next((row.task for row in rows if row.task), None)
+        corrected_ids, corrected_captures = _corrections(session, rows)
+    if task_name is None:
+        raise TuneloopError(
+            f"no task known for {model}", where="--model", hint="pass --task NAME (the task whose checks apply)"
+        )
+    spec = load_task(task_name)
+    samples = {"baseline": _Sample(), "window": _Sample()}
+    for row in rows:
+        sample = samples["window" if row.created_at >= window_start else "baseline"]
+        _add(spec, sample, row, row.id in corrected_ids or (row.capture_id in corrected_captures))
+    report = DriftReport(model, resolved, spec.name, (baseline_start, window_start), (window_start, now), alpha, alpha)
+    report.rows = _compare(spec, samples["baseline"], samples["window"], alpha, min_samples)
+    report.threshold = alpha / max(1, sum(row.p_value is not None for row in report.rows))
+    return report
+
+
+def _resolve(model: str) -> tuple[str, str | None]:
+    from tuneloop.registry.ids import VersionRef, parse_model_id
+
+    ref = parse_model_id(model)
+    if isinstance(ref, VersionRef):
+        from tuneloop.registry.versions import resolve_version
+
+        info = resolve_version(ref, verify=False)
+        return info.id, info.task
+    return model, None
+
+
+def _corrections(session: Any, rows: list[Any]) -> tuple[set[int], set[str]]:
+    ids = {row.id for row in rows}
+    captures = {row.capture_id for row in rows if row.capture_id}
+    found_ids: set[int] = set()
+    found_captures: set[str] = set()
+    query = sa.select(ReviewItem.request_id, ReviewItem.capture_id).where(ReviewItem.status == "corrected")
+    for request_id, capture_id in session.execute(query):
+        if request_id in ids:
+            found_ids.add(request_id)
+        if capture_id in captures:
+            found_captures.add(capture_id)
+    return found_ids, found_captures
+
+
+def _add(spec: Task, sample: _Sample, row: Any, corrected: bool) -> None:
+    from tuneloop.evals.comparators import parse_date
+    from tuneloop.review.policy import answer_text, check_answer
+
+    response = row.response if isinstance(row.response, dict) else {}
+    if not isinstance(response.get("choices"), list):
+        return  # no answer (an upstream error): nothing to compare
+    sample.answers += 1
+    sample.corrected += corrected
+    if row.latency_ms is not None:
+        sample.latencies.append(float(row.latency_ms))
+    recorded = (response.get("tuneloop") or {}).get("checks") if isinstance(response.get("tuneloop"), dict) else None
+    check = check_answer(spec, answer_text(response))
+    failed = not recorded["passed"] if isinstance(recorded, dict) and "passed" in recorded else not check.passed
+    sample.failed += failed
+    if check.fields is None:
+        return
+    for name in spec.field_names:
+        value = check.fields.get(name)
+        sample.present[name] = sample.present.get(name, 0) + 1
+        if value is None:
+            sample.nulls[name] = sample.nulls.get(name, 0) + 1
+            continue
+        number = _numeric(spec, name, value, parse_date)
+        if number is not None:
+            sample.values.setdefault(name, []).append(number)
+
+
+def _numeric(spec: Task, name: str, value: Any, parse_date: Any) -> float | None:
+    prop = spec.output_schema["properties"].get(name, {})
+    kinds = prop.get("type", [])
+    kinds = [kinds] if isinstance(kinds, str) else kinds
+    if ("number" in kinds or "integer" in kinds) and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if prop.get("format") == "date":
+        parsed = parse_date(value)
+        return float(parsed.toordinal()) if parsed is not None else None
+    return None
+
+
+def _compare(spec: Task, base: _Sample, new: _Sample, alpha: float, min_samples: int) -> list[DriftRow]:
+    rows: list[DriftRow] = []
+
+    def rate(metric: str, x1: int, n1: int, x2: int, n2: int) -> None:
+        if min(n1, n2) < min_samples:
+            rows.append(DriftRow(metric, "z-test", _ratio(x1, n1), _ratio(x2, n2), n1, n2, None, None, False,
+                                 f"too few ({min_samples} needed in each window)"))  # fmt: skip
+            return
+        z, p = two_proportion_z_test(x1, n1, x2, n2)
+        rows.append(DriftRow(metric, "z-test", x1 / n1, x2 / n2, n1, n2, z, p, False))
+
+    def distribution(metric: str, a: list[float], b: list[float]) -> None:
+        if min(len(a), len(b)) < min_samples:
+            rows.append(DriftRow(metric, "KS", _median(a), _median(b), len(a), len(b), None, None, False,
+                                 f"too few ({min_samples} needed in each window)"))  # fmt: skip
+            return
+        distance, p = ks_two_sample(a, b)
+        rows.append(DriftRow(metric, "KS", _median(a), _median(b), len(a), len(b), distance, p, False))
+
+    rate("check-failure rate", base.failed, base.answers, new.failed, new.answers)
+    rate("human-correction rate", base.corrected, base.answers, new.corrected, new.answers)
+    for name in spec.field_names:
+        rate(f"null rate: {name}", base.nulls.get(name, 0), base.present.get(name, 0),
+             new.nulls.get(name, 0), new.present.get(name, 0))  # fmt: skip
+    for name in spec.field_names:
+        if name in base.values or name in new.values:
+            distribution(f"values: {name} (median)", base.values.get(name, []), new.values.get(name, []))
+    distribution("latency ms (median)", base.latencies, new.latencies)
+
+    tested = sum(row.p_value is not None for row in rows)
+    threshold = alpha / max(1, tested)
+    flagged_rows = []
+    for row in rows:
+        if row.p_value is None:
+            flagged_rows.append(row)
+            continue
+        big = (
+            abs((row.window or 0) - (row.baseline or 0)) >= MIN_RATE_CHANGE
+            if row.test == "z-test"
+            else (row.statistic or 0) >= MIN_KS_DISTANCE
+        )
+        flagged = row.p_value < threshold and big
+        flagged_rows.append(DriftRow(**{**row.__dict__, "flagged": flagged}))
+    return flagged_rows
+
+
+def _ratio(x: int, n: int) -> float | None:
+    return x / n if n else None
+
+
+def _median(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2

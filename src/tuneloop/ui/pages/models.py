@@ -1,0 +1,157 @@
+"""Model versions and aliases: every version of each task, where each alias points, its audit trail,
+and promote / rollback through the registry's own functions, each behind a confirmation page.
+
+The confirmation pages are GETs that change nothing; only their POST (with the CSRF token, by an admin
+key) moves an alias. The actor recorded in the audit trail is the name of the key that is logged in.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from tuneloop.errors import TuneloopError
+from tuneloop.registry.promotion import alias_history, promote, rollback
+from tuneloop.registry.versions import ModelVersionInfo, list_versions
+from tuneloop.store import Alias, ModelVersion, session_scope
+from tuneloop.ui import web
+from tuneloop.ui.auth import User
+
+router = APIRouter()
+
+
+def _aliases(task: str | None = None) -> dict[str, dict[str, str]]:
+    """task → alias → ``task@N`` it points at."""
+    with session_scope() as session:
+        query = sa.select(Alias.task, Alias.alias, ModelVersion.version).join(
+            ModelVersion, Alias.version_id == ModelVersion.id
+        )
+        if task is not None:
+            query = query.where(Alias.task == task)
+        result: dict[str, dict[str, str]] = defaultdict(dict)
+        for row in session.execute(query.order_by(Alias.task, Alias.alias)):
+            result[row.task][row.alias] = f"{row.task}@{row.version}"
+    return result
+
+
+def _by_version(aliases: dict[str, str]) -> dict[str, list[str]]:
+    pointing: dict[str, list[str]] = defaultdict(list)
+    for alias, target in aliases.items():
+        pointing[target].append(alias)
+    return pointing
+
+
+def _versions_of(task: str) -> list[ModelVersionInfo]:
+    versions = list_versions(task)
+    if not versions:
+        raise web.NotFound(f"task {task} has no registered versions")
+    return versions
+
+
+@router.get("/models", response_class=HTMLResponse)
+def list_page(request: Request) -> HTMLResponse:
+    tasks: dict[str, list[ModelVersionInfo]] = defaultdict(list)
+    for info in list_versions():
+        tasks[info.task].append(info)
+    aliases = _aliases()
+    return web.render(
+        request,
+        "models.html",
+        tasks=[(task, versions, aliases.get(task, {})) for task, versions in sorted(tasks.items())],
+    )
+
+
+@router.get("/models/{task}", response_class=HTMLResponse)
+def task_page(request: Request, task: str) -> HTMLResponse:
+    versions = _versions_of(task)
+    aliases = _aliases(task).get(task, {})
+    return web.render(
+        request,
+        "model_task.html",
+        task=task,
+        versions=list(reversed(versions)),
+        aliases=aliases,
+        pointing=_by_version(aliases),
+        history=list(reversed(alias_history(task))),
+    )
+
+
+@router.get("/models/{task}/promote", response_class=HTMLResponse)
+def confirm_promote(request: Request, task: str, version: str = "", alias: str = "prod") -> HTMLResponse:
+    user: User = request.state.user
+    web.require_admin(user, "promoting a version")
+    versions = {info.id: info for info in _versions_of(task)}
+    target = version if "@" in version else f"{task}@{version}"
+    if target not in versions:
+        raise web.NotFound(f"{target} is not a registered version of {task}")
+    alias = alias.strip()
+    current = _aliases(task).get(task, {}).get(alias)
+    return web.render(
+        request,
+        "confirm_move.html",
+        action="promote",
+        task=task,
+        alias=alias,
+        current=current,
+        target=target,
+        problem=None,
+    )
+
+
+@router.post("/models/{task}/promote")
+async def do_promote(request: Request, task: str, user: User = Depends(web.current_user)) -> Response:
+    form = await web.checked_form(request)
+    web.require_admin(user, "promoting a version")
+    alias = form.get("alias", "").strip()
+    try:
+        move = await run_in_threadpool(
+            promote, task, form.get("version", ""), alias, actor=user.name, reason=form.get("reason") or None
+        )
+    except TuneloopError as exc:
+        web.flash(request, str(exc), "error")
+    else:
+        web.flash(request, f"{task}@{move.alias}: {move.from_version or '(new)'} → {move.to_version}")
+    return web.redirect(request, f"/models/{task}")
+
+
+@router.get("/models/{task}/rollback", response_class=HTMLResponse)
+def confirm_rollback(request: Request, task: str, alias: str = "prod") -> HTMLResponse:
+    user: User = request.state.user
+    web.require_admin(user, "rolling back an alias")
+    history = alias_history(task, alias)
+    current = _aliases(task).get(task, {}).get(alias)
+    target = history[-1].from_version if history else None
+    problem = None
+    if not history:
+        problem = f"{task}@{alias} has never been moved."
+    elif target is None:
+        problem = f"{task}@{alias} has no earlier version to roll back to (its last move created it)."
+    return web.render(
+        request,
+        "confirm_move.html",
+        action="rollback",
+        task=task,
+        alias=alias,
+        current=current,
+        target=target,
+        problem=problem,
+    )
+
+
+@router.post("/models/{task}/rollback")
+async def do_rollback(request: Request, task: str, user: User = Depends(web.current_user)) -> Response:
+    form = await web.checked_form(request)
+    web.require_admin(user, "rolling back an alias")
+    try:
+        move = await run_in_threadpool(
+            rollback, task, form.get("alias", "").strip(), actor=user.name, reason=form.get("reason") or None
+        )
+    except TuneloopError as exc:
+        web.flash(request, str(exc), "error")
+    else:
+        web.flash(request, f"rolled back {task}@{move.alias}: {move.from_version} → {move.to_version}")
+    return web.redirect(request, f"/models/{task}")

@@ -1,0 +1,115 @@
+"""Monitoring: drift between windows of logged traffic, and the statistics under it."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import timedelta
+
+import pytest
+from typer.testing import CliRunner
+
+from tuneloop.cli.main import app
+from tuneloop.monitor.drift import drift_report, ks_two_sample, two_proportion_z_test
+from tuneloop.store import RequestLog, ReviewItem, session_scope, utcnow
+
+TASK = "liability-extraction"
+MODEL = "local/liability-extraction@4"  # as the gateway logs a version behind its upstream `local`
+
+
+def log_calls(count: int, *, days_ago: tuple[float, float], seed: int, payoff: float, fail_rate: float,
+              latency: float = 80.0, corrected_rate: float = 0.0) -> None:  # fmt: skip
+    """``count`` logged answers spread over the given age range, drawn from the given distributions."""
+    rng = random.Random(seed)
+    now = utcnow()
+    with session_scope() as session:
+        for index in range(count):
+            fields = {
+                "payoff_amount": round(rng.gauss(payoff, payoff * 0.1), 2),
+                "escrow_balance": round(rng.uniform(100, 900), 2),
+                "next_due_date": "2025-06-01",
+                "interest_rate": 61.0 if rng.random() < fail_rate else round(rng.uniform(3, 8), 3),
+                "account_last4": None if rng.random() < 0.3 else "4821",
+                "servicer": "Lakeview",
+            }
+            row = RequestLog(
+                created_at=now - timedelta(days=rng.uniform(*days_ago)),
+                task=TASK,
+                model_requested="extractor",
+                model_resolved=MODEL,
+                status="ok",
+                request={"messages": [{"role": "user", "content": f"document {seed}-{index}"}]},
+                response={"choices": [{"index": 0, "message": {"role": "assistant", "content": json.dumps(fields)}}]},
+                latency_ms=rng.gauss(latency, 10),
+                capture_id=f"{seed}-{index}",
+            )
+            session.add(row)
+            if rng.random() < corrected_rate:
+                session.add(ReviewItem(task=TASK, capture_id=row.capture_id, status="corrected", failed_checks=[]))
+
+
+def flagged(report) -> set[str]:
+    return {row.metric for row in report.flagged}
+
+
+def test_a_real_shift_is_flagged() -> None:
+    log_calls(300, days_ago=(1.05, 7.9), seed=1, payoff=150_000, fail_rate=0.05, corrected_rate=0.02)
+    log_calls(120, days_ago=(0.01, 0.95), seed=2, payoff=240_000, fail_rate=0.30, latency=140, corrected_rate=0.2)
+    report = drift_report(MODEL, baseline=timedelta(days=7), window=timedelta(days=1), task=TASK)
+    rows = {row.metric: row for row in report.rows}
+    failure = rows["check-failure rate"]
+    assert (failure.n_baseline, failure.n_window) == (300, 120)
+    assert failure.baseline < 0.1 and failure.window > failure.baseline + 0.1
+    assert {
+        "check-failure rate",
+        "human-correction rate",
+        "values: payoff_amount (median)",
+        "latency ms (median)",
+    } <= flagged(report)
+    # What did not change is not flagged.
+    assert "null rate: account_last4" not in flagged(report)
+    assert "values: escrow_balance (median)" not in flagged(report)
+
+
+def test_a_stable_window_is_not_flagged() -> None:
+    log_calls(300, days_ago=(1.05, 7.9), seed=3, payoff=150_000, fail_rate=0.05, corrected_rate=0.02)
+    log_calls(120, days_ago=(0.01, 0.95), seed=4, payoff=150_000, fail_rate=0.05, corrected_rate=0.02)
+    report = drift_report(MODEL, baseline=timedelta(days=7), window=timedelta(days=1), task=TASK)
+    assert report.flagged == []
+    assert all(row.p_value is not None for row in report.rows)  # everything was tested
+
+
+def test_too_few_calls_are_reported_not_tested() -> None:
+    log_calls(300, days_ago=(1.05, 7.9), seed=5, payoff=150_000, fail_rate=0.05)
+    log_calls(5, days_ago=(0.01, 0.95), seed=6, payoff=400_000, fail_rate=0.9)
+    report = drift_report(MODEL, baseline=timedelta(days=7), window=timedelta(days=1), task=TASK)
+    assert report.flagged == []
+    assert all("too few" in row.note for row in report.rows)
+
+
+def test_drift_cli_prints_a_table_and_can_fail() -> None:
+    log_calls(300, days_ago=(1.05, 7.9), seed=7, payoff=150_000, fail_rate=0.05)
+    log_calls(120, days_ago=(0.01, 0.95), seed=8, payoff=150_000, fail_rate=0.40)
+    runner = CliRunner(env={"COLUMNS": "250"})  # wide enough that rich does not fold the table
+    args = ["monitor", "drift", "--model", MODEL, "--task", TASK, "--baseline", "7d", "--window", "1d"]
+    shown = runner.invoke(app, args)
+    assert shown.exit_code == 0, shown.output
+    assert "check-failure rate" in shown.output and "FLAGGED" in shown.output
+    assert runner.invoke(app, [*args, "--fail-on-drift"]).exit_code == 1
+    bad = runner.invoke(app, [*args[:-1], "yesterday"])
+    assert bad.exit_code != 0 and "not a duration" in str(bad.exception)
+
+
+def test_the_z_test_and_ks_test_agree_with_known_values() -> None:
+    # Textbook: 45/100 vs 60/100 → z ≈ 2.12, p ≈ 0.034.
+    z, p = two_proportion_z_test(45, 100, 60, 100)
+    assert z == pytest.approx(2.1243, abs=1e-3) and p == pytest.approx(0.0336, abs=1e-3)
+    assert two_proportion_z_test(0, 50, 0, 50) == (0.0, 1.0)
+    # Identical samples: D = 0, p = 1; disjoint ones: D = 1, p tiny.
+    assert ks_two_sample([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == (0.0, 1.0)
+    distance, p = ks_two_sample([float(i) for i in range(50)], [float(i) + 100 for i in range(50)])
+    assert distance == 1.0 and p < 1e-10
+    # Two samples of one distribution: a small distance, and a p-value that is not small.
+    rng = random.Random(0)
+    distance, p = ks_two_sample([rng.gauss(0, 1) for _ in range(200)], [rng.gauss(0, 1) for _ in range(150)])
+    assert distance < 0.15 and p > 0.05

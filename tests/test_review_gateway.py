@@ -1,0 +1,178 @@
+"""on_check_failure through the gateway, end to end: the official openai client → gateway → a fake upstream.
+
+The fake answers per model: ``fake/bad`` with an interest rate of 61.25 % (fails the task's range
+check), ``fake/good`` with a plausible answer. Tasks differ only in ``on_check_failure``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from test_capture_support import gateway_config, rows, wait_for_rows
+from tuneloop.capture.fake_upstream import FakeUpstream
+from tuneloop.capture.server import RunningGateway, running_gateway
+from tuneloop.review import queue
+from tuneloop.task import packaged_task_names
+
+pytest_plugins = ["test_capture_support"]
+
+MESSAGES = [{"role": "user", "content": "Payoff $182,440.19, escrow $2,310.55, rate 6.125%, Lakeview."}]
+GOOD = {
+    "payoff_amount": 182440.19,
+    "escrow_balance": 2310.55,
+    "next_due_date": None,
+    "interest_rate": 6.125,
+    "account_last4": None,
+    "servicer": "Lakeview",
+}
+BAD = {**GOOD, "interest_rate": 61.25}
+
+
+def write_task(home: Path, name: str, action: str) -> str:
+    """The demo task under another name, with ``on_check_failure: action``."""
+    from importlib.resources import files
+
+    assert "liability-extraction" in packaged_task_names()
+    text = (files("tuneloop") / "tasks" / "liability-extraction.yaml").read_text(encoding="utf-8")
+    text = text.replace("name: liability-extraction", f"name: {name}", 1)
+    text = text.replace("on_check_failure: escalate", f"on_check_failure: {action}", 1)
+    (home / "tasks").mkdir(exist_ok=True)
+    (home / "tasks" / f"{name}.yaml").write_text(text, encoding="utf-8")
+    return name
+
+
+def answer(body: dict[str, Any]) -> str:
+    return json.dumps(BAD if body.get("model") == "bad" else GOOD)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeUpstream]:
+    upstream = FakeUpstream(answer)
+    upstream.keep_requests = True
+    yield upstream
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, fake_url: str) -> Iterator[RunningGateway]:
+    with running_gateway(gateway_config(tmp_path, fake_url)) as running:
+        yield running
+
+
+def ask(gateway: RunningGateway, task: str, model: str = "fake/bad") -> Any:
+    client = openai.OpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0)
+    return client.chat.completions.with_raw_response.create(model=model, messages=MESSAGES, metadata={"task": task})
+
+
+def test_escalate_queues_the_draft_and_flags_the_response(gateway: RunningGateway, tuneloop_home: Path) -> None:
+    task = write_task(tuneloop_home, "rev-escalate", "escalate")
+    raw = ask(gateway, task)
+    review_id = int(raw.headers["x-tuneloop-review"])
+    completion = raw.parse()
+    assert json.loads(completion.choices[0].message.content) == BAD  # the draft is returned, held
+    extension = completion.model_extra["tuneloop"]
+    assert extension["review"] == {"id": review_id, "reason": "check_failed", "status": "pending", "hold": True}
+    assert extension["checks"]["passed"] is False and extension["checks"]["action"] == "escalate"
+    assert extension["checks"]["failures"] == ["interest_rate: 61.25 is outside [0, 30]"]
+
+    item = queue.get_item(review_id)
+    assert (item.task, item.model, item.status) == (task, "fake/bad", "pending")
+    assert item.messages == MESSAGES and item.draft_fields == BAD
+    assert wait_for_rows(1) == 1
+    [row] = rows()
+    assert row.response["tuneloop"]["review"]["id"] == review_id  # the log keeps what the client got
+
+    # The correction reaches a dataset, linked to the logged call.
+    decision = queue.correct_item(review_id, "ana", {"interest_rate": 6.125})
+    assert decision.item.request_id == row.id
+    from tuneloop.data.datasets import resolved_entries
+
+    [entry] = resolved_entries(f"{task}-reviewed")
+    assert (entry.provenance, entry.source_request_id, entry.fields) == ("human", row.id, GOOD)
+
+
+def test_a_passing_answer_is_not_queued(gateway: RunningGateway, tuneloop_home: Path) -> None:
+    task = write_task(tuneloop_home, "rev-escalate", "escalate")
+    raw = ask(gateway, task, model="fake/good")
+    assert "x-tuneloop-review" not in raw.headers
+    checks = raw.parse().model_extra["tuneloop"]["checks"]
+    assert checks == {"task": task, "passed": True, "failures": [], "confidence": None, "action": "passed"}
+    assert queue.list_items() == []
+
+
+def test_reject_answers_422_check_failed_and_logs_the_draft(gateway: RunningGateway, tuneloop_home: Path) -> None:
+    task = write_task(tuneloop_home, "rev-reject", "reject")
+    with pytest.raises(openai.UnprocessableEntityError) as rejected:
+        ask(gateway, task)
+    error = rejected.value
+    assert error.status_code == 422 and error.code == "check_failed"
+    assert "interest_rate: 61.25 is outside [0, 30]" in error.message and "fake/bad" in error.message
+    assert queue.list_items() == []
+    assert wait_for_rows(1) == 1
+    [row] = rows()
+    assert (row.status, row.http_status) == ("error", 422)
+    assert json.loads(row.response["choices"][0]["message"]["content"]) == BAD
+
+
+def test_fallback_answers_from_the_other_model_and_logs_both(
+    gateway: RunningGateway, fake: FakeUpstream, tuneloop_home: Path
+) -> None:
+    task = write_task(tuneloop_home, "rev-fallback", "fallback:fake/good")
+    raw = ask(gateway, task)
+    completion = raw.parse()
+    assert json.loads(completion.choices[0].message.content) == GOOD
+    assert completion.model == "fake/good"
+    extension = completion.model_extra["tuneloop"]
+    assert extension["checks"]["passed"] is True and extension["checks"]["action"] == "fallback"
+    assert extension["fallback"]["model"] == "fake/bad" and extension["fallback"]["to"] == "fake/good"
+    assert extension["fallback"]["failures"] == ["interest_rate: 61.25 is outside [0, 30]"]
+    assert "x-tuneloop-review" not in raw.headers and queue.list_items() == []
+    assert [sent["model"] for sent in fake.requests] == ["bad", "good"]
+
+    assert wait_for_rows(2) == 2
+    draft, second = sorted(rows(), key=lambda row: "fallback" in row.tags)
+    assert draft.model_resolved == "fake/bad" and draft.status == "ok"
+    assert second.model_resolved == "fake/good" and second.metadata_["fallback_for"] == draft.capture_id
+
+
+def test_a_fallback_that_fails_too_is_escalated(gateway: RunningGateway, tuneloop_home: Path) -> None:
+    task = write_task(tuneloop_home, "rev-fallback-bad", "fallback:fake/bad")
+    raw = ask(gateway, task)
+    review_id = int(raw.headers["x-tuneloop-review"])
+    assert queue.get_item(review_id).model == "fake/bad"
+
+
+def test_pass_returns_the_answer_and_reports_the_failure(gateway: RunningGateway, tuneloop_home: Path) -> None:
+    task = write_task(tuneloop_home, "rev-pass", "pass")
+    raw = ask(gateway, task)
+    assert "x-tuneloop-review" not in raw.headers
+    completion = raw.parse()
+    assert json.loads(completion.choices[0].message.content) == BAD
+    checks = completion.model_extra["tuneloop"]["checks"]
+    assert checks["passed"] is False and checks["action"] == "pass"
+    assert queue.list_items() == []
+
+
+def test_metrics_count_failures_actions_and_queue_depth(gateway: RunningGateway, tuneloop_home: Path) -> None:
+    task = write_task(tuneloop_home, "rev-escalate", "escalate")
+    ask(gateway, task)
+    ask(gateway, task)
+    ask(gateway, task, model="fake/good")
+    text = httpx.get(gateway.base_url.removesuffix("/v1") + "/metrics").text
+    assert 'tuneloop_gateway_checked_outputs_total{model="fake/bad",outcome="failed"} 2.0' in text
+    assert 'tuneloop_gateway_checked_outputs_total{model="fake/good",outcome="passed"} 1.0' in text
+    assert 'tuneloop_gateway_check_failures_total{kind="field",model="fake/bad"} 2.0' in text
+    assert 'tuneloop_gateway_escalations_total{model="fake/bad",reason="check_failed"} 2.0' in text
+    assert 'tuneloop_review_queue_depth{model="fake/bad"} 2.0' in text
+
+
+def test_untagged_calls_are_not_checked(gateway: RunningGateway) -> None:
+    client = openai.OpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0)
+    completion = client.chat.completions.create(model="fake/bad", messages=MESSAGES)
+    assert "tuneloop" not in (completion.model_extra or {})
