@@ -158,3 +158,16 @@ def test_bad_logprobs_parameters_are_400_naming_them(server, extra: dict, param:
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error" and error["param"] == param, error
+
+
+def test_a_streamed_reply_reassembles_with_its_logprobs(server, client: openai.OpenAI) -> None:
+    from tuneloop.protocol import reassemble_sse
+
+    body = {"model": BASE, "messages": CHAT, "max_tokens": 6, "logprobs": True, "top_logprobs": 1, "stream": True}
+    raw = httpx.post(f"{server.base_url}/chat/completions", json=body, timeout=120).content
+    completion, error = reassemble_sse(raw)
+    assert error is None
+    whole = client.chat.completions.create(model=BASE, messages=CHAT, max_tokens=6, logprobs=True, top_logprobs=1)
+    folded = completion["choices"][0]["logprobs"]["content"]
+    assert [item["token"] for item in folded] == [item.token for item in whole.choices[0].logprobs.content]
+    assert completion["choices"][0]["message"]["content"] == whole.choices[0].message.content

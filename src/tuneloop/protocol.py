@@ -388,8 +388,20 @@ class StreamAccumulator:
     def _add_choice(self, choice: dict[str, Any]) -> None:
         index = choice.get("index", 0)
         state = self._choices.setdefault(
-            index, {"role": "assistant", "content": [], "refusal": [], "tool_calls": {}, "finish_reason": None}
+            index,
+            {
+                "role": "assistant",
+                "content": [],
+                "refusal": [],
+                "tool_calls": {},
+                "finish_reason": None,
+                "logprobs": None,
+            },
         )
+        logprobs = choice.get("logprobs")
+        if isinstance(logprobs, dict) and isinstance(logprobs.get("content"), list):
+            # each chunk carries the tokens of its own text; the whole reply's list is their concatenation
+            state["logprobs"] = (state["logprobs"] or []) + logprobs["content"]
         delta = choice.get("delta") or {}
         if delta.get("role"):
             state["role"] = delta["role"]
@@ -423,7 +435,10 @@ class StreamAccumulator:
                 message["tool_calls"] = [state["tool_calls"][i] for i in sorted(state["tool_calls"])]
             if state["refusal"]:
                 message["refusal"] = "".join(state["refusal"])
-            choices.append({"index": index, "message": message, "finish_reason": state["finish_reason"]})
+            folded: dict[str, Any] = {"index": index, "message": message, "finish_reason": state["finish_reason"]}
+            if state["logprobs"] is not None:
+                folded["logprobs"] = {"content": state["logprobs"], "refusal": None}
+            choices.append(folded)
         completion: dict[str, Any] = {
             "id": self.id,
             "object": "chat.completion",

@@ -19,6 +19,8 @@ same code as the server.
   ``response_format`` ``json_schema`` replaces it, ``json_object`` asks for the task schema (or any JSON
   object on a base), ``text`` turns it off. The answer is always validated afterwards; a violation is
   reported in the response (``tuneloop.schema_valid`` / ``schema_errors``) and counted, never hidden.
+- **Log probabilities.** ``logprobs`` / ``top_logprobs`` (0..20) come back in OpenAI's shape, whole or per
+  streamed chunk (each chunk with the tokens of its own text); see ``TokenLogprob``.
 """
 
 from __future__ import annotations

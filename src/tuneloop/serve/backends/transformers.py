@@ -198,7 +198,7 @@ class TransformersBackend(TokenStreamBackend):
             if params.greedy
             else {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
         )
-        steps: queue.Queue[torch.Tensor] = queue.Queue()  # each step's log-softmax, when logprobs are asked for
+        steps: queue.Queue[torch.Tensor] = queue.Queue()  # each step's raw logits, when logprobs are asked for
 
         class RecordLogprobs(LogitsProcessor):
             """Keeps each step's distribution as the model gave it (first in the list: before any mask)."""
