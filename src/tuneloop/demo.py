@@ -1,19 +1,26 @@
 """`tuneloop demo`: the loop on the bundled model and the synthetic task, on a laptop CPU.
 
-1. synthesize the demo task's documents with human-verified answers (train and test splits);
+1. synthesize the demo task's documents with human-verified answers (train and test splits) and import
+   them as a dataset;
 2. evaluate the bundled base zero-shot on test documents through llama.cpp, the serving engine: field error
    with its interval, latency, cost and the verdict against the task's requirements;
-3. fine-tune the base with LoRA on the train split (a short schedule) and register it as ``task@N``;
-4. evaluate base and fine-tune side by side (the base's answers come from the eval cache);
-5. promote the fine-tune to ``task@prod``, serve it, and send requests through the official ``openai`` client.
+3. capture: send some training documents through the gateway to the base (served by ``tuneloop serve``),
+   build dataset entries from the logged calls, relabel them with a teacher when one is configured (else
+   the human-verified labels stand); answers failing the task's checks land in the review queue;
+4. fine-tune the base with LoRA on the dataset (a short schedule) and register it as ``task@N``;
+5. evaluate base and fine-tune side by side (the base's answers come from the eval cache);
+6. promote the fine-tune to ``task@prod``, serve it, and send requests through the official ``openai``
+   client; then say where the web UI shows the logs, datasets, evals, versions and the review queue.
 
 ``backends`` adds the transformers reference to step 2, at several times the CPU time.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -29,8 +36,11 @@ from tuneloop.train.config import TrainConfig
 
 DEMO_TASK = "liability-extraction"
 DEMO_BASE = "smollm2-135m-instruct"
+DEMO_DATASET = "liability-extraction-demo"
 # The production volume the seed story states costs at (16M extractions a day).
 DEMO_REQUESTS_PER_DAY = 16_000_000
+# A short schedule that still shows the gain on a laptop CPU; `tuneloop train` picks its own from the data.
+DEMO_SCHEDULE = {"num_train_epochs": 1, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 2}
 
 
 def run_demo(
@@ -41,6 +51,7 @@ def run_demo(
     backends: tuple[str, ...] = ("llamacpp",),
     extra_models: Sequence[str] = (),
     fine_tune: bool = True,
+    n_captured: int = 12,
     console: Console | None = None,
 ) -> EvalReport:
     console = console or Console()
@@ -67,34 +78,102 @@ def run_demo(
     if not fine_tune:
         return report
 
-    console.rule("[bold]3. Fine-tune: LoRA on the train split")
+    console.rule("[bold]3. Capture: demo traffic through the gateway, a dataset from the logs, relabel")
+    train_rows = [r for r in rows if r["metadata"]["split"] == "train"]
+    capture_demo(task, data_path, train_rows[:n_captured], console)
+
+    console.rule(f"[bold]4. Fine-tune: LoRA on dataset {DEMO_DATASET}")
     from tuneloop.train import train
 
-    result = train(task, data_path, DEMO_BASE, TrainConfig(sft=dict(DEMO_SCHEDULE)), console=console)
+    result = train(task, f"dataset:{DEMO_DATASET}", DEMO_BASE, TrainConfig(sft=dict(DEMO_SCHEDULE)), console=console)
     version = result.version
     console.print(
-        f"registered [bold]{version.id}[/] ({version.hash_ref[: len(version.task) + 20]}…) in {result.seconds:.0f} s "
+        f"registered [bold]{version.id}[/] (sha256:{version.content_hash[:12]}…) in {result.seconds:.0f} s "
         f"at {result.tokens_per_second:.0f} tokens/s"
     )
 
-    console.rule("[bold]4. Evaluate: base vs fine-tune")
+    console.rule("[bold]5. Evaluate: base vs fine-tune")
     report = evaluate_models(
         task, test_path, [*models, ModelSpec(version.id)], limit=n_eval, out_dir=out_dir, console=console
     )
 
-    console.rule(f"[bold]5. Serve: promote {version.id} to {task.name}@prod and call it with the openai client")
-    serve_demo(task, version.id, test_rows[:3], console)
+    console.rule(f"[bold]6. Serve: promote {version.id} to {task.name}@prod and call it with the openai client")
+    serve_demo(task, version.id, test_rows[: min(n_eval, 3)], console)
+    show_review_and_ui(console)
     return report
 
 
-# A short schedule that still shows the gain on a laptop CPU; `tuneloop train` picks its own from the data.
-DEMO_SCHEDULE = {"num_train_epochs": 1, "bf16": False}
+def capture_demo(task: Task, data_path: Path, rows: Sequence[dict[str, Any]], console: Console) -> None:
+    """The capture half of the loop on loopback: ``tuneloop serve`` (the base) behind ``tuneloop gateway``,
+    ``rows`` sent through the gateway with the openai client, then a dataset from the logged calls."""
+    from openai import OpenAI
+
+    from tuneloop.capture.config import GatewayConfig, Route
+    from tuneloop.capture.logs import LogFilter
+    from tuneloop.capture.server import running_gateway
+    from tuneloop.capture.upstreams import Upstream
+    from tuneloop.data.datasets import dataset_from_logs, import_jsonl
+    from tuneloop.data.relabel import default_teacher, relabel
+    from tuneloop.serve.app import start_background_server
+    from tuneloop.serve.engine import build_engine
+
+    imported = import_jsonl(data_path, DEMO_DATASET, task=task.name, provenance="human")
+    console.print(f"dataset {DEMO_DATASET}: {imported.added} human-verified entries imported from {data_path.name}")
+
+    server = start_background_server(build_engine(models=[DEMO_BASE]))
+    local = Upstream(name="local", base_url=server.base_url, self_hosted=True)
+    config = GatewayConfig(
+        upstreams={"local": local},
+        routes=[Route(match="extractor", upstream="local", model=DEMO_BASE)],
+        auth="disabled",
+    )
+    try:
+        with running_gateway(config) as gateway:
+            console.print(
+                f"gateway on {gateway.base_url}, routing model 'extractor' to {DEMO_BASE} on {server.base_url}"
+            )
+            client = OpenAI(base_url=gateway.base_url, api_key="demo")
+            escalated = 0
+            for row in rows:
+                reply = client.chat.completions.with_raw_response.create(
+                    model="extractor",
+                    messages=row["messages"][:-1],
+                    max_tokens=task.decoding.max_tokens,
+                    temperature=0,
+                    metadata={"task": task.name, "source": "demo"},
+                )
+                escalated += bool(reply.headers.get("x-tuneloop-review"))
+                overhead = reply.headers.get("x-tuneloop-overhead-ms")
+                console.print(
+                    f"[dim]{row['id']}[/] answered by {reply.parse().model}, gateway overhead {overhead} ms",
+                    highlight=False,
+                )
+    finally:
+        server.stop()
+    console.print(
+        f"{len(rows)} calls logged; {escalated} answers failed the task's checks and went to the review queue"
+    )
+
+    added = dataset_from_logs(DEMO_DATASET, LogFilter(metadata={"task": task.name, "source": "demo"}), task=task.name)
+    console.print(
+        f"from the logs: {added.added} entries added to {DEMO_DATASET} (provenance 'log', linked to their requests)"
+    )
+    teacher = default_teacher()
+    if teacher is None:
+        console.print(
+            "no teacher configured (set TUNELOOP_TEACHER=<upstream>/<model>, or OPENAI_API_KEY): the human-verified "
+            "labels stand in for the teacher's, and outrank the logged answers when the dataset is resolved"
+        )
+    else:
+        outcome = relabel(DEMO_DATASET, teacher, console=console)
+        console.print(
+            f"relabelled with {teacher}: {outcome.asked} asked, {outcome.kept} kept, {len(outcome.failing)} failing "
+            f"the task's checks (kept out of training), {outcome.skipped_human} human-verified left as they are"
+        )
 
 
 def serve_demo(task: Task, version_id: str, rows: Sequence[dict], console: Console) -> None:
     """Promote ``version_id`` to prod, serve ``task@prod`` on loopback, and ask it through the openai client."""
-    import time
-
     from openai import OpenAI
 
     from tuneloop.registry.promotion import promote
@@ -121,6 +200,20 @@ def serve_demo(task: Task, version_id: str, rows: Sequence[dict], console: Conso
             console.print(f"  gold:   {row['messages'][-1]['content']}", highlight=False, markup=False)
     finally:
         server.stop()
+
+
+def show_review_and_ui(console: Console) -> None:
+    """Where a person picks up what the checks escalated: the review queue, in the CLI and the web UI."""
+    from tuneloop.review import queue_depth
+
+    pending = sum(queue_depth().values())
+    console.print(
+        f"review queue: {pending} pending item(s); `tuneloop review list` shows them, and the web UI does too:"
+    )
+    console.print("  tuneloop keys create --name me --role admin   # prints a key, once")
+    console.print(
+        "  tuneloop ui                                   # then open http://127.0.0.1:4100 and log in with it"
+    )
 
 
 def evaluate_models(

@@ -23,6 +23,9 @@ def serve(
     threads: int | None = typer.Option(None, "--threads", help="llama.cpp threads (default: half the cores)."),
     n_ctx: int = typer.Option(2048, "--n-ctx", help="llama.cpp context window."),
     device: str = typer.Option("cpu", "--device", help="transformers device (cpu, cuda, mps)."),
+    max_batch_size: int = typer.Option(
+        8, "--max-batch-size", help="transformers: concurrent requests decoded together, any mix of versions."
+    ),
     tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", help="vllm: GPUs per replica."),
     pipeline_parallel_size: int = typer.Option(1, "--pipeline-parallel-size", help="vllm: pipeline stages."),
     max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", help="Larger request bodies get 413."),
@@ -49,6 +52,7 @@ def serve(
         threads=threads,
         n_ctx=n_ctx,
         device=device,
+        max_batch_size=max_batch_size,
         tensor_parallel_size=tensor_parallel_size,
         pipeline_parallel_size=pipeline_parallel_size,
     )

@@ -11,9 +11,10 @@ same code as the server.
 - **Integrity.** Before a version's adapter is loaded into the backend (the first time, and again after
   the backend's LRU evicted it), its files are hashed and compared with the registered content hash; a
   tampered version is refused (409 ``model_integrity_error``) and nothing of it is loaded.
-- **Queue.** Backends run one generation at a time, so requests wait in one FIFO worker (fair: first come,
-  first served, whichever version they name). At most ``max_queue`` requests are admitted (running +
-  waiting); one more is refused with 429 and ``Retry-After``.
+- **Queue.** Most backends run one generation at a time, so requests wait in one FIFO worker (fair: first
+  come, first served, whichever version they name). A batching backend (transformers, ``max_batch_size``
+  > 1) gets every admitted request at once and decodes them in FIFO batches, mixing versions. At most
+  ``max_queue`` requests are admitted (running + waiting); one more is refused with 429 and ``Retry-After``.
 - **Structured output.** A task version decodes under its task's output schema by default (llama.cpp's
   grammar, llguidance for transformers, vLLM's guided decoding); a request's
   ``response_format`` ``json_schema`` replaces it, ``json_object`` asks for the task schema (or any JSON
@@ -26,6 +27,7 @@ same code as the server.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -117,7 +119,11 @@ class ServeEngine:
         self.alias_refresh_s = alias_refresh_s
         self.retry_after_s = retry_after_s
         self.metrics = metrics or ServeMetrics()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuneloop-generate")
+        # A batching backend (max_batch_size > 1) takes concurrent calls and gathers them itself: every
+        # admitted request gets a worker, so a waiting one is in the backend's queue, ready for the next batch.
+        self._batching = getattr(backend, "max_batch_size", 1) > 1
+        workers = max_queue if self._batching else 1
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tuneloop-generate")
         self._admitted = 0
         self._admitted_lock = threading.Lock()
         self._immutable: dict[str, ModelVersionInfo] = {}  # "task@3" / "task@sha256:…" → version
@@ -212,11 +218,14 @@ class ServeEngine:
                 gguf_path = ensure_gguf_lora(info)
             except TuneloopError as exc:
                 raise _integrity_error(info.id, f"its adapter can't be exported for llama.cpp: {exc.message}") from None
+        # A batching backend loads an adapter when a batch forms, so it checks the files then (before_load);
+        # the others are checked right before their one generation (_ensure_loaded).
+        before_load = functools.partial(self._verify, info) if self._batching else None
         return ServedModel(
             id=info.id,
             base_id=info.base_id,
             version=info,
-            adapter=Adapter(id=info.id, peft_dir=info.adapter_path, gguf_path=gguf_path),
+            adapter=Adapter(id=info.id, peft_dir=info.adapter_path, gguf_path=gguf_path, before_load=before_load),
             task_schema=self._task_schema(info.task),
             decoding=dict(info.decoding),
         )
@@ -369,7 +378,7 @@ class ServeEngine:
     def _ensure_loaded(self, served: ServedModel) -> None:
         """Right before generating (in the worker): re-verify a version the backend doesn't hold, since
         loading it reads its files again."""
-        if served.adapter is None or served.version is None:
+        if served.adapter is None or served.version is None or served.adapter.before_load is not None:
             return
         loaded = getattr(self.backend, "loaded_adapters", None)
         if loaded is not None and served.id not in loaded:
@@ -689,9 +698,11 @@ def build_engine(
     tensor_parallel_size: int = 1,
     pipeline_parallel_size: int = 1,
     alias_refresh_s: float = 1.0,
+    max_batch_size: int = 8,
 ) -> ServeEngine:
     """An engine as ``tuneloop serve`` builds it: the base (given, else the one the first ``--models``
-    entry was trained on, else the bundled one), loaded once into the chosen backend."""
+    entry was trained on, else the bundled one), loaded once into the chosen backend. ``max_batch_size``:
+    requests the transformers backend decodes together (1: one at a time)."""
     from tuneloop.bases import DEFAULT_BASE, resolve_base
     from tuneloop.registry.versions import resolve_version
     from tuneloop.serve.backends import BACKEND_NAMES, get_backend
@@ -716,7 +727,9 @@ def build_engine(
     elif backend == "llamacpp":
         engine_backend = get_backend(backend, resolved_base, n_ctx=n_ctx, n_threads=threads, max_adapters=max_adapters)
     elif backend == "transformers":
-        engine_backend = get_backend(backend, resolved_base, device=device, max_adapters=max_adapters)
+        engine_backend = get_backend(
+            backend, resolved_base, device=device, max_adapters=max_adapters, max_batch_size=max_batch_size
+        )
     else:
         raise TuneloopError(
             f"unknown backend {backend!r}", where="--backend", hint="use one of: " + ", ".join((*BACKEND_NAMES, "vllm"))

@@ -11,7 +11,8 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
@@ -65,11 +66,15 @@ class Adapter:
 
     ``id`` is the resolved immutable version id (``task@3``), the key of each backend's adapter cache.
     ``peft_dir`` is the PEFT adapter folder; ``gguf_path`` its GGUF LoRA export, which llama.cpp needs.
+    ``before_load``, when set, is called right before a backend reads the adapter's files (first use, and
+    again after its LRU evicted it) and may raise to refuse them: the server checks the content hash there,
+    which a batching backend does only when a batch forms, long after the request arrived.
     """
 
     id: str
     peft_dir: Path
     gguf_path: Path | None = None
+    before_load: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -150,7 +155,9 @@ class Generation:
 @runtime_checkable
 class Backend(Protocol):
     """What the server, evals and relabeling call. Implementations are not safe to call concurrently
-    unless they say so; ``TokenStreamBackend`` serialises calls with a lock."""
+    unless they say so; ``TokenStreamBackend`` serialises calls with a lock. A backend that batches says
+    so with ``max_batch_size`` above 1 (optional; read with ``getattr(backend, "max_batch_size", 1)``): it
+    is then safe to call from many threads, and decodes concurrent calls together."""
 
     name: str
 
@@ -244,10 +251,19 @@ class TokenStreamBackend(ABC):
     """Base for engines that generate token by token in-process. Subclasses implement ``_start``."""
 
     name: ClassVar[str]
+    # How many calls the engine decodes together. 1: one generation at a time, calls serialised here.
+    # Above 1 the engine gathers concurrent calls into batches itself, so callers (the server) should run
+    # that many or more at once.
+    max_batch_size: int = 1
 
     def __init__(self) -> None:
         # One generation at a time: neither llama.cpp contexts nor a model's KV cache can be shared.
         self._lock = threading.Lock()
+
+    def _exclusive(self) -> AbstractContextManager[Any]:
+        """Held around ``_start`` and the consumption of its pieces: the lock, unless the engine
+        arbitrates between concurrent calls itself (a batching engine overrides this)."""
+        return self._lock
 
     @abstractmethod
     def _start(self, messages: list[Message], params: GenerationParams, adapter: Adapter | None) -> TokenRun:
@@ -258,7 +274,7 @@ class TokenStreamBackend(ABC):
         self, messages: list[Message], params: GenerationParams | None = None, adapter: Adapter | None = None
     ) -> Generation:
         params = params or GenerationParams()
-        with self._lock:
+        with self._exclusive():
             started = time.perf_counter()
             run = self._start(messages, params, adapter)
             tally = _Tally(logprobs=[] if params.logprobs else None)
@@ -294,7 +310,7 @@ class TokenStreamBackend(ABC):
         """Like ``stream_generation``, each delta with the ``TokenLogprob`` of its tokens when
         ``params.logprobs`` is set (a delta may then carry tokens but no text: part of a character)."""
         params = params or GenerationParams()
-        with self._lock:
+        with self._exclusive():
             started = time.perf_counter()
             run = self._start(messages, params, adapter)
             tally = _Tally(logprobs=[] if params.logprobs else None)
