@@ -66,7 +66,11 @@ class LoggedProgress(Progress):
             with self._lock:
                 tasks = [task for task in self.tasks if task.visible and not task.finished]
             if tasks:
-                self.console.print(self.make_tasks_table(tasks))
+                # A log line is not cut to the 80 columns a non-terminal console assumes.
+                options = self.console.options.update_width(max(self.console.width, 160))
+                for line in self.console.render_lines(self.make_tasks_table(tasks), options, pad=False):
+                    text = "".join(segment.text for segment in line).rstrip()
+                    self.console.print(text, soft_wrap=True, markup=False, highlight=False)
 
 
 def progress_bar(
@@ -84,4 +88,7 @@ def progress_bar(
         console=console,
         transient=transient,
         log_every=log_every,
+        # rich estimates speed (and so the ETA) from the last 30 s by default: no ETA at all for steps
+        # slower than that, as training steps on a CPU are.
+        speed_estimate_period=600,
     )

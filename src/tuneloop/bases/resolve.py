@@ -170,14 +170,22 @@ def _resolve_hf(repo_id: str) -> Base:
 
 
 def _looks_like_path(name: str) -> bool:
-    return "/" in name or "\\" in name or name.startswith((".", "~")) or name.endswith(".gguf") or Path(name).exists()
+    if "/" in name or "\\" in name or name.startswith((".", "~")) or name.endswith(".gguf"):
+        return True
+    try:
+        return Path(name).exists()
+    except (OSError, ValueError):  # a name no filesystem accepts (too long, a NUL) is not a path
+        return False
 
 
 def _resolve_local(
     path: Path, *, base_id: str | None = None, kind: BaseKind = "local", where: str | None = None
 ) -> Base:
-    path = path.expanduser()
     where = where or base_id or str(path)
+    try:
+        path = path.expanduser()
+    except RuntimeError:  # ~user of an unknown user
+        raise TuneloopError("no such user's home folder", where=where) from None
     if not path.exists():
         raise TuneloopError(
             "no such file or folder",

@@ -81,7 +81,7 @@ def parse_model_id(text: str) -> ModelRef:
                 hint="write it as http://host:port/v1#model-name",
             )
         return EndpointRef(model=model, base_url=base_url.rstrip("/"))
-    if name.startswith("hf:") or name.startswith(("/", "./", "../", "~")) or Path(name).exists():
+    if name.startswith("hf:") or name.startswith(("/", "./", "../", "~")) or _is_existing_path(name):
         return BaseRef(name)
     upstream = _UPSTREAM.match(name)
     if upstream and "@" not in upstream.group(1):
@@ -115,3 +115,11 @@ def _parse_version(name: str) -> VersionRef:
         where=f"model {name}",
         hint="write task@3, task@sha256:<hex> or task@prod",
     )
+
+
+def _is_existing_path(name: str) -> bool:
+    """Whether ``name`` is a file or folder here; a name no filesystem accepts (too long, a NUL) is not."""
+    try:
+        return Path(name).exists()
+    except (OSError, ValueError):
+        return False
