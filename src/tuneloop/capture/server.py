@@ -6,15 +6,13 @@ the app's shutdown drains the log queue into the store before the process exits.
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import uvicorn
 
+from tuneloop.background import start_in_thread
 from tuneloop.capture.config import GatewayConfig
 from tuneloop.capture.gateway import Gateway, create_app
 from tuneloop.errors import TuneloopError
@@ -59,22 +57,8 @@ class RunningGateway:
 def running_gateway(config: GatewayConfig, url: str | None = None, host: str = "127.0.0.1") -> Iterator[RunningGateway]:
     """A gateway on a free port in a background thread; stopped (and its log drained) on exit."""
     uv_config = _uvicorn_config(config, host, 0, url, "warning")
-    server = uvicorn.Server(uv_config)
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP (else Nagle adds 40 ms).
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, 0))
-    port = sock.getsockname()[1]
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="tuneloop-gateway", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise TuneloopError("the gateway did not start", hint="see the log messages above")
-        time.sleep(0.01)
+    running = start_in_thread(uv_config, host=host, name="tuneloop-gateway")
     try:
-        yield RunningGateway(f"http://{host}:{port}/v1", uv_config.app.state.gateway, server)  # type: ignore[attr-defined]
+        yield RunningGateway(f"http://{host}:{running.port}/v1", uv_config.app.state.gateway, running.server)  # type: ignore[attr-defined]
     finally:
-        server.should_exit = True
-        thread.join(GRACEFUL_SHUTDOWN_S + 10)
-        sock.close()
+        running.stop(GRACEFUL_SHUTDOWN_S + 10)

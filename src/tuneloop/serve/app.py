@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
-import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +19,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from tuneloop.background import ThreadedServer, start_in_thread
 from tuneloop.protocol import ChatCompletionRequest, ModelList, OpenAIError, error_bytes, install_error_handlers
 from tuneloop.review.policy import ReviewPolicy
 from tuneloop.serve.engine import ServeEngine
@@ -177,12 +175,10 @@ class BackgroundServer:
 
     base_url: str
     engine: ServeEngine
-    _server: Any
-    _thread: threading.Thread
+    _running: ThreadedServer
 
     def stop(self, *, close_engine: bool = True) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=30)
+        self._running.stop(timeout=30)
         if close_engine:
             self.engine.close()
 
@@ -198,26 +194,11 @@ def start_background_server(
     """Serve ``engine`` on ``host:port`` (0: a free port) in a daemon thread; returns once it accepts."""
     import uvicorn
 
-    if port == 0:
-        with socket.socket() as probe:
-            probe.bind((host, 0))
-            port = probe.getsockname()[1]
     config = uvicorn.Config(
-        create_app(engine, max_body_bytes=max_body_bytes, review=review),
-        host=host,
-        port=port,
-        log_level="warning",
-        lifespan="off",
+        create_app(engine, max_body_bytes=max_body_bytes, review=review), log_level="warning", lifespan="off"
     )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="tuneloop-serve", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"the server did not start on {host}:{port}")
-        time.sleep(0.02)
-    return BackgroundServer(f"http://{host}:{port}/v1", engine, server, thread)
+    running = start_in_thread(config, host=host, port=port, name="tuneloop-serve")
+    return BackgroundServer(f"http://{host}:{running.port}/v1", engine, running)
 
 
 def openapi_json(engine: ServeEngine) -> str:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import uvicorn
 
+from tuneloop.background import start_in_thread
 from tuneloop.errors import TuneloopError
 from tuneloop.ui.app import create_ui_app
 
@@ -37,22 +35,9 @@ class RunningUI:
 @contextmanager
 def running_ui(host: str = "127.0.0.1", secret: bytes | None = None) -> Iterator[RunningUI]:
     """The UI on a free port in a background thread, stopped on exit."""
-    config = uvicorn.Config(create_ui_app(secret), host=host, port=0, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, 0))
-    port = sock.getsockname()[1]
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="tuneloop-ui", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise TuneloopError("the UI did not start", hint="see the log messages above")
-        time.sleep(0.01)
+    config = uvicorn.Config(create_ui_app(secret), log_level="warning", lifespan="off")
+    running = start_in_thread(config, host=host, name="tuneloop-ui")
     try:
-        yield RunningUI(f"http://{host}:{port}", server)
+        yield RunningUI(f"http://{host}:{running.port}", running.server)
     finally:
-        server.should_exit = True
-        thread.join(15)
-        sock.close()
+        running.stop()
