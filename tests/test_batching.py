@@ -320,6 +320,54 @@ def test_the_server_sends_concurrent_requests_into_one_batch(tiny_base: Path) ->
         engine.close()
 
 
+def test_a_version_tampered_after_eviction_is_refused_when_its_batch_loads_it(
+    tiny_base: Path, adapters: list[Adapter]
+) -> None:
+    from test_serve import TASK, tamper
+    from tuneloop.protocol import ChatCompletionRequest, OpenAIError
+    from tuneloop.registry.versions import register_version
+    from tuneloop.serve.engine import build_engine
+    from tuneloop.task import load_task
+
+    base_id = resolve_base(str(tiny_base)).id
+    task = load_task(TASK)
+    first, second = (
+        register_version(
+            TASK,
+            adapter.peft_dir,
+            base_id=base_id,
+            base_weights_hash=None,
+            system_prompt=task.system_prompt(),
+            input_template=task.input,
+            decoding=task.decoding.model_dump(),
+        )[0]
+        for adapter in adapters
+    )
+    engine = build_engine(backend="transformers", base=str(tiny_base), max_adapters=1, max_batch_size=4)
+    backend = engine.backend
+    assert isinstance(backend, TransformersBackend)
+
+    def request(model: str) -> ChatCompletionRequest:
+        return ChatCompletionRequest(model=model, messages=SHORT, max_tokens=3)
+
+    async def both(models: list[str]) -> list[object]:
+        return await asyncio.gather(*(engine.complete(request(m)) for m in models), return_exceptions=True)
+
+    try:
+        assert asyncio.run(engine.complete(request(first.id)))["model"] == first.id
+        assert asyncio.run(engine.complete(request(second.id)))["model"] == second.id  # evicts the first
+        assert backend.loaded_adapters == [second.id]
+        tamper(first)  # after the server checked it, while it is not loaded
+        backend.batch_wait_s = 0.3
+        tampered, bare = asyncio.run(both([first.id, base_id]))
+        assert isinstance(tampered, OpenAIError) and tampered.status == 409
+        assert "content hash" in str(tampered.message)
+        assert isinstance(bare, dict) and bare["model"] == base_id  # its batch-mate was served
+        assert backend.loaded_adapters == [second.id]  # nothing of the tampered files was loaded
+    finally:
+        engine.close()
+
+
 def test_serve_passes_max_batch_size_to_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
