@@ -15,6 +15,7 @@ def test_the_demo_runs_the_whole_loop(converted_home: Path, tuneloop_home: Path,
     from tuneloop.data.datasets import summarize_dataset
     from tuneloop.demo import DEMO_DATASET, DEMO_TASK, run_demo
     from tuneloop.registry.versions import resolve_version
+    from tuneloop.review import queue_depth
 
     (tuneloop_home / "cache").mkdir(parents=True, exist_ok=True)
     (tuneloop_home / "cache" / "bases").symlink_to(converted_home / "cache" / "bases")  # reuse the conversion
@@ -37,4 +38,6 @@ def test_the_demo_runs_the_whole_loop(converted_home: Path, tuneloop_home: Path,
     # 4 and 6. the fine-tune was registered and promoted; the served answers name the resolved version
     assert resolve_version(f"{DEMO_TASK}@prod").version == 1
     assert text.count(f"{DEMO_TASK}@1 in ") == 2
+    # the base's zero-shot answers through the gateway failed the task's checks: escalated for review
+    assert sum(queue_depth().values()) >= 1
     assert "tuneloop ui" in text and "review queue:" in text

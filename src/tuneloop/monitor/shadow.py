@@ -57,11 +57,13 @@ def shadow_replay(
     seed: int = 0,
     engine: Any = None,
     url: str | None = None,
+    backend: str = "llamacpp",
 ) -> ShadowReport:
     """Replay a stable ``sample`` of ``against``'s logged calls (at most ``limit``) to ``candidate``.
 
     ``engine``: a running ``ServeEngine`` that serves the candidate (the demo and tests pass theirs);
-    by default one is built for it, as ``tuneloop serve --models <candidate>`` would, and closed after.
+    by default one is built for it on ``backend``, as ``tuneloop serve --models <candidate>`` would, and closed
+    after.
     """
     from tuneloop.data.datasets import input_hash, request_options, sampled
     from tuneloop.monitor.drift import _resolve
@@ -94,9 +96,8 @@ def shadow_replay(
                 input_hash(messages, request_options(request)), sample, seed
             ):
                 continue
-            calls.append((row.id, row.capture_id, dict(request), row.response or {}))
-            if len(calls) >= limit:
-                break
+            if len(calls) < limit:  # keep counting: ``matched`` is all the version's logged calls
+                calls.append((row.id, row.capture_id, dict(request), row.response or {}))
         gold = _human_answers(session, calls)
     if not calls:
         raise TuneloopError(
@@ -110,7 +111,7 @@ def shadow_replay(
     if own_engine:
         from tuneloop.serve.engine import build_engine
 
-        engine = build_engine(models=[candidate_id])
+        engine = build_engine(backend=backend, models=[candidate_id])
     try:
         answers = asyncio.run(_replay(engine, candidate_id, [request for _, _, request, _ in calls]))
     finally:
