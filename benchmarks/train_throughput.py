@@ -85,6 +85,7 @@ def main() -> None:
             "warmup_steps": 0,
             "logging_steps": 1,
             "bf16": bf16,
+            "use_cpu": not cuda,  # transformers refuses bf16 on CPU unless told the CPU is meant
             "gradient_checkpointing": False,
             "seed": 42,
             "report_to": "none",
@@ -175,7 +176,7 @@ def run_tuneloop(run_dir: Path, base_dir: Path, train_dir: Path, common: dict[st
     from tuneloop.train.recipe import RUN_FILE, run
 
     run_dir.mkdir(parents=True)
-    sft = {k: v for k, v in common.items() if k != "report_to"}
+    sft = {k: v for k, v in common.items() if k not in ("report_to", "use_cpu")}  # the recipe sets these
     spec = {"base_dir": str(base_dir), "train_dir": str(train_dir), "eval_dir": None, "sft": sft, "lora": LORA}
     (run_dir / RUN_FILE).write_text(json.dumps(spec))
     return float(run(run_dir)["tokens_per_second"])
