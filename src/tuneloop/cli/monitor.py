@@ -90,22 +90,17 @@ def shadow(
 ) -> None:
     """Replay a sample of live traffic to a candidate: agreement, and field error on reviewed items."""
     from tuneloop.capture.logs import parse_time
-    from tuneloop.monitor.drift import _resolve
     from tuneloop.monitor.shadow import shadow_replay
-    from tuneloop.serve.engine import build_engine
 
-    engine = build_engine(backend=backend, models=[_resolve(candidate)[0]])
-    try:
-        report = shadow_replay(
-            candidate,
-            against,
-            sample=sample,
-            since=parse_time(since, "--since") if since else None,
-            limit=limit,
-            engine=engine,
-        )
-    finally:
-        engine.close()
+    # The engine is built by shadow_replay once the arguments and the versions have been checked.
+    report = shadow_replay(
+        candidate,
+        against,
+        sample=sample,
+        since=parse_time(since, "--since") if since else None,
+        limit=limit,
+        backend=backend,
+    )
     table = Table(title=f"shadow: {report.candidate} against {report.against} ({report.replayed} calls replayed)")
     table.add_column("measure")
     table.add_column("value")
