@@ -62,7 +62,8 @@ def test_the_schema_describes_every_endpoint(schema: Any) -> None:
 
 
 def test_schema_conforming_requests_never_get_a_5xx(schema: Any) -> None:
-    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    # derandomize: a fixed example sequence, so whether generation is reached does not vary between runs
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True)
     @given(case=schema.as_strategy())
     def run(case: Any) -> None:
         assert_no_server_error(case)
@@ -105,7 +106,8 @@ def test_chat_requests_to_the_served_model_never_get_a_5xx(schema: Any) -> None:
     texts = st.lists(st.one_of(st.none(), st.text(max_size=40)), min_size=4, max_size=4)
     statuses: list[int] = []
 
-    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    # derandomize: a fixed example sequence, so whether generation is reached does not vary between runs
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True)
     @given(case=st.builds(served, operation.as_strategy(), roles, texts, dropped))
     def run(case: Any) -> None:
         statuses.append(assert_no_server_error(case))
