@@ -19,18 +19,21 @@ from tuneloop.task import Task
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 
 
+def unfenced(output: str) -> str:
+    """A model's output without surrounding whitespace and one Markdown code fence (API models add them)."""
+    text = output.strip()
+    fenced = _FENCE.match(text)
+    return fenced.group(1) if fenced else text
+
+
 def parse_answer(task: Task, output: str) -> tuple[dict[str, Any] | None, str | None]:
     """The answer object in a model's raw output, or None and the reason it is invalid.
 
     Surrounding whitespace and one Markdown code fence are tolerated (API models add them); anything
     else around the JSON makes the output invalid.
     """
-    text = output.strip()
-    fenced = _FENCE.match(text)
-    if fenced:
-        text = fenced.group(1)
     try:
-        answer = json.loads(text)
+        answer = json.loads(unfenced(output))
     except json.JSONDecodeError as exc:
         return None, f"not JSON: {exc.msg} at position {exc.pos}"
     problems = task.schema_errors(answer, check_formats=False)

@@ -117,12 +117,10 @@ def check_answer(task: Task, text: str | None, confidence: float | None = None) 
     """Parse an answer (one Markdown code fence tolerated) and run every check of the task on it."""
     if text is None:
         return CheckResult(task.name, None, None, ["schema: no text answer"], confidence)
-    from tuneloop.evals.scoring import _FENCE
+    from tuneloop.evals.scoring import unfenced
 
-    stripped = text.strip()
-    fenced = _FENCE.match(stripped)
     try:
-        answer = json.loads(fenced.group(1) if fenced else stripped)
+        answer = json.loads(unfenced(text))
     except json.JSONDecodeError as exc:
         return CheckResult(
             task.name, text, None, [f"schema: not valid JSON: {exc.msg} at position {exc.pos}"], confidence
