@@ -15,6 +15,7 @@ from tuneloop.protocol import (
     ChatCompletionRequest,
     OpenAIError,
     SSEDecoder,
+    completion_sse,
     install_error_handlers,
     reassemble_sse,
     sse_event,
@@ -98,6 +99,31 @@ def test_an_error_inside_a_stream_is_reported() -> None:
     body = chunk({"content": "par"}) + sse_event({"error": {"message": "overloaded", "type": "server_error"}})
     completion, error = reassemble_sse(body)
     assert completion["choices"][0]["message"]["content"] == "par" and error["message"] == "overloaded"
+
+
+def test_a_whole_completion_sent_as_a_stream_reassembles_unchanged() -> None:
+    token = {"token": "{}", "logprob": -0.1, "bytes": [123, 125], "top_logprobs": []}
+    completion = {
+        "id": "c1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "{}"},
+                "finish_reason": "stop",
+                "logprobs": {"content": [token], "refusal": None},
+            }
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+        "system_fingerprint": "fp",
+        "tuneloop": {"checks": {"passed": True}},
+    }
+    body = completion_sse(completion, include_usage=True)
+    assert body.endswith(b"data: [DONE]\n\n") and reassemble_sse(body) == (completion, None)
+    without_usage, _ = reassemble_sse(completion_sse(completion))
+    assert "usage" not in without_usage
 
 
 class Body(BaseModel):

@@ -176,3 +176,96 @@ def test_untagged_calls_are_not_checked(gateway: RunningGateway) -> None:
     client = openai.OpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0)
     completion = client.chat.completions.create(model="fake/bad", messages=MESSAGES)
     assert "tuneloop" not in (completion.model_extra or {})
+
+
+# --- streamed answers ----------------------------------------------------------------------------------
+
+
+def ask_streamed(gateway: RunningGateway, task: str | None, model: str = "fake/bad", **extra: Any) -> tuple[Any, list]:
+    """The response's headers and every chunk the client got."""
+    client = openai.OpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0)
+    metadata = {"metadata": {"task": task}} if task else {}
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=MESSAGES, stream=True, **metadata, **extra
+    )
+    return raw.headers, list(raw.parse())
+
+
+def streamed_text(chunks: list) -> str:
+    return "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+
+
+def test_a_streamed_escalation_ends_with_the_review(gateway: RunningGateway, tuneloop_home: Path) -> None:
+    task = write_task(tuneloop_home, "rev-escalate", "escalate")
+    headers, chunks = ask_streamed(gateway, task)
+    assert json.loads(streamed_text(chunks)) == BAD  # streamed as it came (live)
+    assert "x-tuneloop-review" not in headers  # the status line left before the answer was checked
+    last = chunks[-1]
+    assert last.choices == [] and last.object == "chat.completion.chunk"
+    result = last.model_extra["tuneloop"]
+    review_id = result["review"]["id"]
+    assert result["review"] == {"id": review_id, "reason": "check_failed", "status": "pending", "hold": True}
+    assert result["checks"]["action"] == "escalate" and result["checks"]["failures"]
+    assert [item.id for item in queue.list_items()] == [review_id]
+
+    assert wait_for_rows(1) == 1
+    [row] = rows()
+    assert row.response["tuneloop"]["checks"]["passed"] is False  # what drift reads
+    assert queue.get_item(review_id).capture_id == row.capture_id
+
+
+def test_a_streamed_reject_is_a_422_before_any_chunk(
+    gateway: RunningGateway, fake: FakeUpstream, tuneloop_home: Path
+) -> None:
+    task = write_task(tuneloop_home, "rev-reject", "reject")
+    with pytest.raises(openai.UnprocessableEntityError) as rejected:
+        ask_streamed(gateway, task)
+    assert rejected.value.code == "check_failed" and "interest_rate" in rejected.value.message
+    assert "stream" not in fake.requests[-1]  # asked for whole, checked before anything left
+    assert wait_for_rows(1) == 1
+    assert rows()[0].http_status == 422
+
+
+def test_a_streamed_fallback_streams_the_fallbacks_answer(
+    gateway: RunningGateway, fake: FakeUpstream, tuneloop_home: Path
+) -> None:
+    task = write_task(tuneloop_home, "rev-fallback", "fallback:fake/good")
+    headers, chunks = ask_streamed(gateway, task, stream_options={"include_usage": True})
+    assert headers["content-type"].startswith("text/event-stream")
+    assert json.loads(streamed_text(chunks)) == GOOD and chunks[0].model == "fake/good"
+    [finish] = [chunk for chunk in chunks if chunk.choices and chunk.choices[0].finish_reason]
+    extension = finish.model_extra["tuneloop"]
+    assert extension["fallback"]["model"] == "fake/bad" and extension["checks"]["action"] == "fallback"
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens > 0
+    assert [(sent["model"], "stream" in sent) for sent in fake.requests] == [("bad", False), ("good", False)]
+
+
+def test_a_streamed_pass_reports_the_failure_last(gateway: RunningGateway, tuneloop_home: Path) -> None:
+    task = write_task(tuneloop_home, "rev-pass", "pass")
+    _, chunks = ask_streamed(gateway, task)
+    assert json.loads(streamed_text(chunks)) == BAD
+    result = chunks[-1].model_extra["tuneloop"]
+    assert result["checks"]["passed"] is False and result["checks"]["action"] == "pass" and "review" not in result
+    assert queue.list_items() == []
+
+
+def test_a_streamed_call_without_a_task_is_relayed_as_it_came(gateway: RunningGateway, fake: FakeUpstream) -> None:
+    _, chunks = ask_streamed(gateway, None)
+    assert json.loads(streamed_text(chunks)) == BAD
+    assert not any("tuneloop" in (chunk.model_extra or {}) for chunk in chunks)
+    assert chunks[-1].choices[0].finish_reason == "stop" and fake.requests[-1]["stream"] is True
+
+
+def test_a_reject_decided_after_the_stream_began_ends_it_with_an_error(
+    gateway: RunningGateway, tuneloop_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As if the task spec turned to reject while the answer was streaming: it went out live.
+    from tuneloop.review.policy import ReviewPolicy
+
+    monkeypatch.setattr(ReviewPolicy, "stream_mode", lambda self, model, request: "live")
+    task = write_task(tuneloop_home, "rev-reject", "reject")
+    with pytest.raises(openai.APIError) as failed:
+        ask_streamed(gateway, task)
+    assert failed.value.code == "check_failed" and "interest_rate" in failed.value.message
+    assert wait_for_rows(1) == 1
+    assert rows()[0].status == "error"

@@ -92,14 +92,24 @@ def client(server) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=120)
 
 
-def ask(client: openai.OpenAI, task: str):
+def ask(client: openai.OpenAI, task: str, **extra):
     return client.chat.completions.with_raw_response.create(
         model=BASE,
         messages=MESSAGES,
         max_tokens=24,
         metadata={"task": task},
         response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": SCHEMA}},
+        **extra,
     )
+
+
+def ask_streamed(client: openai.OpenAI, task: str) -> tuple:
+    """The response's headers, the streamed text, and the chunk that carries the finish reason."""
+    raw = ask(client, task, stream=True)
+    chunks = list(raw.parse())
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    [finish] = [chunk for chunk in chunks if chunk.choices and chunk.choices[0].finish_reason]
+    return raw.headers, text, finish
 
 
 def test_escalate_creates_a_review_item_and_flags_the_response(client: openai.OpenAI) -> None:
@@ -148,3 +158,32 @@ def test_metrics_name_the_resolved_model(server, client: openai.OpenAI) -> None:
     assert f'tuneloop_serve_checked_outputs_total{{model="{BASE}",outcome="failed"}}' in text
     assert f'tuneloop_serve_check_actions_total{{action="escalate",model="{BASE}"}}' in text
     assert f'tuneloop_review_queue_depth{{model="{BASE}"}}' in text
+
+
+def test_a_streamed_escalation_carries_the_review_in_its_finish_chunk(client: openai.OpenAI) -> None:
+    headers, text, finish = ask_streamed(client, "rev-escalate")
+    assert "x-tuneloop-review" not in headers  # streamed live: the check ran after the status line
+    extension = finish.model_extra["tuneloop"]
+    assert extension["model"] == BASE  # the engine's own fields are kept
+    assert extension["checks"]["action"] == "escalate" and extension["checks"]["failures"]
+    review = extension["review"]
+    assert review["hold"] is True and review["reason"] == "check_failed"
+    item = queue.get_item(review["id"])
+    assert (item.task, item.model, item.draft_text) == ("rev-escalate", BASE, text)
+
+
+def test_a_streamed_reject_is_a_422_before_any_chunk(client: openai.OpenAI) -> None:
+    before = len(queue.list_items(status=None))
+    with pytest.raises(openai.UnprocessableEntityError) as rejected:
+        ask_streamed(client, "rev-reject")
+    assert rejected.value.code == "check_failed" and "rev-reject" in rejected.value.message
+    assert len(queue.list_items(status=None)) == before
+
+
+def test_a_streamed_fallback_streams_the_teachers_answer(client: openai.OpenAI, teacher: FakeUpstream) -> None:
+    headers, text, finish = ask_streamed(client, "rev-fallback")
+    assert headers["x-tuneloop-model"] == "teacher/big-model" and finish.model == "teacher/big-model"
+    assert text == '{"answer": "__never__"}'
+    extension = finish.model_extra["tuneloop"]
+    assert extension["checks"]["passed"] is True and extension["fallback"]["model"] == BASE
+    assert "stream" not in teacher.requests[-1]

@@ -10,7 +10,9 @@ is a 4xx it can read, never a 500 with a stack trace.
 
 Streams: :class:`SSEDecoder` splits ``text/event-stream`` bytes into events, and
 :class:`StreamAccumulator` folds ``chat.completion.chunk`` objects back into one ``chat.completion``
-(content, tool calls by index, finish reasons, usage): what a log stores for a streamed call.
+(content, tool calls by index, finish reasons, usage, tuneloop's extension): what a log stores for a
+streamed call. :func:`completion_sse` goes the other way: a whole answer sent as a stream (a streamed
+request whose answer had to be checked before any of it left).
 """
 
 from __future__ import annotations
@@ -68,6 +70,11 @@ class ChatCompletionRequest(_Open):
     seed: int | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
+
+    @property
+    def include_usage(self) -> bool:
+        """A streamed reply ends with a usage chunk."""
+        return bool(self.stream_options and self.stream_options.include_usage)
 
     @field_validator("metadata")
     @classmethod
@@ -357,6 +364,7 @@ class StreamAccumulator:
         self.system_fingerprint: str | None = None
         self.usage: dict[str, Any] | None = None
         self.error: dict[str, Any] | None = None
+        self.extension: dict[str, Any] = {}  # tuneloop's fields (checks, review…), merged over the chunks
         self.chunks = 0
         self._choices: dict[int, dict[str, Any]] = {}
 
@@ -382,6 +390,8 @@ class StreamAccumulator:
         self.system_fingerprint = self.system_fingerprint or chunk.get("system_fingerprint")
         if chunk.get("usage"):
             self.usage = chunk["usage"]
+        if isinstance(chunk.get("tuneloop"), dict):
+            self.extension.update(chunk["tuneloop"])
         for choice in chunk.get("choices") or []:
             self._add_choice(choice)
 
@@ -450,6 +460,8 @@ class StreamAccumulator:
             completion["usage"] = self.usage
         if self.system_fingerprint:
             completion["system_fingerprint"] = self.system_fingerprint
+        if self.extension:
+            completion["tuneloop"] = self.extension
         return completion
 
 
@@ -465,3 +477,43 @@ def sse_event(payload: dict[str, Any] | str) -> bytes:
     """One SSE event carrying ``payload`` (a dict is sent as JSON)."""
     data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
     return f"data: {data}\n\n".encode()
+
+
+def completion_sse(completion: dict[str, Any], *, include_usage: bool = False) -> bytes:
+    """A whole ``chat.completion`` as the ``chat.completion.chunk`` stream that adds up to it: a role chunk,
+    a content chunk (with its logprobs), a finish chunk (with tuneloop's extension), the usage chunk
+    when asked for, then ``[DONE]``. :func:`reassemble_sse` gives the completion back."""
+    head = {key: completion.get(key) for key in ("id", "created", "model")}
+    head["object"] = "chat.completion.chunk"
+    if completion.get("system_fingerprint"):
+        head["system_fingerprint"] = completion["system_fingerprint"]
+    choices = [(choice.get("index", 0), choice) for choice in completion.get("choices") or []]
+
+    def chunk(deltas: list[dict[str, Any]], **extra: Any) -> bytes:
+        return sse_event({**head, "choices": deltas, **extra})
+
+    events = [
+        chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None} for i, _ in choices])
+    ]
+    content = []
+    for index, choice in choices:
+        part = {"index": index, "delta": _message_delta(choice.get("message") or {}), "finish_reason": None}
+        if choice.get("logprobs"):
+            part["logprobs"] = choice["logprobs"]
+        content.append(part)
+    events.append(chunk(content))
+    finish = [{"index": i, "delta": {}, "finish_reason": choice.get("finish_reason")} for i, choice in choices]
+    extension = completion.get("tuneloop")
+    events.append(chunk(finish, **({"tuneloop": extension} if extension else {})))
+    if include_usage and completion.get("usage"):
+        events.append(chunk([], usage=completion["usage"]))
+    events.append(sse_event("[DONE]"))
+    return b"".join(events)
+
+
+def _message_delta(message: dict[str, Any]) -> dict[str, Any]:
+    """A whole message as one delta (a delta's tool calls carry their index)."""
+    delta = {key: message[key] for key in ("content", "refusal") if message.get(key) is not None}
+    if message.get("tool_calls"):
+        delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
+    return delta

@@ -4,7 +4,8 @@ Endpoints:
 
 - ``POST /v1/chat/completions`` (streamed and not): authenticated with a tuneloop key, routed
   (:mod:`routing`), sent upstream with retries and fallbacks (:mod:`forwarding`), logged (:mod:`logwriter`).
-  Streams are passed through chunk by chunk as they arrive and reassembled for the log off the path.
+  Streams are passed through chunk by chunk as they arrive and reassembled for the log off the path;
+  a task's checks apply to them too (tuneloop.review.policy: ``ReviewPolicy.stream_mode``).
 - ``GET /v1/models``: the exact routes, and every configured upstream's own models as ``upstream/model``.
 - ``POST /v1/tuneloop/logs``: calls captured elsewhere (the SDK wrapper with ``log_to=<gateway URL>``).
 - ``GET /metrics`` (Prometheus), ``GET /healthz``.
@@ -47,9 +48,11 @@ from tuneloop.monitor.metrics import ReviewMetrics
 from tuneloop.protocol import (
     ChatCompletionRequest,
     OpenAIError,
+    completion_sse,
     describe_validation_error,
     error_body,
     install_error_handlers,
+    reassemble_sse,
     sse_event,
 )
 from tuneloop.review.policy import REVIEW_HEADER, ReviewPolicy
@@ -85,7 +88,7 @@ class Gateway:
         self.keys: KeyRing | None = None
         self.upstreams: UpstreamClient | None = None
         self._models_cache: tuple[float, list[dict[str, Any]]] | None = None
-        # Checks and on_check_failure on each whole answer of a task (tuneloop.review.policy); their
+        # Checks and on_check_failure on each answer of a task (tuneloop.review.policy); their
         # metrics live on a registry of this gateway, so several gateways can share a process.
         self.review_registry = CollectorRegistry()
         self.review = ReviewPolicy(
@@ -190,17 +193,20 @@ class Gateway:
         targets = self.router.resolve(model)
         forward = {name: value for name, value in payload.items() if name not in NOT_FORWARDED}
         assert self.upstreams is not None
-        if payload.get("stream"):
+        mode = self.review.stream_mode(targets[0].label, payload) if payload.get("stream") else "none"
+        if payload.get("stream") and mode != "buffered":
             reply = await self.upstreams.call(targets, forward, stream=True)
             if reply.ok:
-                return self._relay_stream(reply, base, started, log_it)
-        else:
-            reply = await self.upstreams.call(targets, forward, stream=False)
-            if reply.ok:
-                rejected = await self._review(reply, base, payload, forward, log_it)
-                if rejected is not None:
-                    return await self._whole_response(rejected, base, started, log_it)
-        return await self._whole_response(reply, base, started, log_it)
+                return self._relay_stream(reply, base, started, log_it, payload if mode == "live" else None)
+            return await self._whole_response(reply, base, started, log_it)
+        if mode == "buffered":  # checked whole before any of it leaves, then sent as a stream
+            forward = {name: value for name, value in forward.items() if name not in ("stream", "stream_options")}
+        reply = await self.upstreams.call(targets, forward, stream=False)
+        if reply.ok:
+            rejected = await self._review(reply, base, payload, forward, log_it)
+            if rejected is not None:
+                return await self._whole_response(rejected, base, started, log_it)
+        return await self._whole_response(reply, base, started, log_it, as_stream=mode == "buffered")
 
     async def _review(
         self, reply: UpstreamReply, record: CallRecord, payload: dict[str, Any], forward: dict[str, Any], log_it: bool
@@ -213,16 +219,12 @@ class Gateway:
             return None
         if not isinstance(completion, dict) or reply.target is None:
             return None
-        previous = completion.get("tuneloop") if isinstance(completion.get("tuneloop"), dict) else {}
-        if "checks" in previous:  # a tuneloop server upstream applied the policy already
-            review = previous.get("review") or {}
-            if review.get("hold") and review.get("id") is not None:
-                reply.headers[REVIEW_HEADER] = str(review["id"])
-                from tuneloop.review.queue import link_capture
-
-                await asyncio.to_thread(link_capture, int(review["id"]), record.capture_id, url=self.url)
+        if _checked_upstream(completion):
+            review_id = await self._link_upstream_review(completion, record)
+            if review_id is not None:
+                reply.headers[REVIEW_HEADER] = review_id
             return None
-        model = f"{reply.target.upstream.name}/{completion.get('model') or reply.target.model}"
+        model = _answered_by(reply, completion)
 
         async def retry(fallback: str) -> dict[str, Any]:
             assert self.upstreams is not None and self.writer is not None
@@ -268,7 +270,43 @@ class Gateway:
         reply.headers.update(outcome.headers)
         return None
 
-    async def _whole_response(self, reply: UpstreamReply, record: CallRecord, started: float, log_it: bool) -> Response:
+    async def _link_upstream_review(self, completion: dict[str, Any], record: CallRecord) -> str | None:
+        """A tuneloop server upstream applied the policy already: tie the item it held (if any) to this
+        call's log row; returns the item's id."""
+        review = completion["tuneloop"].get("review") or {}
+        if not review.get("hold") or review.get("id") is None:
+            return None
+        from tuneloop.review.queue import link_capture
+
+        await asyncio.to_thread(link_capture, int(review["id"]), record.capture_id, url=self.url)
+        return str(review["id"])
+
+    async def _check_stream(
+        self, reply: UpstreamReply, body: bytes, record: CallRecord, payload: dict[str, Any]
+    ) -> bytes:
+        """The task's checks on a relayed stream, once it ended: an extra chunk with ``tuneloop.checks``
+        (and ``review``) to send before ``[DONE]``, an error event when the policy rejects, or nothing."""
+        completion, error = reassemble_sse(body)
+        if error is not None or not completion.get("choices") or reply.target is None:
+            return b""
+        if _checked_upstream(completion):
+            await self._link_upstream_review(completion, record)
+            return b""
+        outcome = await self.review.apply(
+            payload, completion, model=_answered_by(reply, completion), capture_id=record.capture_id
+        )
+        if outcome.error is not None:  # the task turned to reject while this answer streamed
+            return sse_event(outcome.error.body())
+        if outcome.action == "none":
+            return b""
+        extension = outcome.completion["tuneloop"]
+        trailer = {key: completion[key] for key in ("id", "created", "model")}
+        result = {key: extension[key] for key in ("checks", "review") if key in extension}
+        return sse_event({**trailer, "object": "chat.completion.chunk", "choices": [], "tuneloop": result})
+
+    async def _whole_response(
+        self, reply: UpstreamReply, record: CallRecord, started: float, log_it: bool, *, as_stream: bool = False
+    ) -> Response:
         elapsed = time.perf_counter() - started
         overhead = max(elapsed - reply.wait_s, 0.0)
         _fill_from_reply(record, reply)
@@ -284,12 +322,36 @@ class Gateway:
             assert self.writer is not None
             await self.writer.submit(record)
         headers = {**reply.headers, OVERHEAD_HEADER: f"{overhead * 1000:.3f}"}
+        if as_stream and reply.ok:  # the log keeps the whole answer; the client gets the stream it asked for
+            include_usage = bool((record.request.get("stream_options") or {}).get("include_usage"))
+            try:
+                completion = json.loads(reply.body or b"")
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                completion = None
+            if not isinstance(completion, dict):
+                message = f"upstream {record.upstream} answered 200 with a body that is not a chat.completion"
+                error = error_body(message, "server_error", status=502, code="upstream_error")
+                return JSONResponse(error, status_code=502, headers={OVERHEAD_HEADER: headers[OVERHEAD_HEADER]})
+            body = completion_sse(completion, include_usage=include_usage)
+            headers.update({"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"})
+            return Response(body, status_code=reply.status, headers=headers)
         return Response(reply.body, status_code=reply.status, headers=headers)
 
-    def _relay_stream(self, reply: UpstreamReply, record: CallRecord, started: float, log_it: bool) -> Response:
+    def _relay_stream(
+        self,
+        reply: UpstreamReply,
+        record: CallRecord,
+        started: float,
+        log_it: bool,
+        check: dict[str, Any] | None = None,
+    ) -> Response:
+        """Pass the upstream's stream on as it comes; ``check`` (the request) asks for the task's checks on
+        the whole answer once it has arrived, with their result sent before ``[DONE]``."""
         assert reply.stream is not None and self.writer is not None and self.upstreams is not None
         upstream_response, upstreams = reply.stream, self.upstreams
         writer, durable = self.writer, self.writer.journal is not None
+        # [DONE] is held back when something must come before it: the journal write, or the check's result.
+        hold_done = durable or check is not None
         overhead_to_first_byte = max(time.perf_counter() - started - reply.wait_s, 0.0)
         _fill_from_reply(record, reply)
         record.stream = True
@@ -330,9 +392,10 @@ class Gateway:
                     if tail:  # anything after a held-back [DONE] waits with it, in order
                         tail += chunk
                         continue
-                    if durable:
-                        # Durable: the closing [DONE] is held back until the call is in the journal, so a
-                        # client never sees a complete answer whose log could still be lost.
+                    if hold_done:
+                        # Durable: the closing [DONE] waits until the call is in the journal, so a client
+                        # never sees a complete answer whose log could still be lost. Checked: it waits
+                        # for the checks' result, which goes before it.
                         done_at = chunk.find(b"data: [DONE]")
                         if done_at >= 0:
                             chunk, tail = chunk[:done_at], chunk[done_at:]
@@ -340,6 +403,11 @@ class Gateway:
                         waited = time.perf_counter()
                         yield chunk
                         client_wait += time.perf_counter() - waited
+                if check is not None:
+                    result = await self._check_stream(reply, b"".join(chunks), record, check)
+                    if result:
+                        chunks.append(result)
+                        tail = result + tail
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 message = f"upstream {record.upstream} broke off the stream: {type(exc).__name__}"
                 outcome = ("error", message)
@@ -465,6 +533,17 @@ def _decode_body(raw: bytes) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise OpenAIError(400, "the request body must be a JSON object")
     return payload
+
+
+def _checked_upstream(completion: dict[str, Any]) -> bool:
+    """The answer comes from a tuneloop server that applied the task's policy itself."""
+    extension = completion.get("tuneloop")
+    return isinstance(extension, dict) and "checks" in extension
+
+
+def _answered_by(reply: UpstreamReply, completion: dict[str, Any]) -> str:
+    assert reply.target is not None
+    return f"{reply.target.upstream.name}/{completion.get('model') or reply.target.model}"
 
 
 def _fill_from_reply(record: CallRecord, reply: UpstreamReply) -> None:

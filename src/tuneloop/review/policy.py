@@ -1,9 +1,9 @@
 """The escalation policy: check each structured answer, and apply the task's ``on_check_failure``.
 
-``tuneloop serve`` and the gateway call :meth:`ReviewPolicy.apply` on every whole (non-streamed)
-``chat.completion`` they return. The task is the one of the answering version (``task@3``, also behind an
-upstream: ``local/task@3``), else the request's ``metadata.task``; without a task, or when the request
-asked for plain text, nothing is checked.
+``tuneloop serve`` and the gateway call :meth:`ReviewPolicy.apply` on every ``chat.completion`` they
+return, streamed ones included (see "Streams" below). The task is the one of the answering version
+(``task@3``, also behind an upstream: ``local/task@3``), else the request's ``metadata.task``; without a
+task, or when the request asked for plain text, nothing is checked.
 
 Checks (``Task.run_checks``): schema validity (formats included), field rules, cross-field rules, and
 ``min_confidence`` against the mean token probability when the response carries ``logprobs``.
@@ -21,6 +21,10 @@ On failure, the task's ``on_check_failure``:
 A share of passing answers (``audit_sample_rate`` of the task, or the server's override) is queued for
 audit (reason ``audit``, ``hold: false``, no header). Every checked response carries ``tuneloop.checks =
 {task, passed, failures, confidence, action}``, which the gateway's log keeps, for drift reports.
+
+Streams: a sent token cannot be taken back, so under ``reject`` and ``fallback`` the answer is produced
+whole, checked, and only then sent as a stream ("buffered"); under ``escalate`` and ``pass`` tokens go
+out as they come and the result of the checks follows in the stream's last chunk ("live").
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from tuneloop.errors import TuneloopError
 from tuneloop.monitor.metrics import ReviewMetrics
@@ -45,6 +49,8 @@ log = logging.getLogger("tuneloop.review")
 
 REVIEW_HEADER = "x-tuneloop-review"
 TASK_CACHE_S = 5.0  # a running server sees an edited task spec within this long
+
+StreamMode = Literal["none", "live", "buffered"]
 
 # Send the request to another model; returns its whole chat.completion (raises OpenAIError on failure).
 Retry = Callable[[str], Awaitable[dict[str, Any]]]
@@ -210,6 +216,17 @@ class ReviewPolicy:
         self.audit_rate = audit_rate
         self.redact = redact
         self.rng = rng or random.Random()
+
+    def stream_mode(self, model: str, request: dict[str, Any]) -> StreamMode:
+        """How to check a streamed answer of ``model`` to ``request``: ``none`` (no task, or plain text
+        asked for), ``buffered`` (``reject``/``fallback``: whatever leaves must have passed, so the answer
+        is produced whole and checked before any of it is sent), else ``live`` (streamed as it comes,
+        the result follows in the last chunk: a person, or nobody, acts on a failure afterwards)."""
+        task = task_for(model, request.get("metadata"))
+        if task is None or wants_text(request):
+            return "none"
+        action = task.on_check_failure
+        return "buffered" if action == "reject" or action.startswith("fallback:") else "live"
 
     async def apply(
         self,

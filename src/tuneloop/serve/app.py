@@ -11,6 +11,7 @@ and the benchmarks use it, so they exercise the real server.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -20,7 +21,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from tuneloop.background import ThreadedServer, start_in_thread
-from tuneloop.protocol import ChatCompletionRequest, ModelList, OpenAIError, error_bytes, install_error_handlers
+from tuneloop.protocol import (
+    ChatCompletionRequest,
+    ModelList,
+    OpenAIError,
+    completion_sse,
+    error_bytes,
+    install_error_handlers,
+)
 from tuneloop.review.policy import ReviewPolicy
 from tuneloop.serve.engine import ServeEngine
 
@@ -95,8 +103,9 @@ class _BodyTooLarge(Exception):
 def create_app(
     engine: ServeEngine, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, review: ReviewPolicy | None = None
 ) -> FastAPI:
-    """The FastAPI app over ``engine``; each whole structured answer goes through ``review`` (the task's
-    checks and ``on_check_failure``, see tuneloop.review.policy; default: a policy on the default store)."""
+    """The FastAPI app over ``engine``; each structured answer, streamed or not, goes through ``review``
+    (the task's checks and ``on_check_failure``, see tuneloop.review.policy; default: a policy on the
+    default store)."""
     review = review or ReviewPolicy(metrics=engine.metrics.review)
     app = FastAPI(
         title="tuneloop serve",
@@ -115,16 +124,21 @@ def create_app(
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest) -> Response:
+        request = body.model_dump(mode="json", exclude_none=True)
         if body.stream:
-            served, events = await engine.stream(body)
-            return StreamingResponse(
-                events,
-                media_type="text/event-stream",
-                headers={"X-Tuneloop-Model": served.id, "Cache-Control": "no-cache"},
-            )
+            served = await asyncio.to_thread(engine.resolve, body.model)
+            mode = review.stream_mode(served.id, request)
+            if mode != "buffered":
+                check = functools.partial(_check_streamed, review, request) if mode == "live" else None
+                served, events = await engine.stream(body, review=check)
+                return StreamingResponse(
+                    events,
+                    media_type="text/event-stream",
+                    headers={"X-Tuneloop-Model": served.id, "Cache-Control": "no-cache"},
+                )
         completion = await engine.complete(body)
         outcome = await review.apply(
-            body.model_dump(mode="json", exclude_none=True),
+            request,
             completion,
             model=completion["model"],
             retry=lambda model: _complete_elsewhere(engine, body, model),
@@ -132,6 +146,9 @@ def create_app(
         if outcome.error is not None:
             raise outcome.error
         headers = {"X-Tuneloop-Model": outcome.completion["model"], **outcome.headers}
+        if body.stream:  # buffered: checked whole, now sent as the stream the client asked for
+            sse = completion_sse(outcome.completion, include_usage=body.include_usage)
+            return Response(sse, media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"})
         return JSONResponse(outcome.completion, headers=headers)
 
     @app.get("/v1/models")
@@ -156,6 +173,14 @@ def create_app(
         return Response(engine.metrics.exposition(), media_type=engine.metrics.content_type)
 
     return app
+
+
+async def _check_streamed(review: ReviewPolicy, request: dict[str, Any], completion: dict[str, Any]) -> dict[str, Any]:
+    """A live stream's whole answer, checked before its finish chunk; no fallback (its tokens are out)."""
+    outcome = await review.apply(request, completion, model=completion["model"])
+    if outcome.error is not None:  # the task turned to reject while this answer streamed
+        raise outcome.error
+    return outcome.completion
 
 
 async def _complete_elsewhere(engine: ServeEngine, body: ChatCompletionRequest, model: str) -> dict[str, Any]:

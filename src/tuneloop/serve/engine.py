@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -58,6 +58,8 @@ from tuneloop.serve.metrics import ServeMetrics
 log = logging.getLogger("tuneloop.serve")
 
 MAX_STOP_SEQUENCES = 4
+# Checks a streamed answer before its finish chunk: the whole chat.completion in, the same annotated out.
+StreamReview = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
@@ -402,27 +404,18 @@ class ServeEngine:
         latency_s = time.perf_counter() - admitted_at
         validation = validate_answer(generation.text, plan.schema) if plan.schema is not None else None
         self._record(plan, generation, latency_s, validation, request)
-        completion = ChatCompletion(
-            id=_completion_id(),
-            created=int(time.time()),
-            model=served.id,
-            choices=[
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": generation.text},
-                    "finish_reason": generation.finish_reason,
-                    "logprobs": _logprobs(generation.logprobs) if plan.params.logprobs else None,
-                }
-            ],
-            usage=_usage(generation),
-            system_fingerprint=served.fingerprint,
-            tuneloop=_extension(plan, request, validation, latency_s, generation),
-        )
-        return completion.model_dump(mode="json")
+        extension = _extension(plan, request, validation, latency_s, generation)
+        return _completion(plan, generation, extension, _completion_id(), int(time.time()))
 
-    async def stream(self, request: ChatCompletionRequest) -> tuple[ServedModel, AsyncIterator[bytes]]:
+    async def stream(
+        self, request: ChatCompletionRequest, review: StreamReview | None = None
+    ) -> tuple[ServedModel, AsyncIterator[bytes]]:
         """Server-sent events of ``chat.completion.chunk``s. Errors before the first token are raised here,
-        so the HTTP layer can still answer with a status; later ones end the stream with an error event."""
+        so the HTTP layer can still answer with a status; later ones end the stream with an error event.
+
+        ``review`` sees the whole answer once generated, before the finish chunk, and returns it with the
+        ``tuneloop`` fields that chunk carries (the checks' result); an OpenAIError it raises is sent as
+        the stream's last event instead."""
         served = await asyncio.to_thread(self.resolve, request.model)
         plan = self.plan(request, served)
         admission = self.admitted(served.id)
@@ -466,7 +459,7 @@ class ServeEngine:
             if isinstance(exc, TuneloopError):
                 raise _invalid(str(exc), "messages") from None
             raise exc
-        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        include_usage = request.include_usage
 
         async def sse() -> AsyncIterator[bytes]:
             completion_id, created = _completion_id(), int(time.time())
@@ -502,6 +495,14 @@ class ServeEngine:
                 validation = validate_answer(generation.text, plan.schema) if plan.schema is not None else None
                 self._record(plan, generation, latency_s, validation, request, streamed=True)
                 extension = _extension(plan, request, validation, latency_s, generation)
+                if review is not None:
+                    try:
+                        whole = _completion(plan, generation, extension, completion_id, created)
+                        extension = (await review(whole)).get("tuneloop") or extension
+                    except OpenAIError as exc:
+                        self.metrics.observe_error(served.id, exc.status, exc.code or exc.type)
+                        yield sse_event(exc.body())
+                        return
                 yield chunk({}, generation.finish_reason, tuneloop=extension)
                 if include_usage:
                     body = ChatCompletionChunk(
@@ -592,6 +593,29 @@ def _stream_generation(backend: Backend, plan: Plan) -> Any:
         return generation
 
     return whole()
+
+
+def _completion(
+    plan: Plan, generation: Generation, extension: dict[str, Any], completion_id: str, created: int
+) -> dict[str, Any]:
+    """The whole ``chat.completion`` of a generation (as a dict)."""
+    completion = ChatCompletion(
+        id=completion_id,
+        created=created,
+        model=plan.served.id,
+        choices=[
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": generation.text},
+                "finish_reason": generation.finish_reason,
+                "logprobs": _logprobs(generation.logprobs) if plan.params.logprobs else None,
+            }
+        ],
+        usage=_usage(generation),
+        system_fingerprint=plan.served.fingerprint,
+        tuneloop=extension,
+    )
+    return completion.model_dump(mode="json")
 
 
 def _logprobs(tokens: list[Any] | None) -> dict[str, Any]:
