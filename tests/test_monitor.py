@@ -10,7 +10,13 @@ import pytest
 from typer.testing import CliRunner
 
 from tuneloop.cli.main import app
-from tuneloop.monitor.drift import drift_report, ks_two_sample, two_proportion_z_test
+from tuneloop.monitor.drift import (
+    chi_square_homogeneity,
+    chi_square_sf,
+    drift_report,
+    ks_two_sample,
+    two_proportion_z_test,
+)
 from tuneloop.store import RequestLog, ReviewItem, session_scope, utcnow
 
 TASK = "liability-extraction"
@@ -18,7 +24,8 @@ MODEL = "local/liability-extraction@4"  # as the gateway logs a version behind i
 
 
 def log_calls(count: int, *, days_ago: tuple[float, float], seed: int, payoff: float, fail_rate: float,
-              latency: float = 80.0, corrected_rate: float = 0.0) -> None:  # fmt: skip
+              latency: float = 80.0, corrected_rate: float = 0.0,
+              servicers: tuple[str, ...] = ("Lakeview", "Lakeview", "PennyMac")) -> None:  # fmt: skip
     """``count`` logged answers spread over the given age range, drawn from the given distributions."""
     rng = random.Random(seed)
     now = utcnow()
@@ -29,8 +36,8 @@ def log_calls(count: int, *, days_ago: tuple[float, float], seed: int, payoff: f
                 "escrow_balance": round(rng.uniform(100, 900), 2),
                 "next_due_date": "2025-06-01",
                 "interest_rate": 61.0 if rng.random() < fail_rate else round(rng.uniform(3, 8), 3),
-                "account_last4": None if rng.random() < 0.3 else "4821",
-                "servicer": "Lakeview",
+                "account_last4": None if rng.random() < 0.3 else f"{rng.randrange(10_000):04d}",
+                "servicer": rng.choice(servicers),
             }
             row = RequestLog(
                 created_at=now - timedelta(days=rng.uniform(*days_ago)),
@@ -54,7 +61,8 @@ def flagged(report) -> set[str]:
 
 def test_a_real_shift_is_flagged() -> None:
     log_calls(300, days_ago=(1.05, 7.9), seed=1, payoff=150_000, fail_rate=0.05, corrected_rate=0.02)
-    log_calls(120, days_ago=(0.01, 0.95), seed=2, payoff=240_000, fail_rate=0.30, latency=140, corrected_rate=0.2)
+    log_calls(120, days_ago=(0.01, 0.95), seed=2, payoff=240_000, fail_rate=0.30, latency=140, corrected_rate=0.2,
+              servicers=("Lakeview", "Mr. Cooper", "Mr. Cooper", "PennyMac"))  # fmt: skip
     report = drift_report(MODEL, baseline=timedelta(days=7), window=timedelta(days=1), task=TASK)
     rows = {row.metric: row for row in report.rows}
     failure = rows["check-failure rate"]
@@ -64,10 +72,14 @@ def test_a_real_shift_is_flagged() -> None:
         "check-failure rate",
         "human-correction rate",
         "values: payoff_amount (median)",
+        "values: servicer (top value share)",
         "latency ms (median)",
     } <= flagged(report)
+    servicer = rows["values: servicer (top value share)"]
+    assert servicer.test == "chi2" and servicer.baseline == pytest.approx(2 / 3, abs=0.08)
     # What did not change is not flagged.
     assert "null rate: account_last4" not in flagged(report)
+    assert "values: account_last4 (top value share)" not in flagged(report)  # identifiers: no false alarm
     assert "values: escrow_balance (median)" not in flagged(report)
 
 
@@ -113,3 +125,17 @@ def test_the_z_test_and_ks_test_agree_with_known_values() -> None:
     rng = random.Random(0)
     distance, p = ks_two_sample([rng.gauss(0, 1) for _ in range(200)], [rng.gauss(0, 1) for _ in range(150)])
     assert distance < 0.15 and p > 0.05
+
+
+def test_the_chi_square_test_agrees_with_known_values() -> None:
+    # Table values: the 5 % critical points of 1, 3 and 10 degrees of freedom; df = 2 is exp(-x/2).
+    assert chi_square_sf(3.841459, 1) == pytest.approx(0.05, abs=1e-5)
+    assert chi_square_sf(7.814728, 3) == pytest.approx(0.05, abs=1e-5)
+    assert chi_square_sf(18.307038, 10) == pytest.approx(0.05, abs=1e-5)
+    assert chi_square_sf(2.0, 2) == pytest.approx(0.367879, abs=1e-5)
+    assert chi_square_sf(100.0, 2) < 1e-20
+    # 2×2: 30/70 vs 50/50 → chi2 = 8.33 (1 df), p ≈ 0.0039; half the values moved: TV distance 0.2.
+    chi2, p, distance = chi_square_homogeneity(["a"] * 30 + ["b"] * 70, ["a"] * 50 + ["b"] * 50)
+    assert chi2 == pytest.approx(8.333, abs=1e-3) and p == pytest.approx(0.00389, abs=1e-4)
+    assert distance == pytest.approx(0.2)
+    assert chi_square_homogeneity(["x"] * 40, ["x"] * 40)[1] == 1.0

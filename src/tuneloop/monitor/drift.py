@@ -9,8 +9,10 @@ last ``window`` and in the ``baseline`` before it, and compares:
 - **human-correction rate**: calls whose review item a person corrected; two-proportion z-test
   (corrections come later than traffic, so a fresh window can look better than it will);
 - **null rate per field**: two-proportion z-test;
-- **field value distributions** of number and date fields, and **latency**: two-sample
-  Kolmogorov-Smirnov test.
+- **field value distributions**: of number and date fields, and **latency**, by the two-sample
+  Kolmogorov-Smirnov test; of text fields (a servicer's name, a currency code) by a chi-square test of
+  homogeneity over their values (the most frequent ``MAX_CATEGORIES``, the rest pooled as one), its
+  effect the total variation distance between the two windows' shares.
 
 A change is flagged when its p-value is below ``alpha`` divided by the number of tests run (Bonferroni:
 many fields are tested at once, so a stable window must not light up by chance), and the effect is large
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -36,6 +39,8 @@ from tuneloop.task import Task, load_task
 DEFAULT_ALPHA = 0.01
 MIN_RATE_CHANGE = 0.02  # absolute change in a rate below which nothing is flagged
 MIN_KS_DISTANCE = 0.1  # KS distance below which nothing is flagged
+MIN_TV_DISTANCE = 0.1  # total variation distance between text-value shares below which nothing is flagged
+MAX_CATEGORIES = 20  # text values compared one by one; rarer ones are pooled
 DEFAULT_MIN_SAMPLES = 20
 
 
@@ -70,18 +75,72 @@ def ks_two_sample(a: list[float], b: list[float]) -> tuple[float, float]:
     return distance, min(1.0, max(0.0, p))
 
 
+def chi_square_homogeneity(a: list[str], b: list[str]) -> tuple[float, float, float]:
+    """(chi2, p, total variation distance) for H0: the values of ``a`` and ``b`` come from one distribution.
+    Up to ``MAX_CATEGORIES`` frequent values are compared one by one, the rest pooled as one."""
+    if not a or not b:
+        return 0.0, 1.0, 0.0
+    counts_a, counts_b = Counter(a), Counter(b)
+    # A value is compared on its own only where both windows expect it 5 times or more (the chi-square
+    # approximation's rule); identifiers and other rare values are pooled, else they alone would "drift".
+    smaller = min(len(a), len(b)) / (len(a) + len(b))
+    pooled = (counts_a + counts_b).most_common(MAX_CATEGORIES)
+    top = [value for value, count in pooled if count * smaller >= 5]
+    rest_a, rest_b = len(a) - sum(counts_a[v] for v in top), len(b) - sum(counts_b[v] for v in top)
+    table = [(counts_a[v], counts_b[v]) for v in top] + ([(rest_a, rest_b)] if rest_a + rest_b else [])
+    n_a, n_b = len(a), len(b)
+    chi2 = 0.0
+    for x, y in table:
+        expected_a, expected_b = (x + y) * n_a / (n_a + n_b), (x + y) * n_b / (n_a + n_b)
+        chi2 += (x - expected_a) ** 2 / expected_a + (y - expected_b) ** 2 / expected_b
+    distance = sum(abs(x / n_a - y / n_b) for x, y in table) / 2
+    return chi2, chi_square_sf(chi2, len(table) - 1), distance
+
+
+def chi_square_sf(x: float, df: int) -> float:
+    """P(X >= x) for X ~ chi-square with ``df`` degrees of freedom: the regularized upper incomplete gamma
+    function Q(df/2, x/2), by its series (small x) or continued fraction (large x), as Numerical Recipes."""
+    if df <= 0 or x <= 0:
+        return 1.0
+    s, z = df / 2, x / 2
+    log_prefix = s * math.log(z) - z - math.lgamma(s)
+    if z < s + 1:  # series for the lower function P
+        term = total = 1 / s
+        k = s
+        while abs(term) > abs(total) * 1e-14:
+            k += 1
+            term *= z / k
+            total += term
+        return min(1.0, max(0.0, 1 - total * math.exp(log_prefix)))
+    tiny = 1e-300  # Lentz's continued fraction for Q
+    b, c, d = z + 1 - s, 1 / tiny, 1 / (z + 1 - s)
+    h = d
+    for i in range(1, 300):
+        an = -i * (i - s)
+        b += 2
+        d = an * d + b
+        d = tiny if abs(d) < tiny else d
+        c = b + an / c
+        c = tiny if abs(c) < tiny else c
+        d = 1 / d
+        h *= d * c
+        if abs(d * c - 1) < 1e-14:
+            break
+    return min(1.0, max(0.0, h * math.exp(log_prefix)))
+
+
 # --- the report ------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class DriftRow:
     metric: str  # "check-failure rate", "null rate: payoff_amount", "values: payoff_amount", "latency ms"
-    test: str  # "z-test" | "KS"
-    baseline: float | None  # the rate, or the median
+    test: str  # "z-test" | "KS" | "chi2"
+    baseline: float | None  # the rate, the median, or the share of the most frequent text value
     window: float | None
     n_baseline: int
     n_window: int
-    statistic: float | None  # z, or the KS distance
+    statistic: float | None  # z, the KS distance, or the total variation distance
     p_value: float | None
     flagged: bool
     note: str = ""
@@ -111,6 +170,7 @@ class _Sample:
     nulls: dict[str, int] = field(default_factory=dict)
     present: dict[str, int] = field(default_factory=dict)  # rows whose answer parsed (null-rate denominator)
     values: dict[str, list[float]] = field(default_factory=dict)
+    texts: dict[str, list[str]] = field(default_factory=dict)  # text fields' values
     latencies: list[float] = field(default_factory=list)
 
 
@@ -218,6 +278,8 @@ def _add(spec: Task, sample: _Sample, row: Any, corrected: bool) -> None:
         number = _numeric(spec, name, value, parse_date)
         if number is not None:
             sample.values.setdefault(name, []).append(number)
+        elif isinstance(value, str):
+            sample.texts.setdefault(name, []).append(value)
 
 
 def _numeric(spec: Task, name: str, value: Any, parse_date: Any) -> float | None:
@@ -251,6 +313,16 @@ def _compare(spec: Task, base: _Sample, new: _Sample, alpha: float, min_samples:
         distance, p = ks_two_sample(a, b)
         rows.append(DriftRow(metric, "KS", _median(a), _median(b), len(a), len(b), distance, p, False))
 
+    def categories(metric: str, a: list[str], b: list[str]) -> None:
+        top = Counter(a + b).most_common(1)[0][0] if a or b else None
+        shares = (a.count(top) / len(a) if a else None), (b.count(top) / len(b) if b else None)
+        if min(len(a), len(b)) < min_samples:
+            rows.append(DriftRow(metric, "chi2", *shares, len(a), len(b), None, None, False,
+                                 f"too few ({min_samples} needed in each window)"))  # fmt: skip
+            return
+        _, p, distance = chi_square_homogeneity(a, b)
+        rows.append(DriftRow(metric, "chi2", *shares, len(a), len(b), distance, p, False))
+
     rate("check-failure rate", base.failed, base.answers, new.failed, new.answers)
     rate("human-correction rate", base.corrected, base.answers, new.corrected, new.answers)
     for name in spec.field_names:
@@ -259,6 +331,8 @@ def _compare(spec: Task, base: _Sample, new: _Sample, alpha: float, min_samples:
     for name in spec.field_names:
         if name in base.values or name in new.values:
             distribution(f"values: {name} (median)", base.values.get(name, []), new.values.get(name, []))
+        elif name in base.texts or name in new.texts:
+            categories(f"values: {name} (top value share)", base.texts.get(name, []), new.texts.get(name, []))
     distribution("latency ms (median)", base.latencies, new.latencies)
 
     tested = sum(row.p_value is not None for row in rows)
@@ -268,11 +342,10 @@ def _compare(spec: Task, base: _Sample, new: _Sample, alpha: float, min_samples:
         if row.p_value is None:
             flagged_rows.append(row)
             continue
-        big = (
-            abs((row.window or 0) - (row.baseline or 0)) >= MIN_RATE_CHANGE
-            if row.test == "z-test"
-            else (row.statistic or 0) >= MIN_KS_DISTANCE
-        )
+        if row.test == "z-test":
+            big = abs((row.window or 0) - (row.baseline or 0)) >= MIN_RATE_CHANGE
+        else:
+            big = (row.statistic or 0) >= (MIN_KS_DISTANCE if row.test == "KS" else MIN_TV_DISTANCE)
         flagged = row.p_value < threshold and big
         flagged_rows.append(DriftRow(**{**row.__dict__, "flagged": flagged}))
     return flagged_rows
