@@ -202,6 +202,31 @@ def test_json_schema_response_format_constrains_the_base(client: openai.OpenAI) 
     assert reply.model == "smollm2-135m-instruct"
 
 
+def test_an_eval_of_a_version_measures_it_as_served(client: openai.OpenAI, tmp_path: Path) -> None:
+    """`tuneloop eval run` decodes a task version under its task's schema, as the server does by default:
+    the two give the same greedy answer, so the error rate an eval reports is the served model's."""
+    import io
+
+    from rich.console import Console
+
+    from tuneloop.data.jsonl import write_rows
+    from tuneloop.evals.runner import EvalOptions, run_eval
+    from tuneloop.evals.store import run_results
+    from tuneloop.task import load_task
+
+    task = load_task(TASK)
+    gold = {name: None for name in task.field_names}
+    row = {"id": "letter", "messages": [*task_messages(), {"role": "assistant", "content": task.answer_json(gold)}]}
+    write_rows(tmp_path / "gold.jsonl", [{**row, "metadata": {"fields": gold}}])
+    options = EvalOptions(max_tokens=120, use_cache=False)
+    report = run_eval(task, str(tmp_path / "gold.jsonl"), [f"{TASK}@3"], options, console=Console(file=io.StringIO()))
+    (result,) = run_results(report.run_id)
+    served = client.chat.completions.create(model=f"{TASK}@3", messages=task_messages(), max_tokens=120, temperature=0)
+    assert result.output == served.choices[0].message.content
+    if served.choices[0].finish_reason == "stop":  # whole under the grammar: it fits the schema
+        assert task.schema_errors(json.loads(result.output)) == []
+
+
 def test_a_truncated_structured_answer_is_reported_not_passed(client: openai.OpenAI) -> None:
     reply = client.chat.completions.create(model=f"{TASK}@1", messages=task_messages(), max_tokens=5)
     assert reply.choices[0].finish_reason == "length"

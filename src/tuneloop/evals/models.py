@@ -83,6 +83,9 @@ class ResolvedModel:
     # Local engines run one request at a time (their lock), so their machine time is their own time.
     one_at_a_time: bool
     loader: Callable[[], Generator] = field(repr=False, compare=False)
+    # Decodes under the task's output schema, as `tuneloop serve` answers for a task version by default;
+    # the eval measures the version as it will be served.
+    structured: bool = False
 
     def load(self) -> Generator:
         return self.loader()
@@ -94,6 +97,7 @@ class ResolvedModel:
             "requested": self.requested,
             "identity": self.identity,
             "kind": self.kind,
+            "structured": self.structured,
             "cost_basis": self.cost.description,
         }
 
@@ -147,6 +151,7 @@ def resolve_version(ref: VersionRef, spec: ModelSpec, prices: PriceTable) -> Res
         cost=machine_cost_basis(prices),
         one_at_a_time=True,
         loader=load,
+        structured=True,
     )
 
 

@@ -249,6 +249,8 @@ def _run_model(
     on_result: ResultCallback | None,
 ) -> None:
     writer.flush()  # results of a previous model must be visible to the resume check below
+    if model.structured:
+        params = replace(params, json_schema=task.output_schema)
     keys = {example.id: cache_key(model.identity, example.prompt, params) for example in examples}
     already = {result.example_id for result in run_results(run_id, model.label)}  # when resuming
     todo = [example for example in examples if example.id not in already]

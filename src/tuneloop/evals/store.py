@@ -39,6 +39,8 @@ def cache_key(model_identity: str, messages: Sequence[Message], params: Generati
             "seed": params.seed,
         },
     }
+    if params.json_schema is not None:  # constrained decoding answers differently (key absent otherwise: old keys hold)
+        payload["json_schema"] = params.json_schema
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
