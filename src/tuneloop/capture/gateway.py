@@ -36,7 +36,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from pydantic import ValidationError
 
 from tuneloop.capture.config import GatewayConfig
-from tuneloop.capture.forwarding import UpstreamClient, UpstreamReply, httpx
+from tuneloop.capture.forwarding import UPSTREAM_ERRORS, UpstreamClient, UpstreamReply
 from tuneloop.capture.keys import KEY_PREFIX, ActiveKey, KeyRing
 from tuneloop.capture.logwriter import LogWriter, StoreSink
 from tuneloop.capture.records import TAGS_HEADER, CallRecord, parse_tags
@@ -340,7 +340,7 @@ class Gateway:
                         waited = time.perf_counter()
                         yield chunk
                         client_wait += time.perf_counter() - waited
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
+            except UPSTREAM_ERRORS as exc:
                 message = f"upstream {record.upstream} broke off the stream: {type(exc).__name__}"
                 outcome = ("error", message)
                 chunks.append(sse_event(error_body(message, "server_error", status=502, code="upstream_stream_error")))
@@ -409,10 +409,9 @@ class Gateway:
         headers = {"authorization": f"Bearer {upstream.api_key()}"} if upstream.api_key() else {}
         assert self.upstreams is not None
         try:
-            response = await self.upstreams.http.get(f"{upstream.base_url}/models", headers=headers, timeout=5.0)
-            response.raise_for_status()
-            data = response.json().get("data") or []
-        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+            listing = await self.upstreams.get_json(f"{upstream.base_url}/models", headers, timeout_s=5.0)
+            data = listing.get("data") or []
+        except (*UPSTREAM_ERRORS, ValueError, AttributeError) as exc:
             log.info("listing the models of upstream %s failed: %s", name, exc)
             return []
         return [
