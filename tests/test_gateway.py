@@ -150,7 +150,22 @@ def test_every_failure_is_an_openai_shaped_error(tmp_path: Path, fake_url: str) 
         assert response.status_code == 404 and response.json()["error"]["type"] == "not_found_error"
         assert wait_for_rows(2) == 2  # the two upstream failures were calls; client mistakes were not
     assert [row.status for row in rows()] == ["error", "error"]
-    assert rows()[1].http_status == 502 and "ReadError" in rows()[1].error
+    assert rows()[1].http_status == 502 and "Connection reset by peer" in rows()[1].error
+
+
+def test_a_bug_on_the_chat_path_is_a_500_in_openai_shape(
+    gateway: RunningGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Chat completions skip FastAPI's layers (GatewayApp); their errors must still be answered like the rest.
+    def broken(model: str) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(gateway.gateway.router, "resolve", broken)
+    response = httpx.post(gateway.base_url + "/chat/completions", json={"model": "fake/x", "messages": MESSAGES})
+    assert response.status_code == 500 and response.json()["error"]["type"] == "server_error"
+    assert "a bug" not in response.text  # the traceback goes to the server log only
+    wrong_method = httpx.get(gateway.base_url + "/chat/completions")
+    assert wrong_method.status_code == 405 and "error" in wrong_method.json()
 
 
 def test_models_lists_routes_and_upstream_models(tmp_path: Path, fake_url: str) -> None:

@@ -273,6 +273,23 @@ def describe_validation_error(errors: list[dict[str, Any]]) -> tuple[str, str | 
     return text, param
 
 
+def openai_error_response(exc: OpenAIError) -> Any:
+    """The JSON response for an :class:`OpenAIError`, as raised."""
+    from starlette.responses import JSONResponse
+
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+def unexpected_error_response(exc: Exception) -> Any:
+    """A 500 ``server_error`` for a bug: the traceback goes to the server log only."""
+    from starlette.responses import JSONResponse
+
+    log.exception("unhandled error while serving a request", exc_info=exc)
+    return JSONResponse(
+        error_body("internal error in tuneloop; see the server log", "server_error", status=500), status_code=500
+    )
+
+
 def install_error_handlers(app: Any) -> None:
     """Make a FastAPI/Starlette app answer every error in OpenAI's shape.
 
@@ -284,7 +301,7 @@ def install_error_handlers(app: Any) -> None:
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     async def openai_error(_request: Any, exc: OpenAIError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+        return openai_error_response(exc)
 
     async def validation_error(_request: Any, exc: RequestValidationError) -> JSONResponse:
         message, param = describe_validation_error(list(exc.errors()))
@@ -297,10 +314,7 @@ def install_error_handlers(app: Any) -> None:
         )
 
     async def unexpected_error(_request: Any, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error while serving a request", exc_info=exc)
-        return JSONResponse(
-            error_body("internal error in tuneloop; see the server log", "server_error", status=500), status_code=500
-        )
+        return unexpected_error_response(exc)
 
     app.add_exception_handler(OpenAIError, openai_error)
     app.add_exception_handler(RequestValidationError, validation_error)

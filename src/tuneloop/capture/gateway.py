@@ -35,9 +35,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import ValidationError
+from starlette.types import Receive, Scope, Send
 
 from tuneloop.capture.config import GatewayConfig
-from tuneloop.capture.forwarding import UpstreamClient, UpstreamReply, httpx
+from tuneloop.capture.forwarding import UPSTREAM_ERRORS, UpstreamClient, UpstreamReply
 from tuneloop.capture.keys import KEY_PREFIX, ActiveKey, KeyRing
 from tuneloop.capture.logwriter import LogWriter, StoreSink
 from tuneloop.capture.records import TAGS_HEADER, CallRecord, parse_tags
@@ -52,14 +53,17 @@ from tuneloop.protocol import (
     describe_validation_error,
     error_body,
     install_error_handlers,
+    openai_error_response,
     reassemble_sse,
     sse_event,
+    unexpected_error_response,
 )
 from tuneloop.review.policy import REVIEW_HEADER, ReviewPolicy
 
 log = logging.getLogger(__name__)
 
 OVERHEAD_HEADER = "x-tuneloop-overhead-ms"
+CHAT_PATH = "/v1/chat/completions"
 NOT_FORWARDED = ("metadata", "store")
 MODELS_CACHE_S = 60.0
 
@@ -408,7 +412,7 @@ class Gateway:
                     if result:
                         chunks.append(result)
                         tail = result + tail
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
+            except UPSTREAM_ERRORS as exc:
                 message = f"upstream {record.upstream} broke off the stream: {type(exc).__name__}"
                 outcome = ("error", message)
                 chunks.append(sse_event(error_body(message, "server_error", status=502, code="upstream_stream_error")))
@@ -477,10 +481,9 @@ class Gateway:
         headers = {"authorization": f"Bearer {upstream.api_key()}"} if upstream.api_key() else {}
         assert self.upstreams is not None
         try:
-            response = await self.upstreams.http.get(f"{upstream.base_url}/models", headers=headers, timeout=5.0)
-            response.raise_for_status()
-            data = response.json().get("data") or []
-        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+            listing = await self.upstreams.get_json(f"{upstream.base_url}/models", headers, timeout_s=5.0)
+            data = listing.get("data") or []
+        except (*UPSTREAM_ERRORS, ValueError, AttributeError) as exc:
             log.info("listing the models of upstream %s failed: %s", name, exc)
             return []
         return [
@@ -571,6 +574,28 @@ def _count(reply: UpstreamReply) -> None:
         _counter(UPSTREAM_TRIES, attempt.upstream, attempt.outcome).inc()
 
 
+class GatewayApp(FastAPI):
+    """The gateway's FastAPI app, with one shortcut: ``POST /v1/chat/completions``, nearly all of a gateway's
+    traffic, goes straight to :meth:`Gateway.chat_completions`, because FastAPI's middleware, routing and
+    dependency layers took more CPU per call than the gateway's own work. Its errors are answered as the
+    app's error handlers answer them; every other request (and the route under a root path) takes the
+    usual way through FastAPI."""
+
+    gateway: Gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != CHAT_PATH or scope["method"] != "POST" or scope.get("root_path"):
+            await super().__call__(scope, receive, send)
+            return
+        try:
+            response = await self.gateway.chat_completions(Request(scope, receive))
+        except OpenAIError as exc:
+            response = openai_error_response(exc)
+        except Exception as exc:
+            response = unexpected_error_response(exc)
+        await response(scope, receive, send)
+
+
 def create_app(config: GatewayConfig, url: str | None = None) -> FastAPI:
     """The gateway as an ASGI app; the store at ``url`` (default: the configured one)."""
     gateway = Gateway(config, url)
@@ -585,11 +610,11 @@ def create_app(config: GatewayConfig, url: str | None = None) -> FastAPI:
             refresher.cancel()
             await gateway.stop()
 
-    app = FastAPI(title="tuneloop gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.gateway = gateway
+    app = GatewayApp(title="tuneloop gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.gateway = app.gateway = gateway
     install_error_handlers(app)
 
-    @app.post("/v1/chat/completions")
+    @app.post(CHAT_PATH)
     async def chat_completions(request: Request) -> Response:
         return await gateway.chat_completions(request)
 

@@ -32,6 +32,7 @@ def _uvicorn_config(config: GatewayConfig, host: str, port: int, url: str | None
         # Upstream calls can take minutes; keep client connections open between them.
         timeout_keep_alive=75,
         lifespan="on",
+        # loop and http stay "auto": uvloop and httptools (dependencies), else asyncio and h11.
     )
 
 

@@ -150,8 +150,8 @@ def task_for(model: str | None, metadata: dict[str, Any] | None = None) -> Task 
     name = None
     candidate = model
     for _ in range(2):  # upstream/task@3 → task@3
-        if not candidate:
-            break
+        if not candidate or "@" not in candidate:
+            break  # no version named (and parsing would ask the filesystem whether it is a path, on each call)
         try:
             ref = parse_model_id(candidate)
         except TuneloopError:
