@@ -265,15 +265,37 @@ def test_config_errors_name_the_file_and_key(tmp_path: Path, fake_url: str) -> N
         load_gateway_config(durable_drop)
 
 
+def metric(text: str, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
 def test_metrics_and_health(gateway: RunningGateway) -> None:
-    client(gateway).chat.completions.create(model="fake/x", messages=MESSAGES)
     root = gateway.base_url.removesuffix("/v1")
-    assert wait_for_rows(1) == 1
+    before = httpx.get(root + "/metrics").text
+    reply = client(gateway).chat.completions.create(model="fake/x", messages=MESSAGES)
+    streamed = list(client(gateway).chat.completions.create(model="fake/x", messages=MESSAGES, stream=True))
+    assert wait_for_rows(2) == 2 and streamed
     metrics = httpx.get(root + "/metrics").text
     assert "tuneloop_gateway_overhead_seconds_bucket" in metrics and "tuneloop_capture_records_total" in metrics
+    # Labelled by the model that answered (upstream/model), whole and streamed calls alike.
+    answered = {"model": "fake/x"}
+
+    def grew(name: str, **labels: str) -> float:
+        return metric(metrics, name, **answered, **labels) - metric(before, name, **answered, **labels)
+
+    assert grew("tuneloop_gateway_requests_total", status="200") == 2
+    assert grew("tuneloop_gateway_latency_seconds_count") == 2
+    assert grew("tuneloop_gateway_time_to_first_token_seconds_count") == 1  # the stream's
+    assert grew("tuneloop_gateway_tokens_total", kind="completion") >= reply.usage.completion_tokens
     health = httpx.get(root + "/healthz").json()
     assert health["status"] == "ok" and health["logged"] >= 1 and health["dropped"] == 0
-    assert count_rows() == 1 and isinstance(rows()[0], RequestLog)
+    assert count_rows() == 2 and isinstance(rows()[0], RequestLog)
 
 
 def test_send_prompts_through_the_gateway(gateway: RunningGateway, fake: FakeUpstream) -> None:

@@ -41,7 +41,7 @@ from tuneloop.capture.config import GatewayConfig
 from tuneloop.capture.forwarding import UPSTREAM_ERRORS, UpstreamClient, UpstreamReply
 from tuneloop.capture.keys import KEY_PREFIX, ActiveKey, KeyRing
 from tuneloop.capture.logwriter import LogWriter, StoreSink
-from tuneloop.capture.records import TAGS_HEADER, CallRecord, parse_tags
+from tuneloop.capture.records import TAGS_HEADER, CallRecord, parse_tags, resolved_model
 from tuneloop.capture.redaction import Redactor
 from tuneloop.capture.routing import Router, Target
 from tuneloop.evals.cost import load_price_table
@@ -57,6 +57,7 @@ from tuneloop.protocol import (
     reassemble_sse,
     sse_event,
     unexpected_error_response,
+    usage_counts,
 )
 from tuneloop.review.policy import REVIEW_HEADER, ReviewPolicy
 
@@ -78,6 +79,21 @@ OVERHEAD = Histogram(
 UPSTREAM_TRIES = Counter(
     "tuneloop_gateway_upstream_tries_total", "Tries sent upstream, by outcome", ["upstream", "outcome"]
 )
+# By the model that answered (``upstream/model``; a tuneloop server upstream names the resolved version).
+REQUESTS = Counter(
+    "tuneloop_gateway_requests_total", "Chat completion calls by answering model and HTTP status", ["model", "status"]
+)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+LATENCY = Histogram(
+    "tuneloop_gateway_latency_seconds", "Whole-call latency by answering model", ["model"], buckets=LATENCY_BUCKETS
+)
+TTFT = Histogram(
+    "tuneloop_gateway_time_to_first_token_seconds",
+    "Time to the first streamed byte, by answering model",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
+)
+TOKENS = Counter("tuneloop_gateway_tokens_total", "Tokens by answering model and kind", ["model", "kind"])
 
 
 class Gateway:
@@ -322,17 +338,15 @@ class Gateway:
         record.overhead_ms = overhead * 1000
         _count(reply)
         OVERHEAD.observe(overhead)
+        _observe_call(record, _json_object(reply.body) if reply.ok else None)  # what the client got
         if log_it:
             assert self.writer is not None
             await self.writer.submit(record)
         headers = {**reply.headers, OVERHEAD_HEADER: f"{overhead * 1000:.3f}"}
         if as_stream and reply.ok:  # the log keeps the whole answer; the client gets the stream it asked for
             include_usage = bool((record.request.get("stream_options") or {}).get("include_usage"))
-            try:
-                completion = json.loads(reply.body or b"")
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                completion = None
-            if not isinstance(completion, dict):
+            completion = _json_object(reply.body)
+            if completion is None:
                 message = f"upstream {record.upstream} answered 200 with a body that is not a chat.completion"
                 error = error_body(message, "server_error", status=502, code="upstream_error")
                 return JSONResponse(error, status_code=502, headers={OVERHEAD_HEADER: headers[OVERHEAD_HEADER]})
@@ -427,6 +441,8 @@ class Gateway:
                         finish()
                         submitted = True
                         _count(reply)
+                        answer = reassemble_sse(record.response_body or b"")[0] if outcome[0] == "ok" else None
+                        _observe_call(record, answer)
                         if log_it:
                             await writer.submit(record)
             if tail:
@@ -566,6 +582,28 @@ def _counter(metric: Counter, *labels: str) -> Counter:
     if child is None:
         child = _counters[key] = metric.labels(*labels)
     return child
+
+
+def _json_object(body: bytes | None) -> dict[str, Any] | None:
+    try:
+        value = json.loads(body or b"")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _observe_call(record: CallRecord, answer: dict[str, Any] | None) -> None:
+    """Per-model metrics of a finished call (``answer``: the chat.completion the client got, if any)."""
+    model = resolved_model(record, answer) or "none"
+    REQUESTS.labels(model, str(record.http_status or 0)).inc()
+    if record.latency_ms is not None:
+        LATENCY.labels(model).observe(record.latency_ms / 1000)
+    if record.ttft_ms is not None:
+        TTFT.labels(model).observe(record.ttft_ms / 1000)
+    prompt, completion, _ = usage_counts(answer.get("usage") if answer else None)
+    for kind, count in (("prompt", prompt), ("completion", completion)):
+        if count:
+            TOKENS.labels(model, kind).inc(count)
 
 
 def _count(reply: UpstreamReply) -> None:

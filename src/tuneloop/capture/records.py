@@ -123,6 +123,15 @@ def decode_response(record: CallRecord) -> tuple[dict[str, Any] | None, str | No
     return decoded if isinstance(decoded, dict) else {"raw": decoded}, None
 
 
+def resolved_model(record: CallRecord, response: dict[str, Any] | None) -> str | None:
+    """``upstream/model`` of the model that answered (the response's ``model``: a tuneloop server names the
+    immutable version an alias resolved to), else of the name the upstream received; None if none was tried."""
+    if record.upstream is None:
+        return None
+    answered_by = response.get("model") if response and isinstance(response.get("model"), str) else None
+    return f"{record.upstream}/{answered_by or record.upstream_model}"
+
+
 def record_to_row(record: CallRecord, prices: PriceTable | None, redactor: Redactor | None) -> dict[str, Any]:
     """The ``requests`` row (column names) for a record: tokens, cost, resolved model, redaction."""
     response, stream_error = decode_response(record)
@@ -132,9 +141,7 @@ def record_to_row(record: CallRecord, prices: PriceTable | None, redactor: Redac
     usage = response.get("usage") if response and not is_error_body(response) else None
     prompt_tokens, completion_tokens, cached_tokens = usage_counts(usage)
     answered_by = response.get("model") if response and isinstance(response.get("model"), str) else None
-    model_resolved = None
-    if record.upstream is not None:
-        model_resolved = f"{record.upstream}/{answered_by or record.upstream_model}"
+    model_resolved = resolved_model(record, response)
     cost, price_version = None, None
     if prices is not None and prompt_tokens is not None and completion_tokens is not None:
         for model in (answered_by, record.upstream_model):
