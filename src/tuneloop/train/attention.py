@@ -3,9 +3,9 @@
 Padding-free training concatenates a micro-batch's examples into one row and restarts ``position_ids`` at 0
 for each example. transformers honours that with FlashAttention's varlen kernels (GPU) or by building a
 dense block-diagonal mask for ``sdpa``/``eager``: correct, but the mask is (tokens x tokens) and attention
-does the work of one long sequence, most of it masked away (measured: half the training speed of this
-module on CPU). ``varlen_sdpa`` runs PyTorch's fused SDPA once per example with ``is_causal=True`` instead:
-exact, no mask, and the attention work of the examples alone.
+does the work of one long sequence, most of it masked away: its cost grows with the square of the whole
+row's length rather than of each example's. ``varlen_sdpa`` runs PyTorch's fused SDPA once per example
+with ``is_causal=True`` instead: exact, no mask, and the attention work of the examples alone.
 
 Shared prefix: every example of a task starts with the same tokens (the chat template's system turn with
 the task's instructions, ~100 tokens for the demo task). ``collate.py`` puts that prefix once at the start
