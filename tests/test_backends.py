@@ -150,3 +150,30 @@ def test_both_engines_format_the_chat_into_the_same_tokens(converted_home: Path)
     llamacpp.close()
     assert all(reply.text and reply.finish_reason == "stop" for reply in replies)
     assert replies[0].prompt_tokens == replies[1].prompt_tokens == len(llama_ids)
+
+
+def test_token_first_grammar_decodes_what_llama_cpp_s_own_grammar_sampler_does() -> None:
+    """Greedy decoding checks only the argmax against the grammar and masks the whole vocabulary only when
+    it is refused; the text must be exactly what llama.cpp's sampler, which masks every step, produces."""
+    from tuneloop.serve.grammar import llama_grammar
+    from tuneloop.task import load_task
+
+    backend = LlamaCppBackend(resolve_base(DEFAULT_BASE))
+    schema = load_task("liability-extraction").output_schema
+    chats = [
+        JSON_CHAT,  # a base asked for JSON in its own words: the grammar has to refuse its first choices
+        [{"role": "user", "content": "Payoff $182,440.19, escrow $2,310.55, due 2025-06-01, Lakeview, loan 4821."}],
+    ]
+    try:
+        for chat in chats:
+            ours = backend.generate(chat, GenerationParams(max_tokens=60, json_schema=schema))
+            prompt = backend.llama.tokenize(backend.format_prompt(chat).encode(), add_bos=False, special=True)
+            theirs = []
+            for token in backend.llama.generate(prompt, temp=0.0, top_k=0, min_p=0.0, grammar=llama_grammar(schema)):
+                if backend._is_end_of_turn(backend._vocab, token) or len(theirs) == 60:
+                    break
+                theirs.append(token)
+            assert ours.text == backend.llama.detokenize(theirs).decode("utf-8", errors="replace")
+            assert ours.text.startswith("{")
+    finally:
+        backend.close()

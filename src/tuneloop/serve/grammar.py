@@ -17,6 +17,7 @@ Validation after decoding is the same for every engine: ``validate_answer``.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import json
 import re
@@ -199,3 +200,56 @@ def gbnf_is_strict(gbnf: str) -> bool:
     """Whether the grammar allows no whitespace beyond single spaces (used by tests and docs)."""
     space = re.search(r"^space ::= (.*)$", gbnf, flags=re.MULTILINE)
     return space is not None and space.group(1).strip() == STRICT_SPACE_RULE and "\\n" not in space.group(1)
+
+
+class LlamaGrammarFirst:
+    """A llama.cpp grammar applied as llama-cpp-python's logits processor, token-first when greedy.
+
+    llama.cpp's grammar sampler checks every token of the vocabulary against the grammar at every step
+    (49k tokens for SmolLM2), which costs more than the model's own decode step on a small model. Under
+    greedy decoding only the argmax can be chosen, so it alone is checked first; the whole vocabulary is
+    masked only when the grammar refuses it (llama.cpp's own ``common_sampler`` does the same). Sampling
+    at a temperature masks the whole vocabulary every step. The caller reports each chosen token with
+    :meth:`accept`, and :meth:`close` frees the sampler.
+    """
+
+    def __init__(self, vocab: Any, n_vocab: int, grammar: Any, *, greedy: bool) -> None:
+        import llama_cpp
+        import numpy as np
+
+        self._llama_cpp = llama_cpp
+        self.greedy = greedy
+        self._sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar._grammar.encode(), grammar._root.encode())
+        if not self._sampler:
+            raise TuneloopError("llama.cpp could not build the grammar's sampler", where="response_format")
+        # llama_token_data {id, logit, p} for one token and for the whole vocabulary, reused every step.
+        self._one = (llama_cpp.llama_token_data * 1)()
+        self._one_array = llama_cpp.llama_token_data_array(self._one, 1, -1, False)
+        token_data = np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)], align=True)
+        self._all = np.zeros(n_vocab, dtype=token_data)
+        self._all["id"] = np.arange(n_vocab)
+        pointer = ctypes.cast(self._all.ctypes.data, ctypes.POINTER(llama_cpp.llama_token_data))
+        self._all_array = llama_cpp.llama_token_data_array(pointer, n_vocab, -1, False)
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import numpy as np
+
+        if self.greedy:
+            best = int(np.argmax(scores))
+            self._one[0].id, self._one[0].logit, self._one[0].p = best, float(scores[best]), 0.0
+            self._one_array.size, self._one_array.selected = 1, -1
+            self._llama_cpp.llama_sampler_apply(self._sampler, ctypes.byref(self._one_array))
+            if self._one[0].logit != -np.inf:
+                return scores  # the grammar allows the model's choice: nothing to mask
+        self._all["logit"] = scores
+        self._all_array.size, self._all_array.selected, self._all_array.sorted = len(self._all), -1, False
+        self._llama_cpp.llama_sampler_apply(self._sampler, ctypes.byref(self._all_array))
+        return self._all["logit"].copy()
+
+    def accept(self, token: int) -> None:
+        self._llama_cpp.llama_sampler_accept(self._sampler, token)
+
+    def close(self) -> None:
+        if self._sampler:
+            self._llama_cpp.llama_sampler_free(self._sampler)
+            self._sampler = None

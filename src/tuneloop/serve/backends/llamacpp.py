@@ -35,7 +35,7 @@ from tuneloop.serve.backends.base import (
     chat_template_error,
     top_logprobs_of,
 )
-from tuneloop.serve.grammar import llama_grammar
+from tuneloop.serve.grammar import LlamaGrammarFirst, llama_grammar
 
 
 class LlamaCppBackend(TokenStreamBackend):
@@ -165,7 +165,13 @@ class LlamaCppBackend(TokenStreamBackend):
         # off so that only the OpenAI parameters (temperature, top_p) shape the distribution.
         self.llama.set_seed(params.seed if params.seed is not None else random.randrange(2**32))
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        grammar = llama_grammar(params.json_schema) if params.json_schema is not None else None
+        from llama_cpp import LogitsProcessorList
+
+        grammar = None
+        if params.json_schema is not None:
+            grammar = LlamaGrammarFirst(
+                self._vocab, self.llama.n_vocab(), llama_grammar(params.json_schema), greedy=params.temperature == 0
+            )
         tokens = self.llama.generate(
             prompt,
             temp=params.temperature,
@@ -173,18 +179,24 @@ class LlamaCppBackend(TokenStreamBackend):
             top_k=0,
             min_p=0.0,
             repeat_penalty=1.0,
-            grammar=grammar,
+            logits_processor=LogitsProcessorList([grammar]) if grammar is not None else None,
         )
-        for produced, token in enumerate(tokens, start=1):
-            if self._is_end_of_turn(self._vocab, token):
-                return "stop"
-            data = self.llama.detokenize([token])
-            if params.logprobs:
-                logprobs.append(self._logprob(token, data, params.top_logprobs))
-            yield decoder.decode(data)
-            if produced >= max_new:
-                return "length"
-        return "length"
+        try:
+            for produced, token in enumerate(tokens, start=1):
+                if self._is_end_of_turn(self._vocab, token):
+                    return "stop"
+                if grammar is not None:
+                    grammar.accept(token)
+                data = self.llama.detokenize([token])
+                if params.logprobs:
+                    logprobs.append(self._logprob(token, data, params.top_logprobs))
+                yield decoder.decode(data)
+                if produced >= max_new:
+                    return "length"
+            return "length"
+        finally:
+            if grammar is not None:
+                grammar.close()
 
     def _logprob(self, token: int, data: bytes, top: int) -> TokenLogprob:
         """The chosen token's entry, from the logits it was sampled from.
