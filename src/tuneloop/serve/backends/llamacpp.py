@@ -48,6 +48,7 @@ class LlamaCppBackend(TokenStreamBackend):
         n_ctx: int = 2048,
         n_threads: int | None = None,
         max_adapters: int = 8,
+        grammar_first: bool = True,
         **llama_kwargs: Any,
     ):
         super().__init__()
@@ -56,6 +57,9 @@ class LlamaCppBackend(TokenStreamBackend):
 
         self.base = base
         self.max_adapters = max_adapters
+        # Greedy structured output checks the argmax against the grammar first (serve/grammar.py); False
+        # masks the whole vocabulary every step, as llama.cpp's grammar sampler does (benchmarks compare).
+        self.grammar_first = grammar_first
         self._adapters: OrderedDict[str, Any] = OrderedDict()  # version id -> llama.cpp adapter handle
         self._active: str | None = None  # the version id whose adapter is set on the context
         self.llama = load_llamacpp(base, n_ctx=n_ctx, n_threads=n_threads, **llama_kwargs)
@@ -170,7 +174,10 @@ class LlamaCppBackend(TokenStreamBackend):
         grammar = None
         if params.json_schema is not None:
             grammar = LlamaGrammarFirst(
-                self._vocab, self.llama.n_vocab(), llama_grammar(params.json_schema), greedy=params.temperature == 0
+                self._vocab,
+                self.llama.n_vocab(),
+                llama_grammar(params.json_schema),
+                greedy=params.temperature == 0 and self.grammar_first,
             )
         tokens = self.llama.generate(
             prompt,
