@@ -123,13 +123,16 @@ def decode_response(record: CallRecord) -> tuple[dict[str, Any] | None, str | No
     return decoded if isinstance(decoded, dict) else {"raw": decoded}, None
 
 
-def resolved_model(record: CallRecord, response: dict[str, Any] | None) -> str | None:
+def answering_model(upstream: str, sent_model: str | None, response: dict[str, Any] | None) -> str:
     """``upstream/model`` of the model that answered (the response's ``model``: a tuneloop server names the
-    immutable version an alias resolved to), else of the name the upstream received; None if none was tried."""
-    if record.upstream is None:
-        return None
+    immutable version an alias resolved to), else of the name the upstream received."""
     answered_by = response.get("model") if response and isinstance(response.get("model"), str) else None
-    return f"{record.upstream}/{answered_by or record.upstream_model}"
+    return f"{upstream}/{answered_by or sent_model}"
+
+
+def resolved_model(record: CallRecord, response: dict[str, Any] | None) -> str | None:
+    """The answering model of a logged call (see :func:`answering_model`); None if no upstream was tried."""
+    return None if record.upstream is None else answering_model(record.upstream, record.upstream_model, response)
 
 
 def record_to_row(record: CallRecord, prices: PriceTable | None, redactor: Redactor | None) -> dict[str, Any]:

@@ -297,31 +297,29 @@ def _numeric(spec: Task, name: str, value: Any, parse_date: Any) -> float | None
 def _compare(spec: Task, base: _Sample, new: _Sample, alpha: float, min_samples: int) -> list[DriftRow]:
     rows: list[DriftRow] = []
 
-    def rate(metric: str, x1: int, n1: int, x2: int, n2: int) -> None:
-        if min(n1, n2) < min_samples:
-            rows.append(DriftRow(metric, "z-test", _ratio(x1, n1), _ratio(x2, n2), n1, n2, None, None, False,
+    def add(metric: str, test: str, shown: tuple[Any, Any], counts: tuple[int, int], run: Any) -> None:
+        """One row: ``run()`` gives (statistic, p) once both windows hold ``min_samples``."""
+        if min(counts) < min_samples:
+            rows.append(DriftRow(metric, test, *shown, *counts, None, None, False,
                                  f"too few ({min_samples} needed in each window)"))  # fmt: skip
             return
-        z, p = two_proportion_z_test(x1, n1, x2, n2)
-        rows.append(DriftRow(metric, "z-test", x1 / n1, x2 / n2, n1, n2, z, p, False))
+        rows.append(DriftRow(metric, test, *shown, *counts, *run(), False))
+
+    def rate(metric: str, x1: int, n1: int, x2: int, n2: int) -> None:
+        add(metric, "z-test", (_ratio(x1, n1), _ratio(x2, n2)), (n1, n2), lambda: two_proportion_z_test(x1, n1, x2, n2))
 
     def distribution(metric: str, a: list[float], b: list[float]) -> None:
-        if min(len(a), len(b)) < min_samples:
-            rows.append(DriftRow(metric, "KS", _median(a), _median(b), len(a), len(b), None, None, False,
-                                 f"too few ({min_samples} needed in each window)"))  # fmt: skip
-            return
-        distance, p = ks_two_sample(a, b)
-        rows.append(DriftRow(metric, "KS", _median(a), _median(b), len(a), len(b), distance, p, False))
+        add(metric, "KS", (_median(a), _median(b)), (len(a), len(b)), lambda: ks_two_sample(a, b))
 
     def categories(metric: str, a: list[str], b: list[str]) -> None:
         top = Counter(a + b).most_common(1)[0][0] if a or b else None
         shares = (a.count(top) / len(a) if a else None), (b.count(top) / len(b) if b else None)
-        if min(len(a), len(b)) < min_samples:
-            rows.append(DriftRow(metric, "chi2", *shares, len(a), len(b), None, None, False,
-                                 f"too few ({min_samples} needed in each window)"))  # fmt: skip
-            return
-        _, p, distance = chi_square_homogeneity(a, b)
-        rows.append(DriftRow(metric, "chi2", *shares, len(a), len(b), distance, p, False))
+
+        def run() -> tuple[float, float]:
+            _, p, distance = chi_square_homogeneity(a, b)
+            return distance, p  # the effect size is the statistic shown
+
+        add(metric, "chi2", shares, (len(a), len(b)), run)
 
     rate("check-failure rate", base.failed, base.answers, new.failed, new.answers)
     rate("human-correction rate", base.corrected, base.answers, new.corrected, new.answers)
