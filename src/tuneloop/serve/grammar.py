@@ -206,11 +206,11 @@ class LlamaGrammarFirst:
     """A llama.cpp grammar applied as llama-cpp-python's logits processor, token-first when greedy.
 
     llama.cpp's grammar sampler checks every token of the vocabulary against the grammar at every step
-    (49k tokens for SmolLM2), which costs more than the model's own decode step on a small model. Under
-    greedy decoding only the argmax can be chosen, so it alone is checked first; the whole vocabulary is
-    masked only when the grammar refuses it (llama.cpp's own ``common_sampler`` does the same). Sampling
-    at a temperature masks the whole vocabulary every step. The caller reports each chosen token with
-    :meth:`accept`, and :meth:`close` frees the sampler.
+    (49k tokens for SmolLM2). Under greedy decoding only the argmax can be chosen, so it alone is checked
+    first; the whole vocabulary is masked only when the grammar refuses it (llama.cpp's own
+    ``common_sampler`` does the same; benchmarks/serve_bench.py measures the gain, see docs/benchmarks.md →
+    Serve). Sampling at a temperature masks the whole vocabulary every step. The caller reports each chosen
+    token with :meth:`accept`, and :meth:`close` frees the sampler.
     """
 
     def __init__(self, vocab: Any, n_vocab: int, grammar: Any, *, greedy: bool) -> None:
