@@ -159,7 +159,16 @@ def main() -> None:
         for concurrency, count in LEVELS:
             total = max(100, int(count * args.scale))
             for name, (url, model, process) in targets.items():
-                results[name][concurrency] = measure(url, model, concurrency, total, process)
+                # The other proxies are paused meanwhile: an idle LiteLLM proxy keeps a core partly busy with
+                # its own background tasks, which would be charged to whoever is measured next to it.
+                others = [other for _, _, other in targets.values() if other is not None and other is not process]
+                for other in others:
+                    other.suspend()
+                try:
+                    results[name][concurrency] = measure(url, model, concurrency, total, process)
+                finally:
+                    for other in others:
+                        other.resume()
                 print(f"c={concurrency:>2} {name:>9}: {json.dumps(results[name][concurrency])}", flush=True)
 
         # Every call through the gateway must be in the store once it has shut down (SIGTERM drains).

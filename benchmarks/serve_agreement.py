@@ -1,7 +1,7 @@
 """Agreement of the llamacpp and transformers backends on one version: the share of fields that match.
 
     HF_HUB_OFFLINE=1 TUNELOOP_HOME=... .venv/bin/python benchmarks/serve_agreement.py --model TASK@N \
-        --data test.jsonl [--limit 100]
+        --data test.jsonl [--limit 100] [--llamacpp-weights native|f16|f32] [--no-cache]
 
 Runs the version through both backends with the eval stage (greedy, the task's decoding defaults), then
 scores the transformers answer of each example against the llama.cpp answer with the task's own field
@@ -23,6 +23,13 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="a registered version, e.g. liability-extraction@1")
     parser.add_argument("--data", required=True, help="a dataset JSONL with gold answers, or dataset:NAME")
     parser.add_argument("--limit", type=int, default=100)
+    parser.add_argument(
+        "--llamacpp-weights",
+        default="native",
+        choices=("native", "f16", "f32"),
+        help="llama.cpp on the GGUF as it is, or on its float rewrite (bases/widen.py)",
+    )
+    parser.add_argument("--no-cache", action="store_true", help="ask both engines again instead of reusing answers")
     args = parser.parse_args()
 
     from rich.console import Console
@@ -39,8 +46,11 @@ def main() -> None:
     from tuneloop.task import load_task
 
     task = load_task(info.task)
-    specs = [ModelSpec(info.id, backend="llamacpp"), ModelSpec(info.id, backend="transformers")]
-    report = run_eval(task, args.data, specs, EvalOptions(limit=args.limit), console=console)
+    specs = [
+        ModelSpec(info.id, backend="llamacpp", backend_options={"weights": args.llamacpp_weights}),
+        ModelSpec(info.id, backend="transformers"),
+    ]
+    report = run_eval(task, args.data, specs, EvalOptions(limit=args.limit, use_cache=not args.no_cache), console=console)
     llama, reference = (
         {result.example_id: result.output for result in run_results(report.run_id, model=model.name)}
         for model in report.models

@@ -6,7 +6,8 @@
 3. throughput with 20 versions round-robin ÷ one version (goal ≥ 0.8), and the cost of loading an adapter
    (verify + llama.cpp load; goal ≤ 100 ms);
 4. the extraction request under the task grammar with token-first checking (the default) ÷ the whole
-   vocabulary masked every step (llama.cpp's grammar sampler), same version, and whether their texts agree.
+   vocabulary masked every step (llama.cpp's grammar sampler), same version, and whether their texts agree;
+5. the same request on the GGUF as shipped and on its f16 / f32 rewrites (``--llamacpp-weights``), p50/p95.
 
 Versions are random LoRAs registered in a temporary TUNELOOP_HOME (same shapes as a trained one; speed does
 not depend on the values), unless ``--model task@N`` names a trained one in your home.
@@ -165,6 +166,7 @@ def main() -> None:
 
     # 2b. the extraction request under the task grammar: token-first (the default) vs the whole vocabulary
     #     masked every step (what llama.cpp's grammar sampler does), alternating, same version and prompt
+    from tuneloop.bases.widen import LLAMA_WEIGHTS
     from tuneloop.registry.exports import ensure_gguf_lora
     from tuneloop.registry.versions import resolve_version, verify_version
     from tuneloop.serve.backends import Adapter, GenerationParams, get_backend
@@ -193,6 +195,26 @@ def main() -> None:
         results[f"grammar_{mode}_p50_ms"] = round(percentile(values, 0.5), 1)
     results["grammar_speedup"] = round(results["grammar_whole_vocab_p50_ms"] / results["grammar_token_first_p50_ms"], 3)
     results["grammar_same_text"] = texts["token_first"] == texts["whole_vocab"]
+
+    # 2c. the same extraction request on the GGUF as shipped (Q4_1) and on its float rewrites (bases/widen.py),
+    #     which decode what transformers decodes; alternating, same version and prompt
+    by_weights = {
+        weights: get_backend("llamacpp", base, n_threads=args.threads, weights=weights) for weights in LLAMA_WEIGHTS
+    }
+    weight_timings: dict[str, list[float]] = {weights: [] for weights in by_weights}
+    try:
+        for index in range(args.requests + 1):
+            for weights, engine_ in by_weights.items():
+                started = time.perf_counter()
+                engine_.generate(messages, grammar, adapter=adapter)
+                if index:
+                    weight_timings[weights].append((time.perf_counter() - started) * 1000)
+    finally:
+        for engine_ in by_weights.values():
+            engine_.close()
+    for weights, values in weight_timings.items():
+        results[f"extraction_{weights}_weights_p50_ms"] = round(percentile(values, 0.5), 1)
+        results[f"extraction_{weights}_weights_p95_ms"] = round(percentile(values, 0.95), 1)
 
     # adapter load cost: verify (hash the files) + llama.cpp load, through the public backend path
     backend = get_backend("llamacpp", base, n_threads=args.threads, max_adapters=1)

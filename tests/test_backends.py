@@ -177,3 +177,64 @@ def test_token_first_grammar_decodes_what_llama_cpp_s_own_grammar_sampler_does()
             assert ours.text.startswith("{")
     finally:
         backend.close()
+
+
+# --- llama.cpp on float weights ----------------------------------------------------------------------
+
+
+def test_unknown_llamacpp_weights_are_refused_before_loading() -> None:
+    with pytest.raises(TuneloopError, match=r"unknown llama\.cpp weights 'q8'") as caught:
+        get_backend("llamacpp", resolve_base(DEFAULT_BASE), weights="q8")
+    assert "native, f16, f32" in (caught.value.hint or "")
+
+
+@pytest.mark.slow
+def test_the_f32_rewrite_holds_the_dequantized_weights_and_the_same_metadata(converted_home: Path) -> None:
+    import gguf
+    import numpy as np
+
+    from tuneloop.bases.widen import llamacpp_weights_path
+
+    base = resolve_base(DEFAULT_BASE)
+    path = llamacpp_weights_path(base, "f32", cache_dir=converted_home / "cache")
+    assert path != base.gguf_path and llamacpp_weights_path(base, "native") == base.gguf_path
+    source, rewrite = gguf.GGUFReader(base.gguf_path), gguf.GGUFReader(path)
+    assert rewrite.fields["general.file_type"].contents() == gguf.LlamaFileType.ALL_F32
+    for key in ("tokenizer.chat_template", "tokenizer.ggml.tokens", "llama.block_count", "llama.rope.freq_base"):
+        assert rewrite.fields[key].contents() == source.fields[key].contents()
+    rewritten = {tensor.name: tensor for tensor in rewrite.tensors}
+    assert len(rewritten) == len(source.tensors)
+    for tensor in source.tensors:
+        assert rewritten[tensor.name].tensor_type == gguf.GGMLQuantizationType.F32
+        expected = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        assert np.array_equal(
+            np.asarray(rewritten[tensor.name].data), expected.reshape(rewritten[tensor.name].data.shape)
+        )
+    # Made once: a second call finds it.
+    assert llamacpp_weights_path(base, "f32", cache_dir=converted_home / "cache").stat().st_mtime_ns == (
+        path.stat().st_mtime_ns
+    )
+
+
+@pytest.mark.slow
+def test_llama_cpp_on_f32_weights_decodes_what_transformers_decodes(converted_home: Path) -> None:
+    """The quantized file answers differently from transformers' float32 (8-bit activations in its matmuls);
+    its f32 rewrite gives the same greedy text."""
+    base = resolve_base(DEFAULT_BASE)
+    cache = converted_home / "cache"
+    chats = [
+        JSON_CHAT,
+        [{"role": "user", "content": "Payoff $182,440.19, escrow $2,310.55, due 2025-06-01. Summarize the letter."}],
+    ]
+    params = GenerationParams(max_tokens=48)
+    llamacpp = get_backend("llamacpp", base, weights="f32", cache_dir=cache)
+    try:
+        ours = [llamacpp.generate(chat, params).text for chat in chats]
+    finally:
+        llamacpp.close()
+    transformers = get_backend("transformers", base, cache_dir=cache, max_batch_size=1)
+    try:
+        reference = [transformers.generate(chat, params).text for chat in chats]
+    finally:
+        transformers.close()
+    assert ours == reference

@@ -93,21 +93,27 @@ def load_transformers(
     return model, tokenizer
 
 
-def load_llamacpp(base: Base, n_ctx: int = 2048, n_threads: int | None = None, **kwargs: Any) -> llama_cpp.Llama:
+def load_llamacpp(
+    base: Base,
+    n_ctx: int = 2048,
+    n_threads: int | None = None,
+    *,
+    weights: str = "native",
+    cache_dir: Path | None = None,
+    **kwargs: Any,
+) -> llama_cpp.Llama:
     """A ``llama_cpp.Llama`` over the base's GGUF file, with llama.cpp's logging kept quiet.
 
+    ``weights``: ``native`` loads the file as it is; ``f16`` / ``f32`` load its float rewrite, made once
+    (``bases/widen.py``), which agrees with the transformers backend where quantized matmuls do not.
     ``n_threads`` defaults to llama-cpp-python's choice, half the logical cores (the physical ones on
     most CPUs). Not all of them: llama.cpp threads spin at barriers, so a thread more than there are
     free cores collapses throughput (measured on 2 shared cores: 2 threads 3-95 tok/s depending on the
     neighbours' load, 1 thread a steady 51-68). Other keyword arguments go to ``Llama`` unchanged.
     """
-    if base.gguf_path is None:
-        raise TuneloopError(
-            "the llama.cpp backend needs a GGUF file, and this base is in HF format only",
-            where=base.id,
-            hint="use the transformers backend, or pass the path of a .gguf export of this model "
-            "(GGUF export of full bases is not part of tuneloop)",
-        )
+    from tuneloop.bases.widen import llamacpp_weights_path
+
+    path = llamacpp_weights_path(base, weights, cache_dir=cache_dir)
     try:
         import llama_cpp
     except ImportError as exc:
@@ -119,13 +125,11 @@ def load_llamacpp(base: Base, n_ctx: int = 2048, n_threads: int | None = None, *
     if n_threads is not None:
         kwargs.setdefault("n_threads_batch", n_threads)
     try:
-        return llama_cpp.Llama(
-            model_path=str(base.gguf_path), n_ctx=n_ctx, n_threads=n_threads, verbose=False, **kwargs
-        )
+        return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, verbose=False, **kwargs)
     except ValueError as exc:  # llama-cpp-python reports unreadable or unsupported files as ValueError
         raise TuneloopError(
             f"llama.cpp could not load the GGUF file: {exc}",
-            where=str(base.gguf_path),
+            where=str(path),
             hint="check the file is a complete GGUF model supported by this llama-cpp-python version",
         ) from None
 

@@ -22,6 +22,11 @@ def serve(
     max_queue: int = typer.Option(16, "--max-queue", help="Requests admitted at once; more get 429."),
     threads: int | None = typer.Option(None, "--threads", help="llama.cpp threads (default: half the cores)."),
     n_ctx: int = typer.Option(2048, "--n-ctx", help="llama.cpp context window."),
+    llamacpp_weights: str = typer.Option(
+        "native",
+        "--llamacpp-weights",
+        help="llama.cpp: the GGUF as it is (native), or its f16/f32 rewrite (matches transformers; made once).",
+    ),
     device: str = typer.Option("cpu", "--device", help="transformers device (cpu, cuda, mps)."),
     max_batch_size: int = typer.Option(
         8, "--max-batch-size", help="transformers: concurrent requests decoded together, any mix of versions."
@@ -51,6 +56,7 @@ def serve(
         max_queue=max_queue,
         threads=threads,
         n_ctx=n_ctx,
+        llamacpp_weights=llamacpp_weights,
         device=device,
         max_batch_size=max_batch_size,
         tensor_parallel_size=tensor_parallel_size,

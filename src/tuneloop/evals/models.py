@@ -132,8 +132,9 @@ def resolve_version(ref: VersionRef, spec: ModelSpec, prices: PriceTable) -> Res
     info = resolve_registered(ref)
     base = resolve_base(info.base_id)
     backend_name = spec.backend or default_backend(base)
-    label = info.id if backend_name == default_backend(base) else f"{info.id} [{backend_name}]"
     options = dict(spec.backend_options)
+    engine = _engine_identity(backend_name, options)
+    label = info.id if engine == default_backend(base) else f"{info.id} [{engine}]"
 
     def load() -> Generator:
         from tuneloop.registry.exports import ensure_gguf_lora
@@ -146,13 +147,19 @@ def resolve_version(ref: VersionRef, spec: ModelSpec, prices: PriceTable) -> Res
     return ResolvedModel(
         label=label,
         requested=spec.model,
-        identity=f"{info.hash_ref}|{backend_name}",
+        identity=f"{info.hash_ref}|{engine}",
         kind="local",
         cost=machine_cost_basis(prices),
         one_at_a_time=True,
         loader=load,
         structured=True,
     )
+
+
+def _engine_identity(backend_name: str, options: dict[str, Any]) -> str:
+    """The engine part of a local model's identity: llama.cpp's float rewrites answer differently."""
+    weights = options.get("weights", "native")
+    return backend_name if backend_name != "llamacpp" or weights == "native" else f"{backend_name}:{weights}"
 
 
 # --- local bases ---------------------------------------------------------------------------------
@@ -164,9 +171,10 @@ def default_backend(base: Base) -> str:
 
 def _resolve_base(spec: ModelSpec, base: Base, prices: PriceTable) -> ResolvedModel:
     backend_name = spec.backend or default_backend(base)
-    label = base.id if backend_name == default_backend(base) else f"{base.id} [{backend_name}]"
-    identity = f"{base.id}|sha256:{base_weights_hash(base)}|{backend_name}"
     options = dict(spec.backend_options)
+    engine = _engine_identity(backend_name, options)
+    label = base.id if engine == default_backend(base) else f"{base.id} [{engine}]"
+    identity = f"{base.id}|sha256:{base_weights_hash(base)}|{engine}"
     return ResolvedModel(
         label=label,
         requested=spec.model,

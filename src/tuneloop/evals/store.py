@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from tuneloop.errors import TuneloopError
 from tuneloop.serve.backends import GenerationParams, Message
+from tuneloop.serve.grammar import GRAMMAR_REVISION
 from tuneloop.store import EvalResult, EvalRun, session_scope, utcnow
 
 RUN_STATUSES = ("running", "done", "interrupted", "failed")
@@ -41,6 +42,7 @@ def cache_key(model_identity: str, messages: Sequence[Message], params: Generati
     }
     if params.json_schema is not None:  # constrained decoding answers differently (key absent otherwise: old keys hold)
         payload["json_schema"] = params.json_schema
+        payload["grammar"] = GRAMMAR_REVISION  # how a schema becomes a grammar changed: answers may too
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 

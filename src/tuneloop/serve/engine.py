@@ -723,10 +723,12 @@ def build_engine(
     pipeline_parallel_size: int = 1,
     alias_refresh_s: float = 1.0,
     max_batch_size: int = 8,
+    llamacpp_weights: str = "native",
 ) -> ServeEngine:
     """An engine as ``tuneloop serve`` builds it: the base (given, else the one the first ``--models``
     entry was trained on, else the bundled one), loaded once into the chosen backend. ``max_batch_size``:
-    requests the transformers backend decodes together (1: one at a time)."""
+    requests the transformers backend decodes together (1: one at a time). ``llamacpp_weights``: the GGUF
+    as it is (``native``) or its float rewrite (``f16``/``f32``, bases/widen.py)."""
     from tuneloop.bases import DEFAULT_BASE, resolve_base
     from tuneloop.registry.versions import resolve_version
     from tuneloop.serve.backends import BACKEND_NAMES, get_backend
@@ -749,7 +751,14 @@ def build_engine(
             pipeline_parallel_size=pipeline_parallel_size,
         )
     elif backend == "llamacpp":
-        engine_backend = get_backend(backend, resolved_base, n_ctx=n_ctx, n_threads=threads, max_adapters=max_adapters)
+        engine_backend = get_backend(
+            backend,
+            resolved_base,
+            n_ctx=n_ctx,
+            n_threads=threads,
+            max_adapters=max_adapters,
+            weights=llamacpp_weights,
+        )
     elif backend == "transformers":
         engine_backend = get_backend(
             backend, resolved_base, device=device, max_adapters=max_adapters, max_batch_size=max_batch_size

@@ -7,10 +7,12 @@ our training targets are written with ``", "`` and ``": "`` (``Task.answer_json`
 push the model off the format it learned.
 
 transformers: llguidance (Microsoft's grammar engine, also used inside llama.cpp, vLLM and SGLang) compiles
-the schema into a token-level matcher; the backend masks each step's logits with it (a logits processor).
-We use it rather than xgrammar because llguidance's wheel has no dependencies, while xgrammar pins its own
-torch/triton builds, which clash with the CPU torch we pin. Whitespace is held to the same rule as for
-llama.cpp (``LLGUIDANCE_OPTIONS``).
+the same GBNF (through its own GBNF front end) into a token-level matcher; the backend masks each step's
+logits with it (a logits processor). One grammar for both engines: llguidance's JSON-schema compiler
+differs from the GBNF converter in details (it allows numbers of any length, the converter 16 digits
+each side of the point), and where an answer runs into such a detail the engines would write different
+JSON from the same logits. We use llguidance rather than xgrammar because its wheel has no dependencies,
+while xgrammar pins its own torch/triton builds, which clash with the CPU torch we pin.
 
 Validation after decoding is the same for every engine: ``validate_answer``.
 """
@@ -27,6 +29,10 @@ from typing import Any
 import jsonschema
 
 from tuneloop.errors import TuneloopError
+
+# Bumped when a schema's grammar changes in either engine, so cached eval answers decoded under the old one
+# are not reused (evals/store.py). 2: transformers decodes under the GBNF llama.cpp gets.
+GRAMMAR_REVISION = 2
 
 # What every structural position may hold: nothing or one space (see the module docstring).
 STRICT_SPACE_RULE = '" "?'
@@ -132,25 +138,20 @@ def gbnf_parses(gbnf: str) -> bool:
     return True
 
 
-# llguidance's JSON compiler options: whitespace only where JSON allows it, and there at most one space
-# (the same rule as STRICT_SPACE_RULE). ``lenient``: keywords it can't enforce are skipped rather than
-# refused, exactly as the GBNF converter does; validation after decoding still checks them.
-LLGUIDANCE_OPTIONS: dict[str, Any] = {"whitespace_flexible": True, "whitespace_pattern": "[ ]?", "lenient": True}
-
-
 def llguidance_grammar(schema: dict[str, Any]) -> str:
-    """llguidance's grammar for JSON documents matching ``schema`` (strict whitespace), cached by the
-    schema's JSON; TuneloopError naming the parameter when llguidance can't express it."""
+    """llguidance's grammar for JSON documents matching ``schema``: the GBNF llama.cpp gets, cached by the
+    schema's JSON; TuneloopError naming the parameter when it can't be expressed."""
     return _llguidance_grammar_for(json.dumps(schema))
 
 
 @functools.lru_cache(maxsize=64)
 def _llguidance_grammar_for(canonical_schema: str) -> str:
-    from llguidance import LLMatcher
+    from llguidance import LLMatcher, grammar_from
 
     where = "response_format.json_schema.schema"
+    gbnf = json_schema_gbnf(json.loads(canonical_schema))
     try:
-        grammar = LLMatcher.grammar_from_json_schema(canonical_schema, overrides=LLGUIDANCE_OPTIONS)
+        grammar = grammar_from("gbnf", gbnf)
     except ValueError as exc:
         raise TuneloopError(f"this JSON schema can't be turned into a grammar: {exc}", where=where) from None
     is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar)

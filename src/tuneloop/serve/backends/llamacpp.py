@@ -20,6 +20,7 @@ import ctypes
 import random
 from collections import OrderedDict
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any, ClassVar
 
 from tuneloop.bases import Base, load_llamacpp
@@ -49,6 +50,8 @@ class LlamaCppBackend(TokenStreamBackend):
         n_threads: int | None = None,
         max_adapters: int = 8,
         grammar_first: bool = True,
+        weights: str = "native",
+        cache_dir: Path | None = None,
         **llama_kwargs: Any,
     ):
         super().__init__()
@@ -62,7 +65,11 @@ class LlamaCppBackend(TokenStreamBackend):
         self.grammar_first = grammar_first
         self._adapters: OrderedDict[str, Any] = OrderedDict()  # version id -> llama.cpp adapter handle
         self._active: str | None = None  # the version id whose adapter is set on the context
-        self.llama = load_llamacpp(base, n_ctx=n_ctx, n_threads=n_threads, **llama_kwargs)
+        # "native" serves the GGUF file as it is; "f16"/"f32" its float rewrite (bases/widen.py).
+        self.weights = weights
+        self.llama = load_llamacpp(
+            base, n_ctx=n_ctx, n_threads=n_threads, weights=weights, cache_dir=cache_dir, **llama_kwargs
+        )
         self._vocab = llama_cpp.llama_model_get_vocab(self.llama.model)
         self._is_end_of_turn = llama_cpp.llama_vocab_is_eog
         template = self.llama.metadata.get("tokenizer.chat_template")
