@@ -50,7 +50,9 @@ def main() -> None:
         ModelSpec(info.id, backend="llamacpp", backend_options={"weights": args.llamacpp_weights}),
         ModelSpec(info.id, backend="transformers"),
     ]
-    report = run_eval(task, args.data, specs, EvalOptions(limit=args.limit, use_cache=not args.no_cache), console=console)
+    report = run_eval(
+        task, args.data, specs, EvalOptions(limit=args.limit, use_cache=not args.no_cache), console=console
+    )
     llama, reference = (
         {result.example_id: result.output for result in run_results(report.run_id, model=model.name)}
         for model in report.models
