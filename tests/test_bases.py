@@ -256,7 +256,8 @@ def test_a_cached_conversion_is_reused_not_redone(converted_home: Path, monkeypa
     assert transformers_dir(base, cache_dir=cache_dir) == folder
     load_transformers(base, cache_dir=cache_dir)
     assert {file.name: file.stat().st_mtime_ns for file in folder.iterdir()} == before
-    assert [path.name for path in folder.parent.iterdir()] == [folder.name]  # one conversion, no leftovers
+    # One conversion, no leftovers (llama.cpp's float rewrites of the GGUF may lie beside it: bases/widen.py).
+    assert [path.name for path in folder.parent.iterdir() if not path.name.endswith(".gguf")] == [folder.name]
 
 
 # --- CLI -------------------------------------------------------------------------------------------
