@@ -17,6 +17,8 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from tuneloop.bases.widen import LLAMA_WEIGHTS
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -26,7 +28,7 @@ def main() -> None:
     parser.add_argument(
         "--llamacpp-weights",
         default="native",
-        choices=("native", "f16", "f32"),
+        choices=LLAMA_WEIGHTS,
         help="llama.cpp on the GGUF as it is, or on its float rewrite (bases/widen.py)",
     )
     parser.add_argument("--no-cache", action="store_true", help="ask both engines again instead of reusing answers")

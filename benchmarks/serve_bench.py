@@ -38,6 +38,25 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def alternate(engines: dict, messages: list[dict], params, adapter, requests: int) -> tuple[dict, dict]:
+    """Time one request on each engine in turn, ``requests`` rounds after a warm-up round (adapter load);
+    returns (ms per engine, the distinct texts per engine) and closes the engines."""
+    timings: dict[str, list[float]] = {name: [] for name in engines}
+    texts: dict[str, set[str]] = {name: set() for name in engines}
+    try:
+        for index in range(requests + 1):
+            for name, engine in engines.items():
+                started = time.perf_counter()
+                text = engine.generate(messages, params, adapter=adapter).text
+                if index:
+                    timings[name].append((time.perf_counter() - started) * 1000)
+                texts[name].add(text)
+    finally:
+        for engine in engines.values():
+            engine.close()
+    return timings, texts
+
+
 def raw_decode_rate(gguf: Path, messages: list[dict], tokens: int, threads: int) -> float:
     """llama-cpp-python alone: the same chat prompt, greedy, decode tokens/s after the first token."""
     import llama_cpp
@@ -178,19 +197,7 @@ def main() -> None:
         mode: get_backend("llamacpp", base, n_threads=args.threads, grammar_first=mode == "token_first")
         for mode in ("token_first", "whole_vocab")
     }
-    timings: dict[str, list[float]] = {mode: [] for mode in engines}
-    texts: dict[str, set[str]] = {mode: set() for mode in engines}
-    try:
-        for index in range(args.requests + 1):
-            for mode, engine_ in engines.items():
-                started = time.perf_counter()
-                text = engine_.generate(messages, grammar, adapter=adapter).text
-                if index:  # the first is a warm-up (adapter load)
-                    timings[mode].append((time.perf_counter() - started) * 1000)
-                texts[mode].add(text)
-    finally:
-        for engine_ in engines.values():
-            engine_.close()
+    timings, texts = alternate(engines, messages, grammar, adapter, args.requests)
     for mode, values in timings.items():
         results[f"grammar_{mode}_p50_ms"] = round(percentile(values, 0.5), 1)
     results["grammar_speedup"] = round(results["grammar_whole_vocab_p50_ms"] / results["grammar_token_first_p50_ms"], 3)
@@ -201,17 +208,7 @@ def main() -> None:
     by_weights = {
         weights: get_backend("llamacpp", base, n_threads=args.threads, weights=weights) for weights in LLAMA_WEIGHTS
     }
-    weight_timings: dict[str, list[float]] = {weights: [] for weights in by_weights}
-    try:
-        for index in range(args.requests + 1):
-            for weights, engine_ in by_weights.items():
-                started = time.perf_counter()
-                engine_.generate(messages, grammar, adapter=adapter)
-                if index:
-                    weight_timings[weights].append((time.perf_counter() - started) * 1000)
-    finally:
-        for engine_ in by_weights.values():
-            engine_.close()
+    weight_timings, _ = alternate(by_weights, messages, grammar, adapter, args.requests)
     for weights, values in weight_timings.items():
         results[f"extraction_{weights}_weights_p50_ms"] = round(percentile(values, 0.5), 1)
         results[f"extraction_{weights}_weights_p95_ms"] = round(percentile(values, 0.95), 1)

@@ -8,7 +8,8 @@ rounds them to half precision at half the size.
 
 The rewrite is made once per (weights hash, precision), beside the HF conversion, built under a
 temporary name and renamed into place, so an interrupted one leaves nothing that looks finished. The
-base's identity does not change: it is still the hash of the file the user has, verified when rewritten.
+base's identity does not change: it is still the hash of the file the user has, and the rewrite is keyed
+by it (``conversion_dir``), so a changed file gets a new rewrite.
 """
 
 from __future__ import annotations
@@ -17,14 +18,12 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Literal, get_args
 
 from tuneloop.bases.loading import ProgressCallback, conversion_dir
 from tuneloop.bases.resolve import Base
 from tuneloop.errors import TuneloopError
 
-LlamaWeights = Literal["native", "f16", "f32"]
-LLAMA_WEIGHTS: tuple[str, ...] = get_args(LlamaWeights)
+LLAMA_WEIGHTS = ("native", "f16", "f32")
 
 
 def llamacpp_weights_path(

@@ -23,7 +23,15 @@ from tuneloop.capture.upstreams import Upstream, get_upstream, upstream_for_base
 from tuneloop.errors import TuneloopError
 from tuneloop.evals.cost import UNKNOWN_COST, CostBasis, PriceTable, machine_cost_basis, token_cost_basis
 from tuneloop.registry.ids import BaseRef, EndpointRef, VersionRef, parse_model_id
-from tuneloop.serve.backends import BACKEND_NAMES, Adapter, Backend, GenerationParams, Message, get_backend
+from tuneloop.serve.backends import (
+    BACKEND_NAMES,
+    Adapter,
+    Backend,
+    GenerationParams,
+    Message,
+    engine_identity,
+    get_backend,
+)
 
 ModelKind = Literal["local", "endpoint"]
 
@@ -133,7 +141,7 @@ def resolve_version(ref: VersionRef, spec: ModelSpec, prices: PriceTable) -> Res
     base = resolve_base(info.base_id)
     backend_name = spec.backend or default_backend(base)
     options = dict(spec.backend_options)
-    engine = _engine_identity(backend_name, options)
+    engine = engine_identity(backend_name, options)
     label = info.id if engine == default_backend(base) else f"{info.id} [{engine}]"
 
     def load() -> Generator:
@@ -156,12 +164,6 @@ def resolve_version(ref: VersionRef, spec: ModelSpec, prices: PriceTable) -> Res
     )
 
 
-def _engine_identity(backend_name: str, options: dict[str, Any]) -> str:
-    """The engine part of a local model's identity: llama.cpp's float rewrites answer differently."""
-    weights = options.get("weights", "native")
-    return backend_name if backend_name != "llamacpp" or weights == "native" else f"{backend_name}:{weights}"
-
-
 # --- local bases ---------------------------------------------------------------------------------
 
 
@@ -172,7 +174,7 @@ def default_backend(base: Base) -> str:
 def _resolve_base(spec: ModelSpec, base: Base, prices: PriceTable) -> ResolvedModel:
     backend_name = spec.backend or default_backend(base)
     options = dict(spec.backend_options)
-    engine = _engine_identity(backend_name, options)
+    engine = engine_identity(backend_name, options)
     label = base.id if engine == default_backend(base) else f"{base.id} [{engine}]"
     identity = f"{base.id}|sha256:{base_weights_hash(base)}|{engine}"
     return ResolvedModel(

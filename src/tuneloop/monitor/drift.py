@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -297,7 +298,9 @@ def _numeric(spec: Task, name: str, value: Any, parse_date: Any) -> float | None
 def _compare(spec: Task, base: _Sample, new: _Sample, alpha: float, min_samples: int) -> list[DriftRow]:
     rows: list[DriftRow] = []
 
-    def add(metric: str, test: str, shown: tuple[Any, Any], counts: tuple[int, int], run: Any) -> None:
+    def add(
+        metric: str, test: str, shown: tuple[Any, Any], counts: tuple[int, int], run: Callable[[], tuple[float, float]]
+    ) -> None:
         """One row: ``run()`` gives (statistic, p) once both windows hold ``min_samples``."""
         if min(counts) < min_samples:
             rows.append(DriftRow(metric, test, *shown, *counts, None, None, False,

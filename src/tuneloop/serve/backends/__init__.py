@@ -28,6 +28,13 @@ from tuneloop.serve.backends.base import (
 BACKEND_NAMES = ("llamacpp", "transformers")
 
 
+def engine_identity(name: str, options: dict[str, Any]) -> str:
+    """The backend and those of its options that change its answers: ``llamacpp:f32`` for llama.cpp on a
+    float rewrite of its GGUF, else the backend's name (part of an eval's model identity and label)."""
+    weights = options.get("weights", "native")
+    return f"{name}:{weights}" if name == "llamacpp" and weights != "native" else name
+
+
 def get_backend(name: str, base: Base, **options: Any) -> Backend:
     """A ready backend over ``base``; ``options`` go to the backend's constructor (n_ctx, device, ...)."""
     if name == "llamacpp":
@@ -55,5 +62,6 @@ __all__ = [
     "TokenLogprob",
     "TokenRun",
     "TokenStreamBackend",
+    "engine_identity",
     "get_backend",
 ]

@@ -66,7 +66,6 @@ class LlamaCppBackend(TokenStreamBackend):
         self._adapters: OrderedDict[str, Any] = OrderedDict()  # version id -> llama.cpp adapter handle
         self._active: str | None = None  # the version id whose adapter is set on the context
         # "native" serves the GGUF file as it is; "f16"/"f32" its float rewrite (bases/widen.py).
-        self.weights = weights
         self.llama = load_llamacpp(
             base, n_ctx=n_ctx, n_threads=n_threads, weights=weights, cache_dir=cache_dir, **llama_kwargs
         )
