@@ -7,8 +7,12 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 POSTGRES_URL_ENV = "TUNELOOP_TEST_POSTGRES_URL"
 
@@ -66,9 +70,23 @@ def postgres_url(_postgres_admin_url: str) -> Iterator[str]:
         yield admin_url.set(database=name).render_as_string(hide_password=False)
     finally:
         dispose_engines()  # close the test's pooled connections before dropping
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _drop_database(admin, name)
         admin.dispose()
+
+
+def _drop_database(admin: sa.Engine, name: str) -> None:
+    """Drop a test database, even while an autovacuum worker or a leaked connection is in it.
+
+    A plain DROP asks autovacuum workers to leave and waits for them; WITH (FORCE) cannot terminate them
+    (they belong to no role our test role is a member of) but does end connections of our own role.
+    """
+    import sqlalchemy as sa
+
+    with admin.connect() as connection:
+        try:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+        except sa.exc.OperationalError:  # "is being accessed by other users": a connection of ours leaked
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
