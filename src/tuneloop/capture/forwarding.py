@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import orjson
 
 from tuneloop.capture.routing import MAX_BACKOFF_MS, Target
 from tuneloop.protocol import error_bytes, is_error_body
@@ -74,9 +75,22 @@ class UpstreamReply:
     wait_s: float = 0.0
     error: str | None = None
 
+    _parsed: tuple[bytes | None, dict[str, Any] | None] | None = field(default=None, repr=False, compare=False)
+
     @property
     def ok(self) -> bool:
         return 200 <= self.status < 300
+
+    def json_object(self) -> dict[str, Any] | None:
+        """The body as a JSON object (None if it is not one), parsed once per body: the checks and the
+        metrics both read it."""
+        if self._parsed is None or self._parsed[0] is not self.body:
+            try:
+                value = orjson.loads(self.body or b"")
+            except orjson.JSONDecodeError:
+                value = None
+            self._parsed = (self.body, value if isinstance(value, dict) else None)
+        return self._parsed[1]
 
 
 class UpstreamStream:
@@ -138,7 +152,7 @@ class UpstreamClient:
         wait_s = 0.0
         last: UpstreamReply | None = None
         for target in targets:
-            payload = json.dumps({**body, "model": target.model}, separators=(",", ":")).encode()
+            payload = orjson.dumps({**body, "model": target.model})
             headers = {
                 "content-type": "application/json",
                 "accept": "text/event-stream" if stream else "application/json",

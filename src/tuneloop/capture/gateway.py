@@ -23,18 +23,20 @@ overhead up to the first byte, and the log has the whole.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import ValidationError
+from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from tuneloop.capture.config import GatewayConfig
@@ -159,10 +161,11 @@ class Gateway:
         assert self.keys is not None
         return self.config.auth == "required" or self.keys.any_key_ever
 
-    async def authenticate(self, request: Request) -> ActiveKey | None:
-        """The caller's key; None when auth is off and the caller sent no tuneloop key."""
+    async def authenticate(self, headers: Mapping[str, str]) -> ActiveKey | None:
+        """The caller's key (from the request's headers); None when auth is off and the caller sent no
+        tuneloop key."""
         assert self.keys is not None
-        header = request.headers.get("authorization", "")
+        header = headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         token = token.strip() if scheme.lower() == "bearer" else ""
         if not self.auth_required:
@@ -186,17 +189,17 @@ class Gateway:
 
     # --- chat completions -------------------------------------------------------------------------
 
-    async def chat_completions(self, request: Request) -> Response:
-        started = time.perf_counter()
-        key = await self.authenticate(request)
-        payload = _decode_body(await request.body())
+    async def chat_completions(self, headers: Mapping[str, str], body: bytes, started: float) -> Response:
+        """Answer one call (``started``: ``time.perf_counter()`` when it arrived)."""
+        key = await self.authenticate(headers)
+        payload = _decode_body(body)
         try:
             ChatCompletionRequest.model_validate(payload)
         except ValidationError as exc:
             message, param = describe_validation_error(exc.errors())
             raise OpenAIError(400, message, param=param) from None
         model = payload["model"]
-        tags, metadata = parse_tags(request.headers.get(TAGS_HEADER), payload.get("metadata"))
+        tags, metadata = parse_tags(headers.get(TAGS_HEADER), payload.get("metadata"))
         log_it = payload.get("store") is not False
         base = CallRecord(
             model_requested=model,
@@ -233,7 +236,7 @@ class Gateway:
     ) -> UpstreamReply | None:
         """Apply the task's checks to a whole answer, in place on ``reply`` (annotated body, review header,
         or the fallback's answer); returns the 422 reply to send instead when the policy rejects it."""
-        completion = _json_object(reply.body)
+        completion = reply.json_object()
         if completion is None or reply.target is None:
             return None
         if _checked_upstream(completion):
@@ -261,7 +264,7 @@ class Gateway:
                 await self.writer.submit(logged)
             if not second.ok or second.target is None:
                 raise OpenAIError(second.status, second.error or f"fallback {fallback} failed", code="upstream_error")
-            answer = _json_object(second.body) or {}
+            answer = second.json_object() or {}
             answer["model"] = _answered_by(second, answer)
             return answer
 
@@ -275,7 +278,7 @@ class Gateway:
             return UpstreamReply(
                 error.status,
                 reply.target,
-                body=json.dumps(error.body()).encode(),
+                body=orjson.dumps(error.body()),
                 headers={"content-type": "application/json"},
                 attempts=reply.attempts,
                 wait_s=reply.wait_s,
@@ -283,7 +286,7 @@ class Gateway:
             )
         if outcome.action == "fallback":
             record.response_body = reply.body  # this call's row keeps the draft; the fallback has its own row
-        reply.body = json.dumps(outcome.completion, separators=(",", ":")).encode()
+        reply.body = orjson.dumps(outcome.completion)
         reply.headers.update(outcome.headers)
         return None
 
@@ -335,14 +338,14 @@ class Gateway:
         record.overhead_ms = overhead * 1000
         _count(reply)
         OVERHEAD.observe(overhead)
-        _observe_call(record, _json_object(reply.body) if reply.ok else None)  # what the client got
+        _observe_call(record, reply.json_object() if reply.ok else None)  # what the client got
         if log_it:
             assert self.writer is not None
             await self.writer.submit(record)
         headers = {**reply.headers, OVERHEAD_HEADER: f"{overhead * 1000:.3f}"}
         if as_stream and reply.ok:  # the log keeps the whole answer; the client gets the stream it asked for
             include_usage = bool((record.request.get("stream_options") or {}).get("include_usage"))
-            completion = _json_object(reply.body)
+            completion = reply.json_object()
             if completion is None:
                 message = f"upstream {record.upstream} answered 200 with a body that is not a chat.completion"
                 error = error_body(message, "server_error", status=502, code="upstream_error")
@@ -508,7 +511,7 @@ class Gateway:
     # --- ingest (SDK wrapper) ---------------------------------------------------------------------
 
     async def ingest(self, request: Request) -> dict[str, Any]:
-        key = await self.authenticate(request)
+        key = await self.authenticate(request.headers)
         payload = _decode_body(await request.body())
         records = payload.get("records")
         if not isinstance(records, list):
@@ -542,10 +545,9 @@ class Gateway:
 
 def _decode_body(raw: bytes) -> dict[str, Any]:
     try:
-        payload = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
-        raise OpenAIError(400, f"the request body is not valid JSON: {reason}") from None
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:  # also invalid UTF-8
+        raise OpenAIError(400, f"the request body is not valid JSON: {exc.msg} (at byte {exc.pos})") from None
     if not isinstance(payload, dict):
         raise OpenAIError(400, "the request body must be a JSON object")
     return payload
@@ -570,43 +572,35 @@ def _fill_from_reply(record: CallRecord, reply: UpstreamReply) -> None:
     record.attempts = [attempt.to_json() for attempt in reply.attempts]
 
 
-_counters: dict[tuple[str, ...], Counter] = {}  # labelled children, looked up once (labels() takes a lock)
+_children: dict[tuple[str, ...], Any] = {}  # labelled children, looked up once (labels() takes a lock)
 
 
-def _counter(metric: Counter, *labels: str) -> Counter:
+def _child(metric: Counter | Histogram, *labels: str) -> Any:
     key = (metric._name, *labels)
-    child = _counters.get(key)
+    child = _children.get(key)
     if child is None:
-        child = _counters[key] = metric.labels(*labels)
+        child = _children[key] = metric.labels(*labels)
     return child
-
-
-def _json_object(body: bytes | None) -> dict[str, Any] | None:
-    try:
-        value = json.loads(body or b"")
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _observe_call(record: CallRecord, answer: dict[str, Any] | None) -> None:
     """Per-model metrics of a finished call (``answer``: the chat.completion the client got, if any)."""
     model = resolved_model(record, answer) or "none"
-    REQUESTS.labels(model, str(record.http_status or 0)).inc()
+    _child(REQUESTS, model, str(record.http_status or 0)).inc()
     if record.latency_ms is not None:
-        LATENCY.labels(model).observe(record.latency_ms / 1000)
+        _child(LATENCY, model).observe(record.latency_ms / 1000)
     if record.ttft_ms is not None:
-        TTFT.labels(model).observe(record.ttft_ms / 1000)
+        _child(TTFT, model).observe(record.ttft_ms / 1000)
     prompt, completion, _ = usage_counts(answer.get("usage") if answer else None)
     for kind, count in (("prompt", prompt), ("completion", completion)):
         if count:
-            TOKENS.labels(model, kind).inc(count)
+            _child(TOKENS, model, kind).inc(count)
 
 
 def _count(reply: UpstreamReply) -> None:
-    _counter(CALLS, reply.target.upstream.name if reply.target else "", str(reply.status)).inc()
+    _child(CALLS, reply.target.upstream.name if reply.target else "", str(reply.status)).inc()
     for attempt in reply.attempts:
-        _counter(UPSTREAM_TRIES, attempt.upstream, attempt.outcome).inc()
+        _child(UPSTREAM_TRIES, attempt.upstream, attempt.outcome).inc()
 
 
 class GatewayApp(FastAPI):
@@ -623,13 +617,27 @@ class GatewayApp(FastAPI):
         if scope["type"] != "http" or scope["path"] != CHAT_PATH or scope["method"] != "POST" or scope.get("root_path"):
             await super().__call__(scope, receive, send)
             return
+        started = time.perf_counter()
         try:
-            response = await self.gateway.chat_completions(Request(scope, receive))
+            body = await _read_body(receive)
+            response = await self.gateway.chat_completions(Headers(scope=scope), body, started)
         except OpenAIError as exc:
             response = openai_error_response(exc)
         except Exception as exc:
             response = unexpected_error_response(exc)
         await response(scope, receive, send)
+
+
+async def _read_body(receive: Receive) -> bytes:
+    """The request body, straight from the ASGI messages (Starlette's Request would cost more here)."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def create_app(config: GatewayConfig, url: str | None = None) -> FastAPI:
@@ -652,11 +660,12 @@ def create_app(config: GatewayConfig, url: str | None = None) -> FastAPI:
 
     @app.post(CHAT_PATH)
     async def chat_completions(request: Request) -> Response:
-        return await gateway.chat_completions(request)
+        started = time.perf_counter()
+        return await gateway.chat_completions(request.headers, await request.body(), started)
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
-        await gateway.authenticate(request)
+        await gateway.authenticate(request.headers)
         return await gateway.list_models()
 
     @app.post("/v1/tuneloop/logs")

@@ -36,6 +36,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+import sqlalchemy as sa
 from prometheus_client import Counter, Gauge, Histogram
 
 from tuneloop.capture.config import LoggingConfig
@@ -72,7 +73,12 @@ class Sink(Protocol):
 
 
 class StoreSink:
-    """Inserts records as ``requests`` rows; a ``capture_id`` already present is skipped (replays)."""
+    """Inserts records as ``requests`` rows; a ``capture_id`` already present is skipped (replays).
+
+    The INSERT is compiled once for the store's dialect and each batch goes to the driver as one
+    ``executemany``, with each column's own bind processor applied in a single pass: SQLAlchemy's generic
+    per-row parameter handling is time the gateway's request path waits for the GIL.
+    """
 
     def __init__(
         self, url: str | None = None, prices: PriceTable | None = None, redactor: Redactor | None = None
@@ -83,12 +89,20 @@ class StoreSink:
         self.engine = get_engine(url)
         self.table = RequestLog.__table__
         self.prices, self.redactor = prices, redactor
-        dialect = self.engine.dialect.name
-        if dialect == "postgresql":
+        dialect = self.engine.dialect
+        if dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
         else:
             from sqlalchemy.dialects.sqlite import insert
-        self.statement = insert(self.table).on_conflict_do_nothing(index_elements=["capture_id"])
+        columns = [column for column in self.table.columns if column.name != "id"]
+        statement = insert(self.table).values({column.name: sa.bindparam(column.name) for column in columns})
+        compiled = statement.on_conflict_do_nothing(index_elements=["capture_id"]).compile(dialect=dialect)
+        self.sql = str(compiled)
+        # Positional dialects (SQLite's qmark) take tuples in placeholder order, named ones (psycopg) dicts.
+        self.positional = bool(compiled.positional)
+        names = list(compiled.positiontup or []) if self.positional else [column.name for column in columns]
+        processors = {column.name: column.type.dialect_impl(dialect).bind_processor(dialect) for column in columns}
+        self.plan = [(name, processors[name]) for name in names]
 
     def rows(self, records: Iterable[CallRecord]) -> list[dict[str, Any]]:
         rows = []
@@ -100,10 +114,23 @@ class StoreSink:
                 rows.append(_fallback_row(record, exc))
         return rows
 
+    def parameters(self, rows: list[dict[str, Any]]) -> list[Any]:
+        """Driver parameters for ``rows``: every column bound (absent ones as NULL), as the store's types
+        would bind them."""
+        plan = self.plan
+        values = [
+            tuple([row.get(name) if processor is None else processor(row.get(name)) for name, processor in plan])
+            for row in rows
+        ]
+        if self.positional:
+            return values
+        names = [name for name, _ in plan]
+        return [dict(zip(names, row, strict=True)) for row in values]
+
     def write(self, records: list[CallRecord]) -> None:
-        rows = self.rows(records)
+        parameters = self.parameters(self.rows(records))
         with self.engine.begin() as connection:
-            connection.execute(self.statement, rows)
+            connection.exec_driver_sql(self.sql, parameters)
 
     def close(self) -> None:
         pass

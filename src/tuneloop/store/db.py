@@ -21,6 +21,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
@@ -112,6 +113,15 @@ def get_engine(url: str | None = None) -> Engine:
         return _engines[key]
 
 
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+# JSON columns (logged requests and responses above all) are written and read with orjson: the gateway's
+# log writer spends much of its time serializing them (benchmarks/gateway_overhead.py).
+_JSON_CODEC: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
+
+
 def _create_engine(url: str) -> Engine:
     parsed = make_url(url)
     backend = parsed.get_backend_name()
@@ -119,7 +129,9 @@ def _create_engine(url: str) -> Engine:
         database_file = _sqlite_file(parsed)
         if database_file is None:
             # One shared connection, or every connection would see its own empty in-memory database.
-            engine = sa.create_engine(parsed, poolclass=sa.StaticPool, connect_args={"check_same_thread": False})
+            engine = sa.create_engine(
+                parsed, poolclass=sa.StaticPool, connect_args={"check_same_thread": False}, **_JSON_CODEC
+            )
         else:
             try:
                 database_file.parent.mkdir(parents=True, exist_ok=True)
@@ -129,7 +141,7 @@ def _create_engine(url: str) -> Engine:
                     where=str(database_file),
                     hint="set TUNELOOP_HOME to a writable directory, or TUNELOOP_DATABASE_URL to another database",
                 ) from exc
-            engine = sa.create_engine(parsed)
+            engine = sa.create_engine(parsed, **_JSON_CODEC)
         sa.event.listen(engine, "connect", _configure_sqlite_connection)
         return engine
     if backend == "postgresql":
@@ -138,7 +150,7 @@ def _create_engine(url: str) -> Engine:
             # Without it an unreachable host hangs for minutes before the user sees anything.
             connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_S
         # pre_ping: long-running servers (gateway, serve) survive a database restart.
-        return sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+        return sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args, **_JSON_CODEC)
     raise TuneloopError(
         f"unsupported database {parsed.get_backend_name()!r}",
         where=parsed.render_as_string(hide_password=True),
