@@ -7,9 +7,12 @@ about our side of the wire), ``tuneloop gateway`` (logging every call to SQLite,
 may be dropped), optionally LiteLLM's proxy on the same upstream, and the load generator
 (``tuneloop.capture.loadtest``: closed loop, keep-alive connections). For each concurrency (1, 16, 64)
 each target gets a warm-up and then a measured run; added latency is the target's percentile minus the
-direct call's at the same concurrency. Also reported: the gateway's own account of its overhead
-(``x-tuneloop-overhead-ms``: time in its code minus upstream waits), CPU per request of each proxy
-process, and, at the end, that the store holds one row per request sent through the gateway.
+direct call's at the same concurrency. Against that fast upstream, 64 clients in a closed loop saturate any
+proxy, so the latency at c=64 is mostly queueing (about 64 / requests per second); a last run at c=64 goes to a
+second fake upstream that answers after ``--slow-ms`` ± 50 % (100 ms by default; an LLM takes longer), where the
+proxy is not saturated and the added latency is what one call costs. Also reported: the gateway's own
+account of its overhead (``x-tuneloop-overhead-ms``: time in its code minus upstream waits), CPU per request
+of each proxy process, and, at the end, that the store holds one row per request sent through the gateway.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +40,8 @@ import yaml
 
 from tuneloop.capture.loadtest import chat_body, percentile, run_load
 
-LEVELS = ((1, 1000), (16, 4000), (64, 8000))  # (concurrency, requests measured)
+LEVELS = ((1, 1000), (16, 4000), (64, 8000))  # (concurrency, requests measured), fast upstream
+SLOW_LEVEL = (64, 4000)  # the same at c=64 against an upstream that takes --slow-ms to answer
 WARMUP = 300
 
 
@@ -96,6 +101,12 @@ def main() -> None:
     parser.add_argument("--litellm", default=default_litellm if Path(default_litellm).exists() else None)
     parser.add_argument("--scale", type=float, default=1.0, help="Multiply the request counts (0.2 for a quick run).")
     parser.add_argument("--json", type=Path, help="Also write the results here.")
+    parser.add_argument(
+        "--slow-ms",
+        type=float,
+        default=100.0,
+        help="Latency of the second fake upstream (an LLM answers in hundreds of ms or more); 0 skips it.",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="tuneloop-bench-"))
@@ -110,20 +121,31 @@ def main() -> None:
         return process
 
     try:
-        upstream_port, gateway_port, litellm_port = free_port(), free_port(), free_port()
+        upstream_port, slow_port, gateway_port, litellm_port = free_port(), free_port(), free_port(), free_port()
         upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
+        slow_url = f"http://127.0.0.1:{slow_port}/v1"
         start([sys.executable, "-m", "tuneloop.capture.fake_upstream", "--port", str(upstream_port)])
+        fake_upstream = [sys.executable, "-m", "tuneloop.capture.fake_upstream"]
+        start([*fake_upstream, "--port", str(slow_port), "--latency-ms", str(args.slow_ms), "--latency-spread", "0.5"])
         wait_http(upstream_url + "/models")
+        wait_http(slow_url + "/models")
 
         config = work / "gateway.yaml"
-        config.write_text(yaml.safe_dump({"upstreams": {"fake": {"base_url": upstream_url}}}))
+        config.write_text(
+            yaml.safe_dump({"upstreams": {"fake": {"base_url": upstream_url}, "slow": {"base_url": slow_url}}})
+        )
         tuneloop_bin = str(Path(sys.executable).parent / "tuneloop")
         gateway = start([tuneloop_bin, "gateway", "--config", str(config), "--port", str(gateway_port)], env=env)
         wait_http(f"http://127.0.0.1:{gateway_port}/healthz")
 
-        targets: dict[str, tuple[str, str, psutil.Process | None]] = {
-            "direct": (f"{upstream_url}/chat/completions", "m", None),
-            "tuneloop": (f"http://127.0.0.1:{gateway_port}/v1/chat/completions", "fake/m", psutil.Process(gateway.pid)),
+        upstream_urls = {"fake": upstream_url, "slow": slow_url}
+        # Each target's chat URL and the model name it is asked for, given the upstream ("fake" or "slow").
+        targets: dict[str, tuple[Callable[[str], tuple[str, str]], psutil.Process | None]] = {
+            "direct": (lambda upstream: (f"{upstream_urls[upstream]}/chat/completions", "m"), None),
+            "tuneloop": (
+                lambda upstream: (f"http://127.0.0.1:{gateway_port}/v1/chat/completions", f"{upstream}/m"),
+                psutil.Process(gateway.pid),
+            ),
         }
         litellm_version = None
         if args.litellm:
@@ -133,9 +155,10 @@ def main() -> None:
                     {
                         "model_list": [
                             {
-                                "model_name": "fake/m",
-                                "litellm_params": {"model": "openai/m", "api_base": upstream_url, "api_key": "fake"},
+                                "model_name": f"{upstream}/m",
+                                "litellm_params": {"model": "openai/m", "api_base": url, "api_key": "fake"},
                             }
+                            for upstream, url in upstream_urls.items()
                         ],
                     }
                 )
@@ -147,29 +170,33 @@ def main() -> None:
             )
             wait_http(f"http://127.0.0.1:{litellm_port}/health/liveliness", timeout=300)
             targets["litellm"] = (
-                f"http://127.0.0.1:{litellm_port}/v1/chat/completions",
-                "fake/m",
+                lambda upstream: (f"http://127.0.0.1:{litellm_port}/v1/chat/completions", f"{upstream}/m"),
                 psutil.Process(litellm.pid),
             )
             pip = Path(args.litellm).parent / "pip"
             shown = subprocess.run([str(pip), "show", "litellm"], capture_output=True, text=True).stdout
             litellm_version = next((line.split()[-1] for line in shown.splitlines() if line.startswith("Version")), "?")
 
-        results: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in targets}
-        for concurrency, count in LEVELS:
+        # (label, concurrency, requests, upstream): the fast upstream at each concurrency, then the slow one.
+        scenarios = [(str(concurrency), concurrency, count, "fake") for concurrency, count in LEVELS]
+        if args.slow_ms > 0:
+            scenarios.append((f"{SLOW_LEVEL[0]}, upstream {args.slow_ms:g} ms", *SLOW_LEVEL, "slow"))
+        results: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in targets}
+        for label, concurrency, count, upstream in scenarios:
             total = max(100, int(count * args.scale))
-            for name, (url, model, process) in targets.items():
+            for name, (address, process) in targets.items():
+                url, model = address(upstream)
                 # The other proxies are paused meanwhile: an idle LiteLLM proxy keeps a core partly busy with
                 # its own background tasks, which would be charged to whoever is measured next to it.
-                others = [other for _, _, other in targets.values() if other is not None and other is not process]
+                others = [other for _, other in targets.values() if other is not None and other is not process]
                 for other in others:
                     other.suspend()
                 try:
-                    results[name][concurrency] = measure(url, model, concurrency, total, process)
+                    results[name][label] = measure(url, model, concurrency, total, process)
                 finally:
                     for other in others:
                         other.resume()
-                print(f"c={concurrency:>2} {name:>9}: {json.dumps(results[name][concurrency])}", flush=True)
+                print(f"c={label} {name:>9}: {json.dumps(results[name][label])}", flush=True)
 
         # Every call through the gateway must be in the store once it has shut down (SIGTERM drains).
         gateway.send_signal(signal.SIGTERM)
@@ -196,7 +223,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def print_table(results: dict[str, dict[int, dict[str, Any]]], litellm_version: str | None) -> None:
+def print_table(results: dict[str, dict[str, dict[str, Any]]], litellm_version: str | None) -> None:
     direct = results["direct"]
     columns = "proxy | c | p50 ms | p99 ms | added p50 ms | added p99 ms | requests/s | CPU ms/request | own p50/p99 ms"
     print(f"\n| {columns} |")

@@ -137,9 +137,14 @@ def test_every_failure_is_an_openai_shaped_error(tmp_path: Path, fake_url: str) 
         with pytest.raises(openai.BadRequestError) as bad_role:
             api.chat.completions.create(model="fake/x", messages=[{"content": "no role"}])  # type: ignore[list-item]
         assert bad_role.value.param == "messages[0].role"
-        for body in (b"{not json", b"[1, 2]"):
+        for body in (b"{not json", b"[1, 2]", b'{"model": "fake/x", "messages": "\xff"}'):
             response = httpx.post(running.base_url + "/chat/completions", content=body)
             assert response.status_code == 400 and set(response.json()["error"]) == {"message", "type", "param", "code"}
+        response = httpx.post(running.base_url + "/chat/completions", content=b'{"model": "fake/x",\n "messages": [}')
+        assert (
+            "not valid JSON" in response.json()["error"]["message"]
+            and "at byte 34" in response.json()["error"]["message"]
+        )
         with pytest.raises(openai.InternalServerError) as upstream_500:
             api.chat.completions.create(model="fake/fault-500", messages=MESSAGES)
         assert upstream_500.value.status_code == 500
@@ -324,3 +329,20 @@ def test_the_first_key_closes_an_open_gateway_as_soon_as_it_is_used(tmp_path: Pa
             client(running, "anything").chat.completions.create(model="fake/x", messages=MESSAGES)
         assert wait_for_rows(2) == 2
     assert [row.api_key_id for row in rows()] == [None, key.id]
+
+
+def test_the_overhead_header_leaves_out_the_time_spent_waiting_on_the_upstream(tmp_path: Path) -> None:
+    slow = FakeUpstream(latency_ms=300, latency_spread=0.5)  # answers after 150-450 ms
+    with slow.running() as slow_url, running_gateway(gateway_config(tmp_path, slow_url)) as running:
+        for stream in (False, True):
+            response = httpx.post(
+                running.base_url + "/chat/completions",
+                json={"model": "fake/m", "messages": MESSAGES, "stream": stream},
+                timeout=30,
+            )
+            assert response.status_code == 200
+            assert response.elapsed.total_seconds() >= 0.15  # the upstream's latency reached the client
+            assert float(response.headers["x-tuneloop-overhead-ms"]) < 100  # ...but is not counted as ours
+        assert wait_for_rows(2) == 2
+    for row in rows():
+        assert row.latency_ms >= 150 and row.overhead_ms < row.latency_ms - 100

@@ -1,4 +1,4 @@
-"""A fast OpenAI-compatible upstream that answers at once, with optional fault injection.
+"""A fast OpenAI-compatible upstream that answers at once (or after a set latency), with optional fault injection.
 
 For tests and benchmarks of the gateway (they are about our side of the wire, so the other side should
 cost as little as possible), and for trying a gateway config without an API key::
@@ -45,6 +45,8 @@ class FakeUpstream:
         seed: int = 0,
         models: tuple[str, ...] = ("fake-small", "fake-large"),
         stream_pieces: int = 4,
+        latency_ms: float = 0.0,
+        latency_spread: float = 0.0,
     ) -> None:
         unknown = set(faults) - set(FAULT_KINDS)
         if unknown:
@@ -55,6 +57,10 @@ class FakeUpstream:
         self.random = random.Random(seed)
         self.models = models
         self.stream_pieces = stream_pieces
+        # A successful answer is sent this long after the request came, give or take ``latency_spread`` of it
+        # (uniformly): clients of an upstream that always takes the same time move in lockstep, in bursts.
+        self.latency_s = latency_ms / 1000
+        self.latency_spread = latency_spread
         self.served = Counter[str]()  # "ok" and each fault kind
         # What was received, when keep_requests is set (tests): bodies, and the headers of each.
         self.requests: list[dict[str, Any]] = []
@@ -230,18 +236,36 @@ class _Connection(asyncio.Protocol):
             for event in upstream.stream_events(request):
                 parts.append(f"{len(event):x}\r\n".encode() + event + b"\r\n")
             parts.append(b"0\r\n\r\n")
-            self.transport.write(b"".join(parts))
+            self.answer(b"".join(parts))
             return
         completion, _ = upstream.completion(request)
-        self.respond(200, json.dumps(completion, separators=(",", ":")).encode())
+        self.answer(self.response(200, json.dumps(completion, separators=(",", ":")).encode()))
+
+    def answer(self, data: bytes) -> None:
+        """Send a successful answer, after the upstream's latency if it has one (as a model takes time)."""
+        upstream = self.upstream
+        if upstream.latency_s <= 0:
+            self.transport.write(data)
+            return
+        delay = upstream.latency_s * (1 + upstream.latency_spread * (2 * upstream.random.random() - 1))
+
+        def send() -> None:
+            if not self.transport.is_closing():
+                self.transport.write(data)
+
+        asyncio.get_running_loop().call_later(delay, send)
 
     def respond(self, status: int, body: bytes, extra_headers: bytes = b"") -> None:
+        self.transport.write(self.response(status, body, extra_headers))
+
+    @staticmethod
+    def response(status: int, body: bytes, extra_headers: bytes = b"") -> bytes:
         reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests"}.get(status, "Error")
         head = (
             f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
             "connection: keep-alive\r\n"
         ).encode()
-        self.transport.write(head + extra_headers + b"\r\n" + body)
+        return head + extra_headers + b"\r\n" + body
 
 
 def _error(message: str, kind: str) -> bytes:
@@ -255,8 +279,16 @@ def main() -> None:
     parser.add_argument("--fault-rate", type=float, default=0.0)
     parser.add_argument("--faults", default="500,reset,timeout", help="comma-separated: " + ",".join(FAULT_KINDS))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="answer this long after each request")
+    parser.add_argument("--latency-spread", type=float, default=0.0, help="±this share of it, uniformly (0-1)")
     args = parser.parse_args()
-    upstream = FakeUpstream(fault_rate=args.fault_rate, faults=tuple(args.faults.split(",")), seed=args.seed)
+    upstream = FakeUpstream(
+        fault_rate=args.fault_rate,
+        faults=tuple(args.faults.split(",")),
+        seed=args.seed,
+        latency_ms=args.latency_ms,
+        latency_spread=args.latency_spread,
+    )
 
     async def run() -> None:
         server = await upstream.serve(args.host, args.port)

@@ -20,8 +20,10 @@ from tuneloop.errors import TuneloopError
 GRACEFUL_SHUTDOWN_S = 30
 
 
-def _uvicorn_config(config: GatewayConfig, host: str, port: int, url: str | None, log_level: str) -> uvicorn.Config:
-    app = create_app(config, url)
+def _uvicorn_config(
+    config: GatewayConfig, host: str, port: int, url: str | None, log_level: str, *, own_process: bool = False
+) -> uvicorn.Config:
+    app = create_app(config, url, freeze_heap=own_process)
     return uvicorn.Config(
         app,
         host=host,
@@ -38,7 +40,7 @@ def _uvicorn_config(config: GatewayConfig, host: str, port: int, url: str | None
 
 def serve(config: GatewayConfig, host: str = "127.0.0.1", port: int = 4000, url: str | None = None) -> None:
     """Run until SIGTERM/SIGINT, then drain the log queue and return."""
-    server = uvicorn.Server(_uvicorn_config(config, host, port, url, "info"))
+    server = uvicorn.Server(_uvicorn_config(config, host, port, url, "info", own_process=True))
     try:
         server.run()
     except OSError as exc:
