@@ -149,7 +149,11 @@ def test_defaults_come_from_the_dataset_size() -> None:
     small = resolved(1000)
     assert small.sft["learning_rate"] == 1e-3 and small.lora["r"] == 16 and small.lora["target_modules"] == "all-linear"
     assert small.max_length == 512  # fit to the longest example
-    assert small.sft["per_device_train_batch_size"] * small.sft["gradient_accumulation_steps"] == 16
+    # Small datasets get small batches, so that an epoch still has ~160 optimizer steps.
+    assert small.sft["per_device_train_batch_size"] * small.sft["gradient_accumulation_steps"] == 6
+    large = resolved(50_000).sft
+    assert large["per_device_train_batch_size"] * large["gradient_accumulation_steps"] == 16
+    assert resolved(100).sft["per_device_train_batch_size"] * resolved(100).sft["gradient_accumulation_steps"] == 1
     assert small.sft["eval_strategy"] == "steps"
     # The user's keys win.
     assert resolved(1000, num_train_epochs=2, learning_rate=5e-4).sft["num_train_epochs"] == 2
