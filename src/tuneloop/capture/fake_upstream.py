@@ -236,12 +236,12 @@ class _Connection(asyncio.Protocol):
             for event in upstream.stream_events(request):
                 parts.append(f"{len(event):x}\r\n".encode() + event + b"\r\n")
             parts.append(b"0\r\n\r\n")
-            self.answer(b"".join(parts))
+            self.send_answer(b"".join(parts))
             return
         completion, _ = upstream.completion(request)
-        self.answer(self.response(200, json.dumps(completion, separators=(",", ":")).encode()))
+        self.send_answer(self.response(200, json.dumps(completion, separators=(",", ":")).encode()))
 
-    def answer(self, data: bytes) -> None:
+    def send_answer(self, data: bytes) -> None:
         """Send a successful answer, after the upstream's latency if it has one (as a model takes time)."""
         upstream = self.upstream
         if upstream.latency_s <= 0:

@@ -75,7 +75,9 @@ class UpstreamReply:
     wait_s: float = 0.0
     error: str | None = None
 
-    _parsed: tuple[bytes | None, dict[str, Any] | None] | None = field(default=None, repr=False, compare=False)
+    _parsed: tuple[bytes | None, dict[str, Any] | None] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def ok(self) -> bool:

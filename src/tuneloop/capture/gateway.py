@@ -573,11 +573,11 @@ def _fill_from_reply(record: CallRecord, reply: UpstreamReply) -> None:
     record.attempts = [attempt.to_json() for attempt in reply.attempts]
 
 
-_children: dict[tuple[str, ...], Any] = {}  # labelled children, looked up once (labels() takes a lock)
+_children: dict[tuple[Any, ...], Any] = {}  # labelled children, looked up once (labels() takes a lock)
 
 
 def _child(metric: Counter | Histogram, *labels: str) -> Any:
-    key = (metric._name, *labels)
+    key = (id(metric), *labels)  # the metrics are module-level: their ids never change
     child = _children.get(key)
     if child is None:
         child = _children[key] = metric.labels(*labels)
@@ -645,9 +645,9 @@ def create_app(config: GatewayConfig, url: str | None = None, *, freeze_heap: bo
     """The gateway as an ASGI app; the store at ``url`` (default: the configured one).
 
     ``freeze_heap`` (for a process that runs only the gateway): once started, everything alive (modules,
-    the app, pools: ~150k objects) is moved out of the cyclic garbage collector's reach, with
-    ``gc.freeze()``. Its full collections otherwise scan all of it and stall every call in flight for
-    100-200 ms, the gateway's p99 (measured with a ``gc.callbacks`` probe under benchmarks/gateway_overhead.py's load).
+    the app, pools) is moved out of the cyclic garbage collector's reach, with ``gc.freeze()``. Its full
+    collections otherwise scan all of it and stall every call in flight: they were the gateway's p99
+    (benchmarks/gateway_overhead.py, docs/benchmarks.md → Gateway).
     """
     gateway = Gateway(config, url)
 

@@ -29,7 +29,7 @@ TAGS_HEADER = "x-tuneloop-tags"
 
 
 def new_capture_id() -> str:
-    return secrets.token_hex(16)  # 128 random bits; a quarter of uuid4().hex's cost (python -m timeit)
+    return secrets.token_hex(16)  # 128 random bits, as uuid4().hex, without building a UUID object
 
 
 @dataclass

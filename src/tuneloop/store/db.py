@@ -117,8 +117,8 @@ def _json_dumps(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
-# JSON columns (logged requests and responses above all) are written and read with orjson: the gateway's
-# log writer spends much of its time serializing them (benchmarks/gateway_overhead.py).
+# JSON columns (logged requests and responses above all) are written and read with orjson, in C: the
+# gateway's log writer serializes several of them per call, in the process that answers the calls.
 _JSON_CODEC: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
 
 
