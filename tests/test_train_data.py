@@ -158,3 +158,28 @@ def test_defaults_come_from_the_dataset_size() -> None:
     # The user's keys win.
     assert resolved(1000, num_train_epochs=2, learning_rate=5e-4).sft["num_train_epochs"] == 2
     assert resolved(10).sft["eval_strategy"] == "no"  # too few rows to hold any back
+
+
+def test_settings_that_clash_are_refused_before_training_naming_the_file(tmp_path: Path) -> None:
+    # PEFT refuses layers_to_transform with a target_modules string, and "all-linear" is tuneloop's default.
+    path = tmp_path / "train.yaml"
+    path.write_text("lora:\n  layers_to_transform: [0, 1]\n")
+    with pytest.raises(TuneloopError) as caught:
+        train_config.resolve(train_config.load_config(path), examples=1000, longest=500, parameters=135_000_000)
+    assert caught.value.where == str(path)
+    assert caught.value.message.startswith("lora:") and "layers_to_transform" in caught.value.message
+    assert "target_modules='all-linear'" in (caught.value.hint or "")
+
+    path.write_text("lora:\n  layers_to_transform: [0, 1]\n  target_modules: [q_proj, v_proj]\n")
+    resolved = train_config.resolve(train_config.load_config(path), examples=1000, longest=500, parameters=135_000_000)
+    assert resolved.lora["layers_to_transform"] == [0, 1]
+
+    # TrainingArguments takes one mixed precision; each key alone is valid.
+    path.write_text("sft:\n  fp16: true\n  bf16: true\n")
+    with pytest.raises(TuneloopError) as caught:
+        train_config.resolve(train_config.load_config(path), examples=1000, longest=500, parameters=135_000_000)
+    assert caught.value.message.startswith("sft:") and "fp16 and bf16" in caught.value.message
+    # fp16 alone is the user's choice of precision: the bf16 default steps aside rather than clash.
+    path.write_text("sft:\n  fp16: true\n")
+    resolved = train_config.resolve(train_config.load_config(path), examples=1000, longest=500, parameters=135_000_000)
+    assert resolved.sft["fp16"] is True and resolved.sft["bf16"] is False

@@ -13,6 +13,8 @@ A config file is YAML with two sections named after the classes they fill, plus 
     validation_fraction: 0.05  # share of the training rows held back for validation loss
 
 Every key is checked against the dataclass it belongs to; a misspelt one is reported with its file and line.
+The resolved config is then built whole once, so keys that clash (with each other or with a default) are
+reported with the file before any training starts.
 
 Defaults (``resolve``), each overridden by the file:
 
@@ -25,7 +27,7 @@ Defaults (``resolve``), each overridden by the file:
   with width); linear decay after a 5 % warm-up;
 - LoRA r=16, alpha=32, on every linear layer of the transformer blocks, no dropout;
 - bf16 autocast where the hardware computes bf16 natively (CUDA with bf16, CPUs with AVX512-BF16/AMX),
-  else float32; no gradient checkpointing on CPU (memory is not the constraint there, time is);
+  else float32 (and not when the file sets ``fp16``); no gradient checkpointing on CPU (memory is not the constraint there, time is);
 - validation loss on 5 % of the rows (at most 100), evaluated about 4 times per run, with checkpoints at the
   same steps (the last 2 kept).
 """
@@ -299,8 +301,8 @@ def resolve(
     default("warmup_steps", 0.05, "5% warm-up")
     default("weight_decay", 0.0, "no decay on LoRA weights")
     default("max_grad_norm", 1.0, "clip")
-    fast_bf16 = bf16_is_fast(device)
-    default("bf16", fast_bf16, "native bf16" if fast_bf16 else "no native bf16: float32")
+    fast_bf16 = bf16_is_fast(device) and not sft.get("fp16")  # a user's fp16 is their choice of precision
+    default("bf16", fast_bf16, "native bf16" if fast_bf16 else "no native bf16 (or fp16 chosen): no bf16")
     default("gradient_checkpointing", device != "cpu", "off on CPU: time, not memory, is short")
     default("seed", 42, "HF default")
     default("optim", "adamw_torch", "AdamW")
@@ -327,7 +329,52 @@ def resolve(
     default("lora_dropout", 0.0, "no dropout", lora)
     default("target_modules", "all-linear", "every linear layer of the blocks", lora)
     default("bias", "none", "no bias training", lora)
-    return ResolvedConfig(sft, lora, validation_fraction, max_length, chosen)
+    resolved = ResolvedConfig(sft, lora, validation_fraction, max_length, chosen)
+    _check_combination(resolved, user.source)
+    return resolved
+
+
+def sft_arguments(sft: dict[str, Any], output_dir: str) -> Any:
+    """The trainer's ``trl.SFTConfig``: the resolved keys plus those tuneloop always sets (RESERVED_SFT_KEYS)."""
+    import torch
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=output_dir,
+        padding_free=False,  # TRL's flag; batches are padding-free through tuneloop's collator
+        max_length=None,  # lengths were checked before launch; nothing is ever cut
+        report_to="none",
+        disable_tqdm=True,  # tuneloop's own progress bar
+        dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),
+        **sft,
+    )
+
+
+def lora_arguments(lora: dict[str, Any]) -> Any:
+    """The run's ``peft.LoraConfig``."""
+    from peft import LoraConfig
+
+    return LoraConfig(task_type="CAUSAL_LM", **lora)
+
+
+def _check_combination(resolved: ResolvedConfig, source: str | None) -> None:
+    """Keys valid alone can clash together (or with a default): report that before any training starts."""
+    for section, build in (
+        ("lora", lambda: lora_arguments(resolved.lora)),
+        ("sft", lambda: sft_arguments(resolved.sft, "/tmp/tuneloop-config-check")),
+    ):
+        try:
+            build()
+        except (TypeError, ValueError) as exc:
+            values = resolved.lora if section == "lora" else resolved.sft
+            defaults = ", ".join(f"{key}={values[key]!r}" for key in values if key in resolved.chosen)
+            raise TuneloopError(
+                f"{section}: these settings do not go together: {exc}",
+                where=source or "the training config",
+                hint=f"change the {section}: keys named above; tuneloop's defaults for the keys you did not set "
+                f"were {defaults} (set a key in the file to change it)",
+            ) from None
 
 
 def _round_up(value: int, multiple: int) -> int:

@@ -31,16 +31,15 @@ def run(run_dir: Path) -> dict[str, Any]:
     """Train as described by ``run_dir/run.json``; returns (and on the main process writes) the result."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # bases are local; nothing may reach the network
     import torch
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from transformers.trainer_utils import get_last_checkpoint
-    from trl import SFTConfig
 
     from tuneloop.bases import align_special_tokens
     from tuneloop.train import attention
     from tuneloop.train.callbacks import NonFiniteLossGuard, RichProgressCallback
     from tuneloop.train.collate import PaddingFreeCollator
+    from tuneloop.train.config import lora_arguments, sft_arguments
     from tuneloop.train.data import load_encoded
     from tuneloop.train.trainer import TuneloopSFTTrainer
 
@@ -63,16 +62,7 @@ def run(run_dir: Path) -> dict[str, Any]:
     eval_dataset = load_encoded(Path(spec["eval_dir"])) if spec.get("eval_dir") else None
 
     # 3. The recipe's settings, by their TRL/PEFT names (config.py chose the defaults).
-    args = SFTConfig(
-        output_dir=str(run_dir / "checkpoints"),
-        padding_free=False,  # TRL's flag; batches are padding-free through our collator (shared prefix once)
-        max_length=None,  # lengths were checked before launch; nothing is ever cut
-        report_to="none",
-        disable_tqdm=True,  # our own progress bar
-        dataloader_pin_memory=torch.cuda.is_available(),
-        use_cpu=not torch.cuda.is_available(),
-        **spec["sft"],
-    )
+    args = sft_arguments(spec["sft"], str(run_dir / "checkpoints"))
     trainer = TuneloopSFTTrainer(
         model=model,
         args=args,
@@ -80,7 +70,7 @@ def run(run_dir: Path) -> dict[str, Any]:
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         data_collator=PaddingFreeCollator(),  # one row per micro-batch, no padding, no cross-example attention
-        peft_config=LoraConfig(task_type="CAUSAL_LM", **spec["lora"]),
+        peft_config=lora_arguments(spec["lora"]),
     )
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
