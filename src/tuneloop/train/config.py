@@ -27,7 +27,8 @@ Defaults (``resolve``), each overridden by the file:
   with width); linear decay after a 5 % warm-up;
 - LoRA r=16, alpha=32, on every linear layer of the transformer blocks, no dropout;
 - bf16 autocast where the hardware computes bf16 natively (CUDA with bf16, CPUs with AVX512-BF16/AMX),
-  else float32 (and not when the file sets ``fp16``); no gradient checkpointing on CPU (memory is not the constraint there, time is);
+  else float32 (and not when the file sets ``fp16``); no gradient checkpointing on CPU (memory is not the
+  constraint there, time is);
 - validation loss on 5 % of the rows (at most 100), evaluated about 4 times per run, with checkpoints at the
   same steps (the last 2 kept).
 """
