@@ -183,3 +183,13 @@ def test_settings_that_clash_are_refused_before_training_naming_the_file(tmp_pat
     path.write_text("sft:\n  fp16: true\n")
     resolved = train_config.resolve(train_config.load_config(path), examples=1000, longest=500, parameters=135_000_000)
     assert resolved.sft["fp16"] is True and resolved.sft["bf16"] is False
+
+
+def test_the_trainers_own_settings_are_tuneloops_unless_the_file_sets_them(tmp_path: Path) -> None:
+    path = tmp_path / "train.yaml"
+    path.write_text("sft:\n  disable_tqdm: false\n")
+    resolved = train_config.resolve(train_config.load_config(path), examples=1000, longest=500, parameters=135_000_000)
+    assert train_config.sft_arguments(resolved.sft, str(tmp_path / "out")).disable_tqdm is False
+    defaults = train_config.resolve(train_config.TrainConfig(), examples=1000, longest=500, parameters=135_000_000)
+    arguments = train_config.sft_arguments(defaults.sft, str(tmp_path / "out"))
+    assert arguments.disable_tqdm is True and arguments.report_to in ([], "none", ["none"])

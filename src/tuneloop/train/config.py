@@ -37,13 +37,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from tuneloop.errors import TuneloopError
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
+    from trl import SFTConfig
 
 SECTIONS = ("sft", "lora")
 TOP_LEVEL_KEYS = ("validation_fraction",)
@@ -183,24 +188,18 @@ def parse_config(text: str, source: str = "<config>") -> TrainConfig:
 
 
 def _check_types(config: TrainConfig, fail: Any) -> None:
-    """Build the real SFTConfig/LoraConfig once, so a bad value is reported now with its line."""
-    from peft import LoraConfig
-    from trl import SFTConfig
-
-    sft = {k: v for k, v in config.sft.items() if k != "max_length"}
+    """Build the real SFTConfig/LoraConfig with each key alone, so a bad value is reported now with its line."""
     max_length = config.sft.get("max_length")
     if max_length is not None and (not isinstance(max_length, int) or max_length < 8):
         raise fail(("sft", "max_length"), "must be a whole number of tokens (at least 8)")
-    for key, value in sft.items():
-        try:
-            SFTConfig(output_dir="/tmp/tuneloop-config-check", report_to="none", use_cpu=True, **{key: value})
-        except (TypeError, ValueError) as exc:
-            raise fail(("sft", key), f"invalid value {value!r}: {exc}") from None
-    for key, value in config.lora.items():
-        try:
-            LoraConfig(**{key: value})
-        except (TypeError, ValueError) as exc:
-            raise fail(("lora", key), f"invalid value {value!r}: {exc}") from None
+    for section, build in _BUILDERS:
+        for key, value in getattr(config, section).items():
+            if key == "max_length":  # tuneloop's own check above; the trainer never cuts
+                continue
+            try:
+                build({key: value})
+            except (TypeError, ValueError) as exc:
+                raise fail((section, key), f"invalid value {value!r}: {exc}") from None
 
 
 def _key_lines(root: yaml.Node | None) -> dict[tuple[str, ...], int]:
@@ -335,40 +334,47 @@ def resolve(
     return resolved
 
 
-def sft_arguments(sft: dict[str, Any], output_dir: str) -> Any:
-    """The trainer's ``trl.SFTConfig``: the resolved keys plus those tuneloop always sets (RESERVED_SFT_KEYS)."""
+def sft_arguments(sft: dict[str, Any], output_dir: str) -> SFTConfig:
+    """The trainer's ``trl.SFTConfig``: the resolved keys, and those tuneloop always sets (RESERVED_SFT_KEYS)."""
     import torch
     from trl import SFTConfig
 
+    settings = {
+        "report_to": "none",
+        "disable_tqdm": True,  # tuneloop's own progress bar
+        "dataloader_pin_memory": torch.cuda.is_available(),
+        "use_cpu": not torch.cuda.is_available(),
+        **sft,  # the file may change the four above
+    }
     return SFTConfig(
         output_dir=output_dir,
         padding_free=False,  # TRL's flag; batches are padding-free through tuneloop's collator
         max_length=None,  # lengths were checked before launch; nothing is ever cut
-        report_to="none",
-        disable_tqdm=True,  # tuneloop's own progress bar
-        dataloader_pin_memory=torch.cuda.is_available(),
-        use_cpu=not torch.cuda.is_available(),
-        **sft,
+        **settings,
     )
 
 
-def lora_arguments(lora: dict[str, Any]) -> Any:
+def lora_arguments(lora: dict[str, Any]) -> LoraConfig:
     """The run's ``peft.LoraConfig``."""
     from peft import LoraConfig
 
     return LoraConfig(task_type="CAUSAL_LM", **lora)
 
 
+# Each section, and how to build its library object from a dict of its keys (a check never writes output_dir).
+_BUILDERS: tuple[tuple[str, Callable[[dict[str, Any]], Any]], ...] = (
+    ("sft", lambda keys: sft_arguments(keys, "/tmp/tuneloop-config-check")),
+    ("lora", lora_arguments),
+)
+
+
 def _check_combination(resolved: ResolvedConfig, source: str | None) -> None:
     """Keys valid alone can clash together (or with a default): report that before any training starts."""
-    for section, build in (
-        ("lora", lambda: lora_arguments(resolved.lora)),
-        ("sft", lambda: sft_arguments(resolved.sft, "/tmp/tuneloop-config-check")),
-    ):
+    for section, build in _BUILDERS:
+        values = getattr(resolved, section)
         try:
-            build()
+            build(values)
         except (TypeError, ValueError) as exc:
-            values = resolved.lora if section == "lora" else resolved.sft
             defaults = ", ".join(f"{key}={values[key]!r}" for key in values if key in resolved.chosen)
             raise TuneloopError(
                 f"{section}: these settings do not go together: {exc}",
