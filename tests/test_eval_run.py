@@ -248,6 +248,51 @@ def test_local_base_run_then_cached_rerun(
     assert out_html.read_text().count("data:image/png;base64,") == 3  # scatter, latency CDF, fields
 
 
+@pytest.mark.slow
+def test_a_float_rewrite_is_its_own_engine_and_a_resumed_run_keeps_it(
+    task: Task, data: Path, converted_home: Path
+) -> None:
+    """``--llamacpp-weights f16`` evaluates the engine ``tuneloop serve --llamacpp-weights f16`` runs: its own
+    label and cache entries, and a resumed run goes on with the same weights, not the native file."""
+    from tuneloop.config import get_settings
+
+    bases = get_settings().cache_dir / "bases"
+    bases.parent.mkdir(parents=True, exist_ok=True)
+    bases.symlink_to(converted_home / "cache" / "bases")  # the conversion and its f16 rewrite are made once
+    f16 = ModelSpec(DEFAULT_BASE, backend_options={"weights": "f16"})
+    options = EvalOptions(max_tokens=MAX_TOKENS)
+
+    def press_ctrl_c_after_the_first(model: str, stored: int) -> None:
+        if stored == 1:
+            signal.raise_signal(signal.SIGINT)
+
+    with pytest.raises(EvalInterrupted) as caught:
+        run_eval(task, str(data), [f16], options, console=quiet(), on_result=press_ctrl_c_after_the_first)
+    resumed = resume_eval(caught.value.run_id, console=quiet())
+    (model,) = resumed.models
+    assert model.name == f"{DEFAULT_BASE} [llamacpp:f16]" and model.results == 3
+
+    native = run_eval(task, str(data), [DEFAULT_BASE], options, console=quiet())
+    assert native.models[0].name == DEFAULT_BASE and native.models[0].cached == 0  # not the f16 answers
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--backend", "transformers", "--llamacpp-weights", "f16"], "applies to the llamacpp backend"),
+        (["--llamacpp-weights", "q8"], "unknown llama.cpp weights 'q8'"),
+    ],
+)
+def test_llamacpp_weights_that_cannot_apply_are_refused_before_any_model_runs(
+    data: Path, options: list[str], message: str
+) -> None:
+    command = ["eval", "run", "--task", "liability-extraction", "--data", str(data), "--model", DEFAULT_BASE]
+    result = CliRunner().invoke(app, [*command, *options])
+    assert isinstance(result.exception, TuneloopError), result.output
+    assert message in str(result.exception)
+    assert list_runs() == []  # nothing started, nothing half-written
+
+
 # --- an endpoint, through the openai client --------------------------------------------------------
 
 

@@ -26,10 +26,8 @@ from tuneloop.errors import TuneloopError
 LLAMA_WEIGHTS = ("native", "f16", "f32")
 
 
-def llamacpp_weights_path(
-    base: Base, weights: str = "native", *, cache_dir: Path | None = None, progress: ProgressCallback | None = None
-) -> Path:
-    """The GGUF file llama.cpp loads for ``base``: the file itself (``native``) or its float rewrite."""
+def check_llamacpp_weights(base: Base, weights: str) -> None:
+    """Refuse, before anything loads, weights llama.cpp cannot run ``base`` on."""
     if weights not in LLAMA_WEIGHTS:
         raise TuneloopError(
             f"unknown llama.cpp weights {weights!r}",
@@ -43,6 +41,14 @@ def llamacpp_weights_path(
             hint="use the transformers backend, or pass the path of a .gguf export of this model "
             "(GGUF export of full bases is not part of tuneloop)",
         )
+
+
+def llamacpp_weights_path(
+    base: Base, weights: str = "native", *, cache_dir: Path | None = None, progress: ProgressCallback | None = None
+) -> Path:
+    """The GGUF file llama.cpp loads for ``base``: the file itself (``native``) or its float rewrite."""
+    check_llamacpp_weights(base, weights)
+    assert base.gguf_path is not None  # checked above
     if weights == "native":
         return base.gguf_path
     # Beside the HF conversion's folder, not in it: that folder is only ever renamed into place whole.

@@ -46,6 +46,11 @@ def run(
     concurrency: int = typer.Option(1, "--concurrency", "-c", min=1, help="Requests in flight at once, per model."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N examples."),
     backend: str | None = typer.Option(None, "--backend", help="Engine for local models: llamacpp or transformers."),
+    llamacpp_weights: str = typer.Option(
+        "native",
+        "--llamacpp-weights",
+        help="llama.cpp: the GGUF as it is (native), or its f16/f32 rewrite, as `tuneloop serve` takes it.",
+    ),
     max_tokens: int | None = typer.Option(None, "--max-tokens", min=1, help="Override the task's decoding.max_tokens."),
     volume: str | None = typer.Option(None, "--volume", help="State cost per month at this volume, e.g. 16000000/day."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Ask the models again even for answers already stored."),
@@ -79,7 +84,11 @@ def run(
                 stream=not no_stream,
                 requests_per_day=parse_volume(volume) if volume else None,
             )
-            specs = [ModelSpec(name, backend=backend) if _is_local(name) else ModelSpec(name) for name in model]
+            local_options = {"weights": llamacpp_weights} if llamacpp_weights != "native" else {}
+            specs = [
+                ModelSpec(name, backend=backend, backend_options=local_options) if _is_local(name) else ModelSpec(name)
+                for name in model
+            ]
             report = run_eval(task, data, specs, options, console=err_console)
     except EvalInterrupted as stopped:
         err_console.print(

@@ -19,6 +19,7 @@ from typing import Any, Literal, Protocol
 import httpx
 
 from tuneloop.bases import Base, base_weights_hash, resolve_base
+from tuneloop.bases.widen import check_llamacpp_weights
 from tuneloop.capture.upstreams import Upstream, get_upstream, upstream_for_base_url
 from tuneloop.errors import TuneloopError
 from tuneloop.evals.cost import UNKNOWN_COST, CostBasis, PriceTable, machine_cost_basis, token_cost_basis
@@ -139,9 +140,7 @@ def resolve_version(ref: VersionRef, spec: ModelSpec, prices: PriceTable) -> Res
 
     info = resolve_registered(ref)
     base = resolve_base(info.base_id)
-    backend_name = spec.backend or default_backend(base)
-    options = dict(spec.backend_options)
-    engine = engine_identity(backend_name, options)
+    backend_name, options, engine = _local_engine(spec, base)
     label = info.id if engine == default_backend(base) else f"{info.id} [{engine}]"
 
     def load() -> Generator:
@@ -171,10 +170,23 @@ def default_backend(base: Base) -> str:
     return "llamacpp" if base.format == "gguf" else "transformers"
 
 
-def _resolve_base(spec: ModelSpec, base: Base, prices: PriceTable) -> ResolvedModel:
+def _local_engine(spec: ModelSpec, base: Base) -> tuple[str, dict[str, Any], str]:
+    """The backend a local model runs on, its options, and the engine identity its answers are cached under."""
     backend_name = spec.backend or default_backend(base)
     options = dict(spec.backend_options)
-    engine = engine_identity(backend_name, options)
+    if "weights" in options:
+        if backend_name != "llamacpp":
+            raise TuneloopError(
+                f"--llamacpp-weights applies to the llamacpp backend; {spec.model} runs on {backend_name}",
+                where=f"model {spec.model}",
+                hint="drop --llamacpp-weights, or add --backend llamacpp",
+            )
+        check_llamacpp_weights(base, options["weights"])
+    return backend_name, options, engine_identity(backend_name, options)
+
+
+def _resolve_base(spec: ModelSpec, base: Base, prices: PriceTable) -> ResolvedModel:
+    backend_name, options, engine = _local_engine(spec, base)
     label = base.id if engine == default_backend(base) else f"{base.id} [{engine}]"
     identity = f"{base.id}|sha256:{base_weights_hash(base)}|{engine}"
     return ResolvedModel(

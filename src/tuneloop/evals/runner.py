@@ -124,7 +124,10 @@ def run_eval(
         "data_fingerprint": fingerprint(examples),
         "n": len(examples),
         "decoding": {"temperature": params.temperature, "top_p": params.top_p, "max_tokens": params.max_tokens},
-        "models": [{**model.describe(), "backend": spec.backend} for model, spec in zip(resolved, specs, strict=True)],
+        "models": [
+            {**model.describe(), "backend": spec.backend, "backend_options": spec.backend_options}
+            for model, spec in zip(resolved, specs, strict=True)
+        ],
         "options": {
             "concurrency": options.concurrency,
             "limit": options.limit,
@@ -187,7 +190,10 @@ def resume_eval(run_id: int, *, console: Console | None = None, on_result: Resul
             where=run.data_ref,
             hint="start a new run with `tuneloop eval run` (answers already given are reused from the cache)",
         )
-    specs = [ModelSpec(model["requested"], model.get("backend")) for model in config["models"]]
+    specs = [
+        ModelSpec(model["requested"], model.get("backend"), model.get("backend_options") or {})
+        for model in config["models"]
+    ]
     return run_eval(
         config["task_ref"], run.data_ref, specs, options, console=console, on_result=on_result, resume_run=run_id
     )
