@@ -95,6 +95,29 @@ def test_merge_writes_full_weights_that_equal_base_plus_adapter(tiny_base: Path,
         torch.testing.assert_close(merged(ids).logits, adapted(ids).logits, atol=1e-5, rtol=1e-5)
 
 
+def test_loraplus_trains_the_b_matrices_at_the_ratio_of_the_learning_rate(
+    tiny_base: Path, data: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    from tuneloop.train import train
+
+    sft = {**SFT, "max_steps": 2, "save_steps": 2, "eval_strategy": "no"}
+    result = train(TASK, data, str(tiny_base), write_config(tmp_path / "train.yaml", sft, loraplus_lr_ratio=16))
+    assert result.version.config["train"]["loraplus_lr_ratio"] == 16  # recorded with the version
+    checkpoint = result.run_dir / "checkpoints" / "checkpoint-2"
+    groups = torch.load(checkpoint / "optimizer.pt", weights_only=False)["param_groups"]
+    rates = sorted((group["initial_lr"], len(group["params"])) for group in groups if group["params"])
+    (a_rate, a_matrices), (b_rate, b_matrices) = rates
+    assert a_rate == pytest.approx(5e-3) and b_rate == pytest.approx(16 * 5e-3)
+    assert a_matrices == b_matrices == 2 * 7  # every linear layer of the tiny base's 2 blocks
+
+    from tuneloop.cli.main import app
+
+    shown = CliRunner().invoke(app, ["models", "show", result.version.id], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0 and '"loraplus_lr_ratio": 16' in shown.output, shown.output
+
+
 def test_resume_continues_from_the_last_checkpoint_after_a_crash(
     tiny_base: Path, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -135,6 +135,12 @@ def test_config_keys_are_checked_against_trl_and_peft_with_their_line(tmp_path: 
     loaded = train_config.load_config(path)
     assert loaded.sft == {"num_train_epochs": 2, "learning_rate": 0.002} and loaded.lora == {"r": 32}
 
+    for bad in ("0", "-4", "true", "fast"):
+        path.write_text(f"sft:\n  num_train_epochs: 2\nloraplus_lr_ratio: {bad}\n")
+        with pytest.raises(TuneloopError, match="loraplus_lr_ratio: must be a positive number") as caught:
+            train_config.load_config(path)
+        assert caught.value.where == f"{path}:3"
+
 
 def test_defaults_come_from_the_dataset_size() -> None:
     def resolved(examples: int, **user):

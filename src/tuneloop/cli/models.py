@@ -72,7 +72,10 @@ def show_command(model: str = typer.Argument(..., help="task@N, task@sha256:<hex
             f"{data.get('validation_examples')} validation",
         )
     table.add_row("sft config", json.dumps(train_config.get("sft", {}), sort_keys=True))
-    table.add_row("lora config", json.dumps(train_config.get("lora", {}), sort_keys=True))
+    lora = dict(train_config.get("lora", {}))
+    if train_config.get("loraplus_lr_ratio") is not None:  # LoRA+ (a top-level key of the config file)
+        lora["loraplus_lr_ratio"] = train_config["loraplus_lr_ratio"]
+    table.add_row("lora config", json.dumps(lora, sort_keys=True))
     table.add_row("decoding", json.dumps(info.decoding, sort_keys=True))
     metrics = {k: v for k, v in info.metrics.items() if k != "loss_curve"}
     table.add_row("metrics", json.dumps(metrics, sort_keys=True))

@@ -11,6 +11,7 @@ A config file is YAML with two sections named after the classes they fill, plus 
       lora_alpha: 32
       target_modules: all-linear
     validation_fraction: 0.05  # share of the training rows held back for validation loss
+    loraplus_lr_ratio: 8     # LoRA+: the B matrices learn this many times faster than A (PEFT's optimizer)
 
 Every key is checked against the dataclass it belongs to; a misspelt one is reported with its file and line.
 The resolved config is then built whole once, so keys that clash (with each other or with a default) are
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
     from trl import SFTConfig
 
 SECTIONS = ("sft", "lora")
-TOP_LEVEL_KEYS = ("validation_fraction",)
+TOP_LEVEL_KEYS = ("validation_fraction", "loraplus_lr_ratio")
 EXAMPLE_PASSES = 10_000
 MIN_EPOCHS, MAX_EPOCHS = 1, 10
 EFFECTIVE_BATCH = 16  # examples per optimizer step, at most
@@ -80,12 +81,14 @@ class TrainConfig:
     sft: dict[str, Any] = field(default_factory=dict)
     lora: dict[str, Any] = field(default_factory=dict)
     validation_fraction: float | None = None
+    loraplus_lr_ratio: float | None = None
     source: str | None = None  # the file it came from
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"sft": dict(self.sft), "lora": dict(self.lora)}
-        if self.validation_fraction is not None:
-            out["validation_fraction"] = self.validation_fraction
+        for key in TOP_LEVEL_KEYS:
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         return out
 
 
@@ -98,14 +101,18 @@ class ResolvedConfig:
     validation_fraction: float
     max_length: int
     chosen: dict[str, str]  # key -> why this default (for the run's log and `models show`)
+    loraplus_lr_ratio: float | None = None  # None: one learning rate for A and B (plain LoRA)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "sft": self.sft,
             "lora": self.lora,
             "validation_fraction": self.validation_fraction,
             "max_length": self.max_length,
         }
+        if self.loraplus_lr_ratio is not None:  # absent rather than null: earlier runs' fingerprints stay
+            out["loraplus_lr_ratio"] = self.loraplus_lr_ratio
+        return out
 
 
 def _sft_fields() -> set[str]:
@@ -176,6 +183,10 @@ def parse_config(text: str, source: str = "<config>") -> TrainConfig:
             if not isinstance(value, int | float) or not 0 <= value < 0.5:
                 raise fail((key,), "must be a number in [0, 0.5)")
             config.validation_fraction = float(value)
+        elif key == "loraplus_lr_ratio":
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise fail((key,), "must be a positive number (LoRA+: B's learning rate ÷ A's; 1 is plain LoRA)")
+            config.loraplus_lr_ratio = float(value)
         else:
             close = _close(str(key), {*SECTIONS, *TOP_LEVEL_KEYS})
             raise fail(
@@ -329,7 +340,7 @@ def resolve(
     default("lora_dropout", 0.0, "no dropout", lora)
     default("target_modules", "all-linear", "every linear layer of the blocks", lora)
     default("bias", "none", "no bias training", lora)
-    resolved = ResolvedConfig(sft, lora, validation_fraction, max_length, chosen)
+    resolved = ResolvedConfig(sft, lora, validation_fraction, max_length, chosen, user.loraplus_lr_ratio)
     _check_combination(resolved, user.source)
     return resolved
 

@@ -71,6 +71,7 @@ def run(run_dir: Path) -> dict[str, Any]:
         processing_class=tokenizer,
         data_collator=PaddingFreeCollator(),  # one row per micro-batch, no padding, no cross-example attention
         peft_config=lora_arguments(spec["lora"]),
+        loraplus_lr_ratio=spec["config"].get("loraplus_lr_ratio"),  # LoRA+ when set
     )
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)

@@ -8,7 +8,8 @@ positions (``logits_to_keep`` with their indices), and the loss is the mean over
 (gradient-accumulated, all-process) batch, exactly as ``Trainer`` normalises it.
 
 It also counts the tokens it trains on (for tokens/s) and notices a non-finite loss (for the NaN guard in
-``callbacks.py``).
+``callbacks.py``). With ``loraplus_lr_ratio`` set, its optimizer is PEFT's LoRA+ one: the optimizer the
+arguments name (``optim``), with the LoRA B matrices at that multiple of the learning rate.
 """
 
 from __future__ import annotations
@@ -32,9 +33,25 @@ class RunMonitor:
 
 
 class TuneloopSFTTrainer(SFTTrainer):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, loraplus_lr_ratio: float | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.monitor = RunMonitor()
+        self.loraplus_lr_ratio = loraplus_lr_ratio
+
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        if self.loraplus_lr_ratio is None or self.optimizer is not None:
+            return super().create_optimizer(model)
+        from peft.optimizers import create_loraplus_optimizer
+
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+        self.optimizer = create_loraplus_optimizer(
+            model=self.model if model is None else model,
+            optimizer_cls=optimizer_cls,
+            loraplus_lr_ratio=self.loraplus_lr_ratio,
+            loraplus_weight_decay=self.args.weight_decay,
+            **optimizer_kwargs,  # lr and the optimizer's own settings (betas, eps, ...)
+        )
+        return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[override]
         mode = "train" if model.training else "eval"
