@@ -37,7 +37,7 @@ def main() -> None:
     from rich.console import Console
 
     from tuneloop.evals.comparators import Verdict
-    from tuneloop.evals.models import ModelSpec
+    from tuneloop.evals.candidates import ModelSpec
     from tuneloop.evals.runner import EvalOptions, run_eval
     from tuneloop.evals.scoring import parse_answer, score_record
     from tuneloop.evals.store import run_results

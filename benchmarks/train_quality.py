@@ -44,7 +44,7 @@ def main() -> None:
     from rich.table import Table
 
     from tuneloop.data.synth import synthesize
-    from tuneloop.evals.models import ModelSpec
+    from tuneloop.evals.candidates import ModelSpec
     from tuneloop.evals.runner import EvalOptions, run_eval
     from tuneloop.store import upgrade
     from tuneloop.task import load_task

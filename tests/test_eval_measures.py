@@ -11,7 +11,7 @@ from tuneloop.capture.upstreams import load_upstreams
 from tuneloop.errors import TuneloopError
 from tuneloop.evals.cost import Price, load_price_table, monthly_cost, parse_volume
 from tuneloop.evals.latency import decode_speed, latency_stats, percentile
-from tuneloop.evals.models import ModelSpec, resolve_model
+from tuneloop.evals.candidates import ModelSpec, resolve_candidate
 from tuneloop.evals.scoring import clustered_wilson_interval
 from tuneloop.evals.verdict import judge
 from tuneloop.task import Requirements
@@ -135,26 +135,26 @@ def test_monthly_cost_is_thirty_days_of_the_volume() -> None:
 def test_model_kinds_get_their_cost_basis(tuneloop_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     table = load_price_table({})
-    api = resolve_model(ModelSpec("openai/gpt-4o-mini"), table)
+    api = resolve_candidate(ModelSpec("openai/gpt-4o-mini"), table)
     assert api.kind == "endpoint" and api.cost.kind == "tokens" and "gpt-4o-mini" in api.cost.description
-    url = resolve_model(ModelSpec("http://127.0.0.1:9/v1#mine"), table)
+    url = resolve_candidate(ModelSpec("http://127.0.0.1:9/v1#mine"), table)
     assert url.cost.kind == "machine" and url.identity == "http://127.0.0.1:9/v1#mine"
-    local = resolve_model(ModelSpec("smollm2-135m-instruct"), table)
+    local = resolve_candidate(ModelSpec("smollm2-135m-instruct"), table)
     assert local.kind == "local" and local.cost.kind == "machine" and local.one_at_a_time
     assert local.label == "smollm2-135m-instruct" and local.identity.endswith("|llamacpp")
-    reference = resolve_model(ModelSpec("smollm2-135m-instruct", backend="transformers"), table)
+    reference = resolve_candidate(ModelSpec("smollm2-135m-instruct", backend="transformers"), table)
     assert reference.label == "smollm2-135m-instruct [transformers]" and reference.identity != local.identity
 
 
 def test_an_api_model_without_its_key_is_refused_before_running(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(TuneloopError, match="OPENAI_API_KEY is not set"):
-        resolve_model(ModelSpec("openai/gpt-4o-mini"), load_price_table({}))
+        resolve_candidate(ModelSpec("openai/gpt-4o-mini"), load_price_table({}))
 
 
 def test_an_unknown_version_is_refused_naming_it() -> None:
     with pytest.raises(TuneloopError) as caught:
-        resolve_model(ModelSpec("liability-extraction@3"), load_price_table({}))
+        resolve_candidate(ModelSpec("liability-extraction@3"), load_price_table({}))
     assert caught.value.where == "model liability-extraction@3"
 
 

@@ -28,7 +28,7 @@ from tuneloop.cli.main import app
 from tuneloop.data.jsonl import write_rows
 from tuneloop.errors import TuneloopError
 from tuneloop.evals.cost import monthly_cost
-from tuneloop.evals.models import ModelSpec
+from tuneloop.evals.candidates import ModelSpec
 from tuneloop.evals.runner import EvalInterrupted, EvalOptions, resume_eval, run_eval
 from tuneloop.evals.store import get_run, list_runs, run_results
 from tuneloop.serve.backends import GenerationParams, get_backend
@@ -228,7 +228,7 @@ def test_local_base_run_then_cached_rerun(
     def refuse_to_load(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("a fully cached run loaded the model")
 
-    monkeypatch.setattr("tuneloop.evals.models.get_backend", refuse_to_load)
+    monkeypatch.setattr("tuneloop.evals.candidates.get_backend", refuse_to_load)
     again = run_eval(task, str(data), [DEFAULT_BASE], options, console=quiet())
     (cached,) = again.models
     assert again.run_id != report.run_id and cached.cached == 3 and cached.spent_usd == 0

@@ -27,7 +27,7 @@ from rich.console import Console
 from tuneloop.config import get_settings
 from tuneloop.data.jsonl import write_rows
 from tuneloop.data.synth import synthesize_with_progress
-from tuneloop.evals.models import ModelSpec
+from tuneloop.evals.candidates import ModelSpec
 from tuneloop.evals.report import print_report, write_html, write_json
 from tuneloop.evals.results import EvalReport
 from tuneloop.evals.runner import EvalOptions, run_eval

@@ -89,8 +89,8 @@ def default_teacher() -> str | None:
 
 def teacher_arguments(task: Task | None, model: str, options: dict[str, Any] | None) -> dict[str, Any]:
     """Sampling settings from the task (greedy by default; none for reasoning models) plus the entry's options."""
-    from tuneloop.evals.models import sampling_arguments
-    from tuneloop.serve.backends import GenerationParams
+    from tuneloop.evals.candidates import sampling_arguments
+    from tuneloop.generation import GenerationParams
 
     if task is not None:
         decoding = task.decoding

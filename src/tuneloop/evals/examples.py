@@ -20,7 +20,7 @@ from tuneloop.data.datasets import all_entries, resolve
 from tuneloop.data.jsonl import read_rows
 from tuneloop.errors import TuneloopError
 from tuneloop.evals.scoring import parse_answer
-from tuneloop.serve.backends import Message
+from tuneloop.generation import Message
 from tuneloop.store import SPLITS, Dataset, session_scope
 from tuneloop.task import Task
 

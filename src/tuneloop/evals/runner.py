@@ -29,14 +29,14 @@ from tuneloop.evals.examples import (
     load_examples,
     load_predictions,
 )
-from tuneloop.evals.models import (
+from tuneloop.evals.candidates import (
     Completion,
     EndpointFailure,
     Generator,
     ModelSpec,
     RequestFailed,
-    ResolvedModel,
-    resolve_model,
+    Candidate,
+    resolve_candidate,
 )
 from tuneloop.evals.results import EvalReport, build_report
 from tuneloop.evals.scoring import score_record
@@ -51,7 +51,7 @@ from tuneloop.evals.store import (
     run_results,
 )
 from tuneloop.progress import progress_bar
-from tuneloop.serve.backends import GenerationParams
+from tuneloop.generation import GenerationParams
 from tuneloop.task import Task, load_task
 
 # A model whose first requests all fail is misconfigured (a parameter the endpoint refuses, say):
@@ -113,7 +113,7 @@ def run_eval(
     # Everything that can be wrong with the input is found here, before a run is stored.
     examples = load_examples(task, data_ref, limit=options.limit)
     prices = load_price_table()
-    resolved = [resolve_model(spec, prices, stream=options.stream) for spec in specs]
+    resolved = [resolve_candidate(spec, prices, stream=options.stream) for spec in specs]
     _refuse_duplicate_labels(resolved)
     params = decoding_params(task, options.max_tokens)
     config = {
@@ -245,7 +245,7 @@ def score_predictions(
 
 def _run_model(
     task: Task,
-    model: ResolvedModel,
+    model: Candidate,
     examples: list[Example],
     params: GenerationParams,
     options: EvalOptions,
@@ -298,7 +298,7 @@ def _run_model(
 
 def _ask(
     task: Task,
-    model: ResolvedModel,
+    model: Candidate,
     generator: Generator,
     examples: list[Example],
     keys: dict[str, str],
@@ -347,7 +347,7 @@ def _ask(
 
 
 def _answered(
-    task: Task, example: Example, model: ResolvedModel, completion: Completion, key: str, concurrency: int
+    task: Task, example: Example, model: Candidate, completion: Completion, key: str, concurrency: int
 ) -> StoredResult:
     # Machine time for self-hosted cost: a local engine's own busy time; for an endpoint serving
     # `concurrency` requests at once, its share of the wall time.
@@ -368,11 +368,11 @@ def _answered(
     return result
 
 
-def _failed(task: Task, example: Example, model: ResolvedModel, error: str, key: str) -> StoredResult:
+def _failed(task: Task, example: Example, model: Candidate, error: str, key: str) -> StoredResult:
     return _scored(task, example, model.label, None, f"request failed: {error}", cache_key_value=key)
 
 
-def _from_cache(task: Task, example: Example, model: ResolvedModel, answer: StoredResult) -> StoredResult:
+def _from_cache(task: Task, example: Example, model: Candidate, answer: StoredResult) -> StoredResult:
     # The answer is reused, the score is not: the same prompt may carry another gold answer here.
     result = _scored(task, example, model.label, answer.output, None, cache_key_value=answer.cache_key)
     result.latency_ms, result.ttft_ms = answer.latency_ms, answer.ttft_ms
@@ -410,7 +410,7 @@ def _task_ref(task: Task | str) -> str:
     return str(path.resolve()) if path.is_file() else task
 
 
-def _refuse_duplicate_labels(models: list[ResolvedModel]) -> None:
+def _refuse_duplicate_labels(models: list[Candidate]) -> None:
     seen: set[str] = set()
     for model in models:
         if model.label in seen:

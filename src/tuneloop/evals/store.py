@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from tuneloop.errors import TuneloopError
-from tuneloop.serve.backends import GenerationParams, Message
+from tuneloop.generation import GenerationParams, Message
 from tuneloop.serve.grammar import GRAMMAR_REVISION
 from tuneloop.store import EvalResult, EvalRun, session_scope, utcnow
 

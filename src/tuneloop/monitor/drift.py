@@ -191,7 +191,7 @@ def drift_report(
         raise TuneloopError("both windows must be longer than zero", where="--baseline/--window", hint="e.g. 7d and 1d")
     if not 0 < alpha < 1:
         raise TuneloopError(f"must be between 0 and 1, got {alpha}", where="--alpha")
-    resolved, version_task = resolve_model(model)
+    resolved, version_task = logged_model(model)
     task_name = task or version_task
     now = now or utcnow()
     window_start = now - window
@@ -226,7 +226,7 @@ def drift_report(
     return report
 
 
-def resolve_model(model: str) -> tuple[str, str | None]:
+def logged_model(model: str) -> tuple[str, str | None]:
     """(the immutable id logs carry, its task) for a version or alias; a base or endpoint stays as given."""
     from tuneloop.registry.ids import VersionRef, parse_model_id
 

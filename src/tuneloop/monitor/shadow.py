@@ -66,12 +66,12 @@ def shadow_replay(
     after.
     """
     from tuneloop.data.datasets import input_hash, request_options, sampled
-    from tuneloop.monitor.drift import resolve_model
+    from tuneloop.monitor.drift import logged_model
 
     if not 0 < sample <= 1:
         raise TuneloopError(f"must be in (0, 1], got {sample}", where="--sample")
-    production, task_name = resolve_model(against)
-    candidate_id, candidate_task = resolve_model(candidate)
+    production, task_name = logged_model(against)
+    candidate_id, candidate_task = logged_model(candidate)
     task_name = task_name or candidate_task
     if task_name is None:
         raise TuneloopError("shadow compares task versions", where="--against", hint="name versions like T@prod, T@5")

@@ -1,8 +1,8 @@
 """Turning a model id into something that answers: a local base, a registry version, or an endpoint.
 
-``resolve_model`` reads the id with the one grammar (``tuneloop.registry.ids``) and decides, without
+``resolve_candidate`` reads the id with the one grammar (``tuneloop.registry.ids``) and decides, without
 loading anything, what exactly will run (its ``identity``, part of the cache key), how it is labelled
-and how its requests are costed. ``ResolvedModel.load()`` then starts it: a local backend (llama.cpp by
+and how its requests are costed. ``Candidate.load()`` then starts it: a local backend (llama.cpp by
 default for a GGUF base, transformers on request) or the official ``openai`` client for an endpoint.
 A run whose answers are all cached never loads the model.
 """
@@ -24,15 +24,8 @@ from tuneloop.capture.upstreams import Upstream, get_upstream, upstream_for_base
 from tuneloop.errors import TuneloopError
 from tuneloop.evals.cost import UNKNOWN_COST, CostBasis, PriceTable, machine_cost_basis, token_cost_basis
 from tuneloop.registry.ids import BaseRef, EndpointRef, VersionRef, parse_model_id
-from tuneloop.serve.backends import (
-    BACKEND_NAMES,
-    Adapter,
-    Backend,
-    GenerationParams,
-    Message,
-    engine_identity,
-    get_backend,
-)
+from tuneloop.generation import GenerationParams, Message
+from tuneloop.serve.backends import BACKEND_NAMES, Adapter, Backend, engine_identity, get_backend
 
 ModelKind = Literal["local", "endpoint"]
 
@@ -83,7 +76,7 @@ class Generator(Protocol):
 
 
 @dataclass(frozen=True)
-class ResolvedModel:
+class Candidate:
     label: str  # shown in tables and stored with every result
     requested: str  # what the user wrote
     identity: str  # what runs, precisely (weights hash + engine, or URL + model): part of the cache key
@@ -111,7 +104,7 @@ class ResolvedModel:
         }
 
 
-def resolve_model(spec: ModelSpec, prices: PriceTable, *, stream: bool = True) -> ResolvedModel:
+def resolve_candidate(spec: ModelSpec, prices: PriceTable, *, stream: bool = True) -> Candidate:
     """What ``spec`` names, ready to load; raises TuneloopError naming the model id when it can't be."""
     ref = parse_model_id(spec.model)
     if spec.backend is not None and spec.backend not in BACKEND_NAMES:
@@ -119,17 +112,17 @@ def resolve_model(spec: ModelSpec, prices: PriceTable, *, stream: bool = True) -
             f"unknown backend {spec.backend!r}", where="--backend", hint="use one of: " + ", ".join(BACKEND_NAMES)
         )
     if isinstance(ref, BaseRef):
-        return _resolve_base(spec, resolve_base(ref.name), prices)
+        return _base_candidate(spec, resolve_base(ref.name), prices)
     if isinstance(ref, VersionRef):
-        return resolve_version(ref, spec, prices)
+        return _version_candidate(ref, spec, prices)
     if spec.backend is not None:
         raise TuneloopError(
             "--backend applies to local models; this one is behind an endpoint", where=f"model {spec.model}"
         )
-    return _resolve_endpoint(spec, ref, prices, stream=stream)
+    return _endpoint_candidate(spec, ref, prices, stream=stream)
 
 
-def resolve_version(ref: VersionRef, spec: ModelSpec, prices: PriceTable) -> ResolvedModel:
+def _version_candidate(ref: VersionRef, spec: ModelSpec, prices: PriceTable) -> Candidate:
     """A registry version (``task@3``, ``task@sha256:…``, ``task@prod``) as its adapter over its base.
 
     An alias is resolved here, once: the label and every stored result name the immutable version
@@ -151,7 +144,7 @@ def resolve_version(ref: VersionRef, spec: ModelSpec, prices: PriceTable) -> Res
         adapter = Adapter(id=info.id, peft_dir=info.adapter_path, gguf_path=gguf)
         return LocalGenerator(get_backend(backend_name, base, **options), adapter)
 
-    return ResolvedModel(
+    return Candidate(
         label=label,
         requested=spec.model,
         identity=f"{info.hash_ref}|{engine}",
@@ -185,11 +178,11 @@ def _local_engine(spec: ModelSpec, base: Base) -> tuple[str, dict[str, Any], str
     return backend_name, options, engine_identity(backend_name, options)
 
 
-def _resolve_base(spec: ModelSpec, base: Base, prices: PriceTable) -> ResolvedModel:
+def _base_candidate(spec: ModelSpec, base: Base, prices: PriceTable) -> Candidate:
     backend_name, options, engine = _local_engine(spec, base)
     label = base.id if engine == default_backend(base) else f"{base.id} [{engine}]"
     identity = f"{base.id}|sha256:{base_weights_hash(base)}|{engine}"
-    return ResolvedModel(
+    return Candidate(
         label=label,
         requested=spec.model,
         identity=identity,
@@ -237,7 +230,7 @@ DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MAX_RETRIES = 2
 
 
-def _resolve_endpoint(spec: ModelSpec, ref: EndpointRef, prices: PriceTable, *, stream: bool) -> ResolvedModel:
+def _endpoint_candidate(spec: ModelSpec, ref: EndpointRef, prices: PriceTable, *, stream: bool) -> Candidate:
     upstream: Upstream | None
     if ref.upstream is not None:
         upstream = get_upstream(ref.upstream)
@@ -263,7 +256,7 @@ def _resolve_endpoint(spec: ModelSpec, ref: EndpointRef, prices: PriceTable, *, 
         cost = UNKNOWN_COST
     timeout_s = upstream.timeout_s if upstream else DEFAULT_TIMEOUT_S
     max_retries = upstream.max_retries if upstream else DEFAULT_MAX_RETRIES
-    return ResolvedModel(
+    return Candidate(
         label=spec.model,
         requested=spec.model,
         identity=f"{base_url}#{ref.model}",
