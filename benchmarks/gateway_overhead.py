@@ -5,7 +5,7 @@
 Everything runs on this machine, each in its own process: a fast fake upstream (our own; the benchmark is
 about our side of the wire), ``tuneloop gateway`` (logging every call to SQLite, policy block: nothing
 may be dropped), optionally LiteLLM's proxy on the same upstream, and the load generator
-(``tuneloop.capture.loadtest``: closed loop, keep-alive connections). For each concurrency (1, 16, 64)
+(``tuneloop.testing.loadtest``: closed loop, keep-alive connections). For each concurrency (1, 16, 64)
 each target gets a warm-up and then a measured run; added latency is the target's percentile minus the
 direct call's at the same concurrency. Against that fast upstream, 64 clients in a closed loop saturate any
 proxy, so the latency at c=64 is mostly queueing (about 64 / requests per second); a last run at c=64 goes to a
@@ -38,7 +38,7 @@ import httpx
 import psutil
 import yaml
 
-from tuneloop.capture.loadtest import chat_body, percentile, run_load
+from tuneloop.testing.loadtest import chat_body, percentile, run_load
 
 LEVELS = ((1, 1000), (16, 4000), (64, 8000))  # (concurrency, requests measured), fast upstream
 SLOW_LEVEL = (64, 4000)  # the same at c=64 against an upstream that takes --slow-ms to answer
@@ -124,8 +124,8 @@ def main() -> None:
         upstream_port, slow_port, gateway_port, litellm_port = free_port(), free_port(), free_port(), free_port()
         upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
         slow_url = f"http://127.0.0.1:{slow_port}/v1"
-        start([sys.executable, "-m", "tuneloop.capture.fake_upstream", "--port", str(upstream_port)])
-        fake_upstream = [sys.executable, "-m", "tuneloop.capture.fake_upstream"]
+        start([sys.executable, "-m", "tuneloop.testing.fake_upstream", "--port", str(upstream_port)])
+        fake_upstream = [sys.executable, "-m", "tuneloop.testing.fake_upstream"]
         start([*fake_upstream, "--port", str(slow_port), "--latency-ms", str(args.slow_ms), "--latency-spread", "0.5"])
         wait_http(upstream_url + "/models")
         wait_http(slow_url + "/models")

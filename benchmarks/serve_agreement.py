@@ -36,10 +36,11 @@ def main() -> None:
 
     from rich.console import Console
 
-    from tuneloop.evals.comparators import Verdict
+    from tuneloop.answers import parse_answer
     from tuneloop.evals.candidates import ModelSpec
+    from tuneloop.evals.comparators import Verdict
     from tuneloop.evals.runner import EvalOptions, run_eval
-    from tuneloop.evals.scoring import parse_answer, score_record
+    from tuneloop.evals.scoring import score_record
     from tuneloop.evals.store import run_results
     from tuneloop.registry.versions import resolve_version
 

@@ -43,7 +43,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from tuneloop.data.synth import synthesize
+    from tuneloop.demo.synth import synthesize
     from tuneloop.evals.candidates import ModelSpec
     from tuneloop.evals.runner import EvalOptions, run_eval
     from tuneloop.store import upgrade

@@ -54,7 +54,7 @@ def main() -> None:
     import torch
 
     from tuneloop.bases import resolve_base, transformers_dir
-    from tuneloop.data.synth import synthesize
+    from tuneloop.demo.synth import synthesize
     from tuneloop.task import load_task
     from tuneloop.train.config import bf16_is_fast
     from tuneloop.train.data import encode_rows, load_source, prepare

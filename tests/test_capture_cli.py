@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from test_datasets import answer, log_call
 from tuneloop.capture.keys import hash_key
-from tuneloop.capture.logs import build_filter, count_logs, parse_time
 from tuneloop.cli.main import app
 from tuneloop.errors import TuneloopError
 from tuneloop.store import ApiKey, RequestLog, session_scope, utcnow
+from tuneloop.store.logs import build_filter, count_logs, parse_time
 
 runner = CliRunner()
 

@@ -10,7 +10,7 @@ import httpx
 import openai
 
 from test_capture_support import GatewayProcess, count_rows, rows, write_config
-from tuneloop.capture.loadtest import chat_body, run_load
+from tuneloop.testing.loadtest import chat_body, run_load
 
 # The writer holds records for 5 s (or 100k of them) before a commit: at the kill they are all in memory.
 SLOW_COMMITS = {"batch_size": 100_000, "flush_ms": 5000}

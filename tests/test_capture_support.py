@@ -22,9 +22,9 @@ import sqlalchemy as sa
 import yaml
 
 from tuneloop.capture.config import GatewayConfig, load_gateway_config
-from tuneloop.capture.fake_upstream import FakeUpstream
 from tuneloop.capture.server import RunningGateway, running_gateway
 from tuneloop.store import RequestLog, session_scope
+from tuneloop.testing.fake_upstream import FakeUpstream
 
 REPO = Path(__file__).resolve().parents[1]
 

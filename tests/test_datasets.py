@@ -9,7 +9,6 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from tuneloop.capture.logs import build_filter
 from tuneloop.capture.logwriter import StoreSink
 from tuneloop.capture.records import CallRecord
 from tuneloop.cli.main import app
@@ -18,13 +17,14 @@ from tuneloop.data.datasets import (
     export_rows,
     import_jsonl,
     input_hash,
-    resolved_entries,
     split_for,
     summarize_dataset,
+    training_entries,
 )
 from tuneloop.data.jsonl import write_rows
 from tuneloop.errors import TuneloopError
 from tuneloop.store import DatasetEntry, RequestLog, session_scope
+from tuneloop.store.logs import build_filter
 from tuneloop.task import load_task
 
 TASK = "liability-extraction"
@@ -157,14 +157,14 @@ def test_from_logs_filters_samples_and_keeps_lineage() -> None:
 def test_resolved_view_prefers_human_then_teacher_then_upload_then_log(tmp_path: Path) -> None:
     log_call("doc", answer(payoff=1000.0), tags={"task": TASK})
     dataset_from_logs("mix", build_filter([f"tag.task={TASK}"]))
-    assert resolved_entries("mix")[0].provenance == "log"
+    assert training_entries("mix")[0].provenance == "log"
     path = tmp_path / "upload.jsonl"
     write_rows(path, [{"messages": chat("doc", answer(payoff=2000.0))}])
     import_jsonl(path, "mix")
-    assert resolved_entries("mix")[0].provenance == "upload"
+    assert training_entries("mix")[0].provenance == "upload"
     write_rows(path, [{"messages": chat("doc", answer(payoff=3000.0))}])
     import_jsonl(path, "mix", provenance="human")
-    [best] = resolved_entries("mix")
+    [best] = training_entries("mix")
     assert best.provenance == "human" and best.fields["payoff_amount"] == 3000.0
     summary = summarize_dataset("mix")
     assert summary.entries == 3 and summary.inputs == 1 and sum(summary.resolved_by_split.values()) == 1

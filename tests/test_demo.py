@@ -11,11 +11,11 @@ from rich.console import Console
 
 @pytest.mark.slow
 def test_the_demo_runs_the_whole_loop(converted_home: Path, tuneloop_home: Path, tmp_path: Path) -> None:
-    from tuneloop.capture.logs import LogFilter, list_logs
     from tuneloop.data.datasets import summarize_dataset
-    from tuneloop.demo import DEMO_DATASET, DEMO_TASK, run_demo
+    from tuneloop.demo.run import DEMO_DATASET, DEMO_TASK, run_demo
     from tuneloop.registry.versions import resolve_version
     from tuneloop.review import queue_depth
+    from tuneloop.store.logs import LogFilter, list_logs
 
     (tuneloop_home / "cache").mkdir(parents=True, exist_ok=True)
     (tuneloop_home / "cache" / "bases").symlink_to(converted_home / "cache" / "bases")  # reuse the conversion

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tuneloop.capture.upstreams import load_upstreams
+from tuneloop.cost import Price, load_price_table, monthly_cost, parse_volume
 from tuneloop.errors import TuneloopError
-from tuneloop.evals.cost import Price, load_price_table, monthly_cost, parse_volume
-from tuneloop.evals.latency import decode_speed, latency_stats, percentile
 from tuneloop.evals.candidates import ModelSpec, resolve_candidate
+from tuneloop.evals.latency import decode_speed, latency_stats, percentile
 from tuneloop.evals.scoring import clustered_wilson_interval
 from tuneloop.evals.verdict import judge
 from tuneloop.task import Requirements
+from tuneloop.upstreams import load_upstreams
 
 # --- the confidence interval ---------------------------------------------------------------------
 

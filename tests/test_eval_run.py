@@ -25,9 +25,9 @@ from typer.testing import CliRunner
 
 from tuneloop.bases import DEFAULT_BASE, resolve_base
 from tuneloop.cli.main import app
+from tuneloop.cost import monthly_cost
 from tuneloop.data.jsonl import write_rows
 from tuneloop.errors import TuneloopError
-from tuneloop.evals.cost import monthly_cost
 from tuneloop.evals.candidates import ModelSpec
 from tuneloop.evals.runner import EvalInterrupted, EvalOptions, resume_eval, run_eval
 from tuneloop.evals.store import get_run, list_runs, run_results

@@ -9,10 +9,10 @@ import openai
 import pytest
 
 from test_capture_support import count_rows, gateway_config, rows, wait_for_rows
-from tuneloop.capture.fake_upstream import FakeUpstream
 from tuneloop.capture.keys import create_key, revoke_key
 from tuneloop.capture.server import RunningGateway, running_gateway
 from tuneloop.store import RequestLog
+from tuneloop.testing.fake_upstream import FakeUpstream
 
 MESSAGES = [{"role": "user", "content": "Payoff is $1,200.00. Write to jane@example.com"}]
 
@@ -165,7 +165,7 @@ def test_a_bug_on_the_chat_path_is_a_500_in_openai_shape(
     def broken(model: str) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(gateway.gateway.router, "resolve", broken)
+    monkeypatch.setattr(gateway.gateway.router, "targets_for", broken)
     response = httpx.post(gateway.base_url + "/chat/completions", json={"model": "fake/x", "messages": MESSAGES})
     assert response.status_code == 500 and response.json()["error"]["type"] == "server_error"
     assert "a bug" not in response.text  # the traceback goes to the server log only
@@ -228,7 +228,7 @@ def test_provider_keys_go_upstream_but_never_into_the_log(
         client(running, api_key="client-side").chat.completions.create(model="paid/m", messages=MESSAGES)
         assert wait_for_rows(1) == 1
     assert fake.headers[-1]["authorization"] == "Bearer sk-secret-provider-key"
-    from tuneloop.capture.logs import log_to_json
+    from tuneloop.store.logs import log_to_json
 
     assert "sk-secret" not in str(log_to_json(rows()[0]))
 
@@ -304,7 +304,7 @@ def test_metrics_and_health(gateway: RunningGateway) -> None:
 
 
 def test_send_prompts_through_the_gateway(gateway: RunningGateway, fake: FakeUpstream) -> None:
-    from tuneloop.capture.traffic import send_prompts
+    from tuneloop.testing.traffic import send_prompts
 
     prompts = [[{"role": "user", "content": f"letter {index}"}] for index in range(5)]
     done: list[int] = []

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from test_capture_support import GatewayProcess, count_rows, free_port, write_config
-from tuneloop.capture.loadtest import chat_body, percentile, run_load
+from tuneloop.testing.loadtest import chat_body, percentile, run_load
 
 REQUESTS = int(os.environ.get("TUNELOOP_RELIABILITY_REQUESTS", "20000"))
 CONCURRENCY = 64
@@ -36,7 +36,7 @@ def faulty_upstream() -> str:
         [
             sys.executable,
             "-m",
-            "tuneloop.capture.fake_upstream",
+            "tuneloop.testing.fake_upstream",
             "--port",
             str(port),
             "--fault-rate",

@@ -14,14 +14,14 @@ import yaml
 from typer.testing import CliRunner
 
 from test_datasets import TASK, answer, chat, log_call
-from tuneloop.capture.fake_upstream import FakeUpstream
-from tuneloop.capture.logs import build_filter
 from tuneloop.cli.main import app
-from tuneloop.data.datasets import dataset_from_logs, export_rows, import_jsonl, resolved_entries
+from tuneloop.data.datasets import dataset_from_logs, export_rows, import_jsonl, training_entries
 from tuneloop.data.jsonl import write_rows
 from tuneloop.data.relabel import openai_asker, relabel, resolve_teacher
 from tuneloop.errors import TuneloopError
 from tuneloop.store import DatasetEntry, TeacherLabel, session_scope
+from tuneloop.store.logs import build_filter
+from tuneloop.testing.fake_upstream import FakeUpstream
 
 TEACHER = "openai/gpt-4o-mini"  # the `openai` upstream is pointed at the fake teacher
 
@@ -87,7 +87,7 @@ def test_human_entries_are_never_sent_and_answers_are_cached(teacher: FakeUpstre
     first = relabel("prod", TEACHER)
     assert (first.skipped_human, first.asked, first.kept) == (1, 3, 3)
     assert all(body["messages"][-1]["content"] != "letter 0" for body in teacher.requests)
-    [verified] = [e for e in resolved_entries("prod") if e.messages[1]["content"] == "letter 0"]
+    [verified] = [e for e in training_entries("prod") if e.messages[1]["content"] == "letter 0"]
     assert verified.provenance == "human" and verified.fields["payoff_amount"] == 1500.0
 
     again = relabel("prod", TEACHER)

@@ -16,10 +16,10 @@ import openai
 import pytest
 
 from test_capture_support import gateway_config, rows, wait_for_rows
-from tuneloop.capture.fake_upstream import FakeUpstream
 from tuneloop.capture.server import RunningGateway, running_gateway
 from tuneloop.review import queue
 from tuneloop.task import packaged_task_names
+from tuneloop.testing.fake_upstream import FakeUpstream
 
 pytest_plugins = ["test_capture_support"]
 
@@ -91,9 +91,9 @@ def test_escalate_queues_the_draft_and_flags_the_response(gateway: RunningGatewa
     # The correction reaches a dataset, linked to the logged call.
     decision = queue.correct_item(review_id, "ana", {"interest_rate": 6.125})
     assert decision.item.request_id == row.id
-    from tuneloop.data.datasets import resolved_entries
+    from tuneloop.data.datasets import training_entries
 
-    [entry] = resolved_entries(f"{task}-reviewed")
+    [entry] = training_entries(f"{task}-reviewed")
     assert (entry.provenance, entry.source_request_id, entry.fields) == ("human", row.id, GOOD)
 
 

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tuneloop.cli.main import app
-from tuneloop.data.datasets import resolved_entries
+from tuneloop.data.datasets import training_entries
 from tuneloop.errors import TuneloopError
 from tuneloop.review import queue
 from tuneloop.store import DatasetEntry, RequestLog, ReviewItem, session_scope, utcnow
@@ -103,7 +103,7 @@ def test_a_correction_becomes_a_human_entry_linked_to_its_request(db_url: str) -
     assert item.correction == {**DRAFT, "interest_rate": 6.125}
     assert 41 <= item.time_spent_s < 60
 
-    [entry] = resolved_entries(f"{TASK}-reviewed", url=db_url)
+    [entry] = training_entries(f"{TASK}-reviewed", url=db_url)
     assert entry.provenance == "human" and entry.source_request_id == request_id
     assert entry.fields["interest_rate"] == 6.125 and entry.check_failures == []
     assert entry.messages[:-1] == MESSAGES
@@ -134,7 +134,7 @@ def test_a_correction_of_a_dataset_entry_outranks_it_in_that_dataset(db_url: str
 
     decision = queue.correct_item(item_id, "ana", {"interest_rate": 6.125}, url=db_url)
     assert decision.dataset == "liability-logs"
-    [resolved] = resolved_entries("liability-logs", url=db_url)
+    [resolved] = training_entries("liability-logs", url=db_url)
     assert resolved.id == decision.entry_id and resolved.provenance == "human"
     assert resolved.parent_entry_id == entry_id and resolved.fields["interest_rate"] == 6.125
 

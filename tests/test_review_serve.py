@@ -16,8 +16,8 @@ import openai
 import pytest
 import yaml
 
-from tuneloop.capture.fake_upstream import FakeUpstream
 from tuneloop.review import queue
+from tuneloop.testing.fake_upstream import FakeUpstream
 
 pytestmark = pytest.mark.slow
 

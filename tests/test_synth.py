@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from tuneloop.cli.main import app
 from tuneloop.data.jsonl import read_rows
-from tuneloop.data.synth import NEAR_COPY_THRESHOLD, jaccard, near_copy_pairs, shingles, synthesize
+from tuneloop.demo.synth import NEAR_COPY_THRESHOLD, jaccard, near_copy_pairs, shingles, synthesize
 from tuneloop.errors import TuneloopError
 from tuneloop.task import load_task
 

@@ -17,7 +17,7 @@ def test_a_few_steps_on_the_bundled_base_learn_the_answer_and_its_end_of_turn(
 ) -> None:
     from transformers import AutoTokenizer
 
-    from tuneloop.data.synth import synthesize
+    from tuneloop.demo.synth import synthesize
     from tuneloop.task import load_task
     from tuneloop.train import train
     from tuneloop.train.data import IGNORE_INDEX, encode_conversation

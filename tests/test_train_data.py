@@ -144,7 +144,7 @@ def test_config_keys_are_checked_against_trl_and_peft_with_their_line(tmp_path: 
 
 def test_defaults_come_from_the_dataset_size() -> None:
     def resolved(examples: int, **user):
-        return train_config.resolve(
+        return train_config.resolve_config(
             train_config.TrainConfig(sft=user), examples=examples, longest=500, parameters=135_000_000
         )
 
@@ -171,31 +171,39 @@ def test_settings_that_clash_are_refused_before_training_naming_the_file(tmp_pat
     path = tmp_path / "train.yaml"
     path.write_text("lora:\n  layers_to_transform: [0, 1]\n")
     with pytest.raises(TuneloopError) as caught:
-        train_config.resolve(train_config.load_config(path), examples=1000, longest=500, parameters=135_000_000)
+        train_config.resolve_config(train_config.load_config(path), examples=1000, longest=500, parameters=135_000_000)
     assert caught.value.where == str(path)
     assert caught.value.message.startswith("lora:") and "layers_to_transform" in caught.value.message
     assert "target_modules='all-linear'" in (caught.value.hint or "")
 
     path.write_text("lora:\n  layers_to_transform: [0, 1]\n  target_modules: [q_proj, v_proj]\n")
-    resolved = train_config.resolve(train_config.load_config(path), examples=1000, longest=500, parameters=135_000_000)
+    resolved = train_config.resolve_config(
+        train_config.load_config(path), examples=1000, longest=500, parameters=135_000_000
+    )
     assert resolved.lora["layers_to_transform"] == [0, 1]
 
     # TrainingArguments takes one mixed precision; each key alone is valid.
     path.write_text("sft:\n  fp16: true\n  bf16: true\n")
     with pytest.raises(TuneloopError) as caught:
-        train_config.resolve(train_config.load_config(path), examples=1000, longest=500, parameters=135_000_000)
+        train_config.resolve_config(train_config.load_config(path), examples=1000, longest=500, parameters=135_000_000)
     assert caught.value.message.startswith("sft:") and "fp16 and bf16" in caught.value.message
     # fp16 alone is the user's choice of precision: the bf16 default steps aside rather than clash.
     path.write_text("sft:\n  fp16: true\n")
-    resolved = train_config.resolve(train_config.load_config(path), examples=1000, longest=500, parameters=135_000_000)
+    resolved = train_config.resolve_config(
+        train_config.load_config(path), examples=1000, longest=500, parameters=135_000_000
+    )
     assert resolved.sft["fp16"] is True and resolved.sft["bf16"] is False
 
 
 def test_the_trainers_own_settings_are_tuneloops_unless_the_file_sets_them(tmp_path: Path) -> None:
     path = tmp_path / "train.yaml"
     path.write_text("sft:\n  disable_tqdm: false\n")
-    resolved = train_config.resolve(train_config.load_config(path), examples=1000, longest=500, parameters=135_000_000)
+    resolved = train_config.resolve_config(
+        train_config.load_config(path), examples=1000, longest=500, parameters=135_000_000
+    )
     assert train_config.sft_arguments(resolved.sft, str(tmp_path / "out")).disable_tqdm is False
-    defaults = train_config.resolve(train_config.TrainConfig(), examples=1000, longest=500, parameters=135_000_000)
+    defaults = train_config.resolve_config(
+        train_config.TrainConfig(), examples=1000, longest=500, parameters=135_000_000
+    )
     arguments = train_config.sft_arguments(defaults.sft, str(tmp_path / "out"))
     assert arguments.disable_tqdm is True and arguments.report_to in ([], "none", ["none"])

@@ -85,7 +85,7 @@ def add_review_item(request_id: int, draft: dict[str, Any] = DRAFT) -> int:
 def import_dataset(tmp_path: Path, name: str = "liab", n: int = 6) -> None:
     from tuneloop.data.datasets import import_jsonl
     from tuneloop.data.jsonl import write_rows
-    from tuneloop.data.synth import synthesize
+    from tuneloop.demo.synth import synthesize
     from tuneloop.task import load_task
 
     path = tmp_path / f"{name}.jsonl"
@@ -103,7 +103,7 @@ def register_versions(tmp_path: Path, count: int = 2) -> None:
 def score_run(tmp_path: Path) -> int:
     """An eval run made the way `tuneloop eval score` makes one: saved predictions against gold rows."""
     from tuneloop.data.jsonl import write_rows
-    from tuneloop.data.synth import synthesize
+    from tuneloop.demo.synth import synthesize
     from tuneloop.evals.runner import score_predictions
     from tuneloop.task import load_task
 
@@ -393,7 +393,7 @@ def test_admin_promotes_and_rolls_back_after_confirming(
 
 
 def test_review_item_locks_and_a_correction_becomes_a_human_entry(client: TestClient, keys: dict[str, str]) -> None:
-    from tuneloop.data.datasets import resolved_entries
+    from tuneloop.data.datasets import training_entries
     from tuneloop.review import get_item
 
     log_id = add_log(f"local/{TASK}@1")
@@ -419,7 +419,7 @@ def test_review_item_locks_and_a_correction_becomes_a_human_entry(client: TestCl
     decided = get_item(item)
     assert decided.status == "corrected" and decided.reviewer == "ana"
     assert decided.correction == {**DRAFT, "servicer": "Lakeview Loan Servicing"}
-    entries = resolved_entries(f"{TASK}-reviewed")
+    entries = training_entries(f"{TASK}-reviewed")
     assert [(e.provenance, e.fields["servicer"], e.source_request_id) for e in entries] == [
         ("human", "Lakeview Loan Servicing", log_id)
     ]
@@ -439,12 +439,12 @@ def test_the_ui_mounts_inside_another_app(keys: dict[str, str]) -> None:
 
 def test_the_gateway_serves_the_ui_when_its_config_says_so(keys: dict[str, str]) -> None:
     from tuneloop.capture.config import load_gateway_config
-    from tuneloop.capture.gateway import create_app
+    from tuneloop.capture.server import gateway_app
 
-    with_ui = TestClient(create_app(load_gateway_config(sections={"ui": True})), follow_redirects=False)
+    with_ui = TestClient(gateway_app(load_gateway_config(sections={"ui": True})), follow_redirects=False)
     assert with_ui.get("/ui/login").status_code == 200
     assert with_ui.get("/ui/models").headers["location"] == "/ui/login?next=%2Fmodels"
-    without = TestClient(create_app(load_gateway_config()), follow_redirects=False)
+    without = TestClient(gateway_app(load_gateway_config()), follow_redirects=False)
     assert without.get("/ui/login").status_code == 404
 
 

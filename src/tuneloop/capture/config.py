@@ -26,7 +26,7 @@ A YAML file (``tuneloop gateway --config gateway.yaml``); every section is optio
       durable: false                # journal every call to disk before answering; replayed at start
       fsync: batch                  # batch | always
 
-Upstream definitions are the one kind from :mod:`tuneloop.capture.upstreams` (base URL, the environment
+Upstream definitions are the one kind from :mod:`tuneloop.upstreams` (base URL, the environment
 variable that holds the key, timeout, retries); keys are never written in a config file.
 """
 
@@ -39,9 +39,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tuneloop.capture.upstreams import Upstream, load_upstreams
 from tuneloop.config import get_settings, read_config_file
 from tuneloop.errors import TuneloopError
+from tuneloop.upstreams import Upstream, load_upstreams
 
 DEFAULT_PORT = 4000
 

@@ -47,8 +47,7 @@ from tuneloop.capture.logwriter import LogWriter, StoreSink
 from tuneloop.capture.records import TAGS_HEADER, CallRecord, answering_model, parse_tags, resolved_model
 from tuneloop.capture.redaction import Redactor
 from tuneloop.capture.routing import Router, Target
-from tuneloop.evals.cost import load_price_table
-from tuneloop.monitor.metrics import ReviewMetrics
+from tuneloop.cost import load_price_table
 from tuneloop.protocol import (
     ChatCompletionRequest,
     OpenAIError,
@@ -62,6 +61,7 @@ from tuneloop.protocol import (
     unexpected_error_response,
     usage_counts,
 )
+from tuneloop.review.metrics import ReviewMetrics
 from tuneloop.review.policy import REVIEW_HEADER, ReviewPolicy
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ class Gateway:
             wait = self.keys.throttle(key) if self.keys else 0.0
             if wait > 0:
                 return await self._rate_limited(base, key, wait, started, log_it)
-        targets = self.router.resolve(model)
+        targets = self.router.targets_for(model)
         forward = {name: value for name, value in payload.items() if name not in NOT_FORWARDED}
         assert self.upstreams is not None
         mode = self.review.stream_mode(targets[0].label, payload) if payload.get("stream") else "none"
@@ -249,7 +249,7 @@ class Gateway:
 
         async def retry(fallback: str) -> dict[str, Any]:
             assert self.upstreams is not None and self.writer is not None
-            second = await self.upstreams.call(self.router.resolve(fallback), forward, stream=False)
+            second = await self.upstreams.call(self.router.targets_for(fallback), forward, stream=False)
             logged = CallRecord(
                 model_requested=fallback,
                 request={**payload, "model": fallback},
@@ -691,8 +691,4 @@ def create_app(config: GatewayConfig, url: str | None = None, *, freeze_heap: bo
     async def health() -> dict[str, Any]:
         return gateway.health()
 
-    if config.ui:  # the web UI's pages under /ui (docs/ui.md); imported only when wanted
-        from tuneloop.ui import mount_ui
-
-        mount_ui(app, "/ui")
     return app

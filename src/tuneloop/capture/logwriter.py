@@ -42,7 +42,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from tuneloop.capture.config import LoggingConfig
 from tuneloop.capture.records import CallRecord, record_to_row
 from tuneloop.capture.redaction import Redactor
-from tuneloop.evals.cost import PriceTable
+from tuneloop.cost import PriceTable
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from tuneloop.capture.redaction import Redactor
-from tuneloop.evals.cost import PriceTable
+from tuneloop.cost import PriceTable
 from tuneloop.protocol import is_error_body, reassemble_sse, usage_counts
 from tuneloop.store.models import utcnow
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tuneloop.capture.config import GatewayConfig, Route
-from tuneloop.capture.upstreams import Upstream
 from tuneloop.errors import TuneloopError
 from tuneloop.protocol import OpenAIError
 from tuneloop.registry.ids import EndpointRef, parse_model_id
+from tuneloop.upstreams import Upstream
 
 MAX_BACKOFF_MS = 2000.0
 _CACHE_LIMIT = 4096
@@ -40,7 +40,7 @@ class Router:
         self.config = config
         self._cache: dict[str, list[Target]] = {}
 
-    def resolve(self, requested: str) -> list[Target]:
+    def targets_for(self, requested: str) -> list[Target]:
         """The targets to try, in order; raises a 404 ``OpenAIError`` when nothing serves the name."""
         targets = self._cache.get(requested)
         if targets is not None:

@@ -82,7 +82,7 @@ def get_writer(
             if destination == "store":
                 from tuneloop.capture.logwriter import StoreSink
                 from tuneloop.capture.redaction import Redactor
-                from tuneloop.evals.cost import load_price_table
+                from tuneloop.cost import load_price_table
 
                 sink: Any = StoreSink(prices=load_price_table(), redactor=Redactor(redact or RedactConfig()))
             elif destination.startswith(("http://", "https://")):
@@ -179,7 +179,7 @@ def _upstream_name(base_url: Any) -> str:
     """The configured upstream at this URL (so prices apply), else the host."""
     text = str(base_url).rstrip("/")
     try:
-        from tuneloop.capture.upstreams import upstream_for_base_url
+        from tuneloop.upstreams import upstream_for_base_url
 
         upstream = upstream_for_base_url(text)
         if upstream is not None:

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import uvicorn
+from fastapi import FastAPI
 
 from tuneloop.background import start_in_thread
 from tuneloop.capture.config import GatewayConfig
@@ -20,10 +21,21 @@ from tuneloop.errors import TuneloopError
 GRACEFUL_SHUTDOWN_S = 30
 
 
+def gateway_app(config: GatewayConfig, url: str | None = None, *, freeze_heap: bool = False) -> FastAPI:
+    """The gateway as a server runs it: its app, with the web UI's pages under ``/ui`` when ``config.ui``
+    (docs/ui.md). The UI is an edge over every stage, so the gateway's core never imports it."""
+    app = create_app(config, url, freeze_heap=freeze_heap)
+    if config.ui:
+        from tuneloop.ui import mount_ui
+
+        mount_ui(app, "/ui")
+    return app
+
+
 def _uvicorn_config(
     config: GatewayConfig, host: str, port: int, url: str | None, log_level: str, *, own_process: bool = False
 ) -> uvicorn.Config:
-    app = create_app(config, url, freeze_heap=own_process)
+    app = gateway_app(config, url, freeze_heap=own_process)
     return uvicorn.Config(
         app,
         host=host,

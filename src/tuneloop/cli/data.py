@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from tuneloop.data.jsonl import write_rows
-from tuneloop.data.synth import synthesize_with_progress
+from tuneloop.demo.synth import synthesize_with_progress
 from tuneloop.task import load_task
 
 app = typer.Typer(no_args_is_help=True)
@@ -69,8 +69,8 @@ def from_logs(
     test_fraction: float = typer.Option(0.1, "--test-fraction", help="Share of inputs in the test split."),
 ) -> None:
     """Build (or extend) a dataset from successful logged calls."""
-    from tuneloop.capture.logs import build_filter
     from tuneloop.data.datasets import dataset_from_logs
+    from tuneloop.store.logs import build_filter
 
     log_filter = build_filter(filters, model=model, since=since, until=until)
     result = dataset_from_logs(name, log_filter, task=task, sample=sample, seed=seed, test_fraction=test_fraction)

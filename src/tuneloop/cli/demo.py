@@ -16,7 +16,7 @@ def demo(
     fine_tune: bool = typer.Option(True, "--fine-tune/--no-fine-tune", help="Fine-tune, compare, promote, serve."),
 ) -> None:
     """Run the whole loop on the bundled model and the synthetic task."""
-    from tuneloop.demo import run_demo
+    from tuneloop.demo.run import run_demo
 
     run_demo(
         out_dir=out, n_documents=documents, n_eval=eval_documents, seed=seed, extra_models=model, fine_tune=fine_tune

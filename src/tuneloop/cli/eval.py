@@ -62,7 +62,7 @@ def run(
     html_path: Path | None = typer.Option(None, "--html", help="Write an HTML report with plots."),
 ) -> None:
     """Run models on gold data: field error rate with its 95% CI, latency, cost, and the requirements verdict."""
-    from tuneloop.evals.cost import parse_volume
+    from tuneloop.cost import parse_volume
     from tuneloop.evals.candidates import ModelSpec
     from tuneloop.evals.report import print_report
     from tuneloop.evals.runner import EvalInterrupted, EvalOptions, resume_eval, run_eval

@@ -10,8 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tuneloop.capture.logs import build_filter, count_logs, get_log, iter_logs, list_logs, log_to_json
 from tuneloop.data.jsonl import write_rows
+from tuneloop.store.logs import build_filter, count_logs, get_log, iter_logs, list_logs, log_to_json
 
 app = typer.Typer(no_args_is_help=True)
 console = Console(highlight=False, soft_wrap=True)

@@ -89,8 +89,8 @@ def shadow(
     backend: str = typer.Option("llamacpp", "--backend", help="Engine for the candidate: llamacpp or transformers."),
 ) -> None:
     """Replay a sample of live traffic to a candidate: agreement, and field error on reviewed items."""
-    from tuneloop.capture.logs import parse_time
     from tuneloop.monitor.shadow import shadow_replay
+    from tuneloop.store.logs import parse_time
 
     # The engine is built by shadow_replay once the arguments and the versions have been checked.
     report = shadow_replay(

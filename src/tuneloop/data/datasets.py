@@ -130,7 +130,7 @@ def judge_answer(
     content = answer.get("content")
     if not isinstance(content, str):
         return answer, None, ["no text answer (the assistant only called tools)"]
-    from tuneloop.evals.scoring import parse_answer
+    from tuneloop.answers import parse_answer
 
     fields, problem = parse_answer(task, content)
     if fields is None:
@@ -276,11 +276,11 @@ def dataset_from_logs(
     test_fraction: float = DEFAULT_TEST_FRACTION,
     url: str | None = None,
 ) -> FromLogsResult:
-    """Add the successful logged calls that match ``log_filter`` (a ``capture.logs.LogFilter``).
+    """Add the successful logged calls that match ``log_filter`` (a ``store.logs.LogFilter``).
 
     The task defaults to the filter's ``tag.task``. Running it again later adds only what is new.
     """
-    from tuneloop.capture.logs import apply_filter
+    from tuneloop.store.logs import apply_filter
 
     _check_fraction(sample, "--sample")
     _check_fraction(test_fraction, "--test-fraction", upper_open=True)
@@ -359,7 +359,7 @@ def trainable(entry: DatasetEntry) -> bool:
     return not entry.check_failures
 
 
-def resolve(entries: Iterable[DatasetEntry]) -> list[DatasetEntry]:
+def best_entry_per_input(entries: Iterable[DatasetEntry]) -> list[DatasetEntry]:
     """Per input, the most trusted passing answer (human > teacher > upload > log, newest first); by id."""
     best: dict[str, DatasetEntry] = {}
     for entry in entries:
@@ -374,12 +374,12 @@ def resolve(entries: Iterable[DatasetEntry]) -> list[DatasetEntry]:
     return sorted(best.values(), key=lambda entry: entry.id)
 
 
-def resolved_entries(name: str, split: str | None = None, url: str | None = None) -> list[DatasetEntry]:
+def training_entries(name: str, split: str | None = None, url: str | None = None) -> list[DatasetEntry]:
     """The entries that train (and that evals should read as gold): one per input, passing checks."""
     if split is not None and split not in SPLITS:
         raise TuneloopError(f"unknown split {split!r}", where="--split", hint="use train or test")
     with session_scope(url) as session:
-        return resolve(all_entries(session, get_dataset(session, name), split))
+        return best_entry_per_input(all_entries(session, get_dataset(session, name), split))
 
 
 def entry_row(entry: DatasetEntry) -> dict[str, Any]:
@@ -412,7 +412,7 @@ def export_rows(
         raise TuneloopError(f"unknown split {split!r}", where="--split", hint="use train or test")
     with session_scope(url) as session:
         entries = all_entries(session, get_dataset(session, name), split)
-    chosen = entries if everything else resolve(entries)
+    chosen = entries if everything else best_entry_per_input(entries)
     return [entry_row(entry) for entry in chosen]
 
 
@@ -437,7 +437,7 @@ def summarize_dataset(name: str, url: str | None = None) -> DatasetSummary:
     by_split_provenance: dict[tuple[str, str], int] = defaultdict(int)
     for entry in entries:
         by_split_provenance[(entry.split, entry.provenance)] += 1
-    resolved = resolve(entries)
+    resolved = best_entry_per_input(entries)
     return DatasetSummary(
         name=dataset.name,
         task=dataset.task,

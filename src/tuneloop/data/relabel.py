@@ -31,25 +31,13 @@ from tuneloop.errors import TuneloopError
 from tuneloop.progress import progress_bar
 from tuneloop.store import DatasetEntry, TeacherLabel, session_scope
 from tuneloop.task import Task, load_task
+from tuneloop.upstreams import Endpoint, resolve_endpoint, sampling_arguments
 
 DEFAULT_MAX_RETRIES = 5
 
 
-@dataclass(frozen=True)
-class TeacherEndpoint:
-    """Where the teacher answers: an OpenAI-compatible base URL, its key, and the model name there."""
-
-    name: str  # as the user wrote it: openai/gpt-4o-mini
-    base_url: str
-    model: str
-    api_key: str | None
-    upstream: str | None
-    timeout_s: float
-
-
-def resolve_teacher(teacher: str) -> TeacherEndpoint:
+def resolve_teacher(teacher: str) -> Endpoint:
     """A teacher id (``upstream/model`` or ``http://host/v1#model``) → its endpoint, with the key from the env."""
-    from tuneloop.capture.upstreams import get_upstream, upstream_for_base_url
     from tuneloop.registry.ids import EndpointRef, parse_model_id
 
     ref = parse_model_id(teacher)
@@ -60,17 +48,7 @@ def resolve_teacher(teacher: str) -> TeacherEndpoint:
             hint="name it upstream/model (openai/gpt-4o-mini) or http://host:port/v1#model; serve a local "
             "model first to use it as a teacher",
         )
-    upstream = get_upstream(ref.upstream) if ref.upstream else upstream_for_base_url(ref.base_url or "")
-    base_url = upstream.base_url if upstream and ref.upstream else (ref.base_url or "")
-    api_key = upstream.api_key() if upstream else None
-    if upstream is not None and upstream.api_key_env and api_key is None:
-        raise TuneloopError(
-            f"{upstream.api_key_env} is not set, and the teacher's upstream {upstream.name!r} needs its key from it",
-            where=f"--teacher {teacher}",
-            hint=f"export {upstream.api_key_env}=...",
-        )
-    timeout_s = upstream.timeout_s if upstream else 60.0
-    return TeacherEndpoint(teacher, base_url, ref.model, api_key, upstream.name if upstream else None, timeout_s)
+    return resolve_endpoint(ref, teacher).require_key(f"--teacher {teacher}")
 
 
 TEACHER_ENV = "TUNELOOP_TEACHER"
@@ -89,7 +67,6 @@ def default_teacher() -> str | None:
 
 def teacher_arguments(task: Task | None, model: str, options: dict[str, Any] | None) -> dict[str, Any]:
     """Sampling settings from the task (greedy by default; none for reasoning models) plus the entry's options."""
-    from tuneloop.evals.candidates import sampling_arguments
     from tuneloop.generation import GenerationParams
 
     if task is not None:
@@ -115,16 +92,9 @@ class Answer:
 Ask = Callable[[list[dict[str, Any]], dict[str, Any]], Answer]
 
 
-def openai_asker(endpoint: TeacherEndpoint, max_retries: int = DEFAULT_MAX_RETRIES) -> Ask:
+def openai_asker(endpoint: Endpoint, max_retries: int = DEFAULT_MAX_RETRIES) -> Ask:
     """Ask the teacher through the official client (which retries 429/5xx/timeouts with backoff)."""
-    import openai
-
-    client = openai.OpenAI(
-        base_url=endpoint.base_url,
-        api_key=endpoint.api_key or "not-needed",
-        max_retries=max_retries,
-        timeout=endpoint.timeout_s,
-    )
+    client = endpoint.client(max_retries)
 
     def ask(messages: list[dict[str, Any]], arguments: dict[str, Any]) -> Answer:
         started = time.perf_counter()
@@ -208,7 +178,7 @@ def relabel(
         items = items[:limit]
     if not items:
         return result
-    endpoint: TeacherEndpoint | None = None
+    endpoint: Endpoint | None = None
     if ask is None:
         endpoint = resolve_teacher(teacher)
         ask = openai_asker(endpoint, max_retries)
@@ -318,8 +288,8 @@ def _failures_of(entry_id: int, url: str | None) -> list[str]:
         return list(entry.check_failures or []) if entry else []
 
 
-def _price_lookup(endpoint: TeacherEndpoint | None) -> Callable[[Answer], tuple[float | None, str | None]]:
-    from tuneloop.evals.cost import load_price_table
+def _price_lookup(endpoint: Endpoint | None) -> Callable[[Answer], tuple[float | None, str | None]]:
+    from tuneloop.cost import load_price_table
 
     table = load_price_table()
 
@@ -327,7 +297,7 @@ def _price_lookup(endpoint: TeacherEndpoint | None) -> Callable[[Answer], tuple[
         if endpoint is None or answer.prompt_tokens is None or answer.completion_tokens is None:
             return None, None
         for model in (answer.model_resolved, endpoint.model):
-            priced = table.lookup(model, endpoint.upstream) if model else None
+            priced = table.lookup(model, endpoint.upstream_name) if model else None
             if priced is not None:
                 return priced[1].request_cost(answer.prompt_tokens, answer.completion_tokens), table.version
         return None, None

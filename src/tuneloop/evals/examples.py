@@ -16,10 +16,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tuneloop.data.datasets import all_entries, resolve
+from tuneloop.answers import parse_answer
+from tuneloop.data.datasets import all_entries, best_entry_per_input
 from tuneloop.data.jsonl import read_rows
 from tuneloop.errors import TuneloopError
-from tuneloop.evals.scoring import parse_answer
 from tuneloop.generation import Message
 from tuneloop.store import SPLITS, Dataset, session_scope
 from tuneloop.task import Task
@@ -167,7 +167,7 @@ def _dataset_examples(task: Task, data_ref: str, limit: int | None) -> list[Exam
             )
         # The gold of an input is its resolved answer (human > teacher > upload > log, passing checks), the
         # same one training reads: superseded log answers and failing ones are not gold.
-        resolved = resolve(all_entries(session, dataset, split))[:limit]
+        resolved = best_entry_per_input(all_entries(session, dataset, split))[:limit]
         entries = [(entry.id, entry.messages, entry.fields) for entry in resolved]
     if not entries:
         raise TuneloopError(f"dataset {name!r} has no {split} entries", where=data_ref)

@@ -20,23 +20,23 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
+from tuneloop.cost import load_price_table
 from tuneloop.errors import TuneloopError
-from tuneloop.evals.cost import load_price_table
+from tuneloop.evals.candidates import (
+    Candidate,
+    Completion,
+    EndpointFailure,
+    Generator,
+    ModelSpec,
+    RequestFailed,
+    resolve_candidate,
+)
 from tuneloop.evals.examples import (
     Example,
     canonical_data_ref,
     fingerprint,
     load_examples,
     load_predictions,
-)
-from tuneloop.evals.candidates import (
-    Completion,
-    EndpointFailure,
-    Generator,
-    ModelSpec,
-    RequestFailed,
-    Candidate,
-    resolve_candidate,
 )
 from tuneloop.evals.results import EvalReport, build_report
 from tuneloop.evals.scoring import score_record
@@ -50,8 +50,8 @@ from tuneloop.evals.store import (
     mark_run,
     run_results,
 )
-from tuneloop.progress import progress_bar
 from tuneloop.generation import GenerationParams
+from tuneloop.progress import progress_bar
 from tuneloop.task import Task, load_task
 
 # A model whose first requests all fail is misconfigured (a parameter the endpoint refuses, say):

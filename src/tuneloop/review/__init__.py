@@ -4,6 +4,8 @@
   :func:`check_answer`, :func:`confidence_from_logprobs`, :func:`task_for`.
 - :mod:`tuneloop.review.queue`: items, the 5-minute lock, approve / correct / reject; approvals and
   corrections become human-verified dataset entries.
+- :mod:`tuneloop.review.metrics`: :class:`ReviewMetrics`, the Prometheus metrics of both (serve and the
+  gateway each hold one on their own registry).
 
 See docs/review.md.
 """

@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tuneloop.errors import TuneloopError
-from tuneloop.monitor.metrics import ReviewMetrics
 from tuneloop.protocol import OpenAIError
+from tuneloop.review.metrics import ReviewMetrics
 from tuneloop.task import Task
 
 log = logging.getLogger("tuneloop.review")
@@ -123,7 +123,7 @@ def check_answer(task: Task, text: str | None, confidence: float | None = None) 
     """Parse an answer (one Markdown code fence tolerated) and run every check of the task on it."""
     if text is None:
         return CheckResult(task.name, None, None, ["schema: no text answer"], confidence)
-    from tuneloop.evals.scoring import unfenced
+    from tuneloop.answers import unfenced
 
     try:
         answer = json.loads(unfenced(text))

@@ -186,7 +186,7 @@ async def _check_streamed(review: ReviewPolicy, request: dict[str, Any], complet
 async def _complete_elsewhere(engine: ServeEngine, body: ChatCompletionRequest, model: str) -> dict[str, Any]:
     """A fallback answer: from this engine when it serves ``model``, else from the upstream it names."""
     from tuneloop.registry.ids import EndpointRef, parse_model_id
-    from tuneloop.review.fallback import call_endpoint
+    from tuneloop.upstreams import call_endpoint
 
     ref = parse_model_id(model)
     if isinstance(ref, EndpointRef):

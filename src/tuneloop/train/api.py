@@ -32,7 +32,7 @@ from tuneloop.config import get_settings
 from tuneloop.errors import TuneloopError
 from tuneloop.registry.versions import ModelVersionInfo, register_version
 from tuneloop.task import Task, load_task
-from tuneloop.train.config import ResolvedConfig, TrainConfig, load_config, resolve
+from tuneloop.train.config import ResolvedConfig, TrainConfig, load_config, resolve_config
 from tuneloop.train.data import encode_rows, load_source, prepare
 from tuneloop.train.launch import launch
 from tuneloop.train.plots import plot_loss_curve
@@ -83,7 +83,7 @@ def train(
     _warn_on_prompt_drift(spec, source.rows, say)
     longest = max(len(item.input_ids) for item in encoded)
     device = "cuda" if _cuda_available() else "cpu"
-    resolved = resolve(
+    resolved = resolve_config(
         user_config,
         examples=len(encoded),
         longest=longest,

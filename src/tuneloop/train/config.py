@@ -263,7 +263,7 @@ def bf16_is_fast(device: str) -> bool:
     return False
 
 
-def resolve(
+def resolve_config(
     user: TrainConfig,
     *,
     examples: int,

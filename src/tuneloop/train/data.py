@@ -110,10 +110,10 @@ def _row_line_numbers(path: Path) -> list[int]:
 def _load_dataset(name: str) -> SourceData:
     """The dataset's train split as the data stage resolves it: one entry per input (human-verified over
     teacher over logged answers), entries failing the task's checks left out."""
-    from tuneloop.data.datasets import resolved_entries
+    from tuneloop.data.datasets import training_entries
 
     try:
-        entries = resolved_entries(name, split="train")
+        entries = training_entries(name, split="train")
     except TuneloopError as error:
         raise TuneloopError(error.message, where=f"--data dataset:{name}", hint=error.hint) from None
     rows = [SourceRow(list(entry.messages), f"dataset {name} entry {entry.id}") for entry in entries]

@@ -6,7 +6,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from tuneloop.data.datasets import all_entries, get_dataset, resolve, summarize_dataset
+from tuneloop.data.datasets import all_entries, best_entry_per_input, get_dataset, summarize_dataset
 from tuneloop.errors import TuneloopError
 from tuneloop.store import PROVENANCES, SPLITS, Dataset, DatasetEntry, session_scope
 from tuneloop.ui import web
@@ -41,7 +41,7 @@ def show_page(
     with session_scope() as session:
         dataset = get_dataset(session, name)
         # What trains: the resolved view (one passing answer per input, the most trusted), as ids.
-        training_ids = {entry.id for entry in resolve(all_entries(session, dataset))}
+        training_ids = {entry.id for entry in best_entry_per_input(all_entries(session, dataset))}
         query = sa.select(DatasetEntry).where(DatasetEntry.dataset_id == dataset.id)
         if split:
             query = query.where(DatasetEntry.split == split)
@@ -80,5 +80,5 @@ def entry_page(request: Request, name: str, entry_id: int) -> HTMLResponse:
                 .order_by(DatasetEntry.id)
             )
         )
-        training_ids = {e.id for e in resolve(siblings)}
+        training_ids = {e.id for e in best_entry_per_input(siblings)}
     return web.render(request, "entry.html", dataset=dataset, entry=entry, siblings=siblings, training_ids=training_ids)

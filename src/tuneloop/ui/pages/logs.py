@@ -6,9 +6,9 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from tuneloop.capture.logs import STATUSES, LogFilter, apply_filter, build_filter, count_logs, log_to_json
 from tuneloop.errors import TuneloopError
 from tuneloop.store import RequestLog, session_scope
+from tuneloop.store.logs import STATUSES, LogFilter, apply_filter, build_filter, count_logs, log_to_json
 from tuneloop.ui import web
 
 router = APIRouter()

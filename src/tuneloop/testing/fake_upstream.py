@@ -3,7 +3,7 @@
 For tests and benchmarks of the gateway (they are about our side of the wire, so the other side should
 cost as little as possible), and for trying a gateway config without an API key::
 
-    python -m tuneloop.capture.fake_upstream --port 9000 --fault-rate 0.1
+    python -m tuneloop.testing.fake_upstream --port 9000 --fault-rate 0.1
 
 It is a minimal HTTP/1.1 server on asyncio (keep-alive, Content-Length bodies) serving
 ``POST …/chat/completions`` (streamed or not) and ``GET …/models``. Faults, chosen at random with

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from tuneloop.data.synth import noise, parts, styles_formal
-from tuneloop.data.synth.doc import DocBuilder
+from tuneloop.demo.synth import noise, parts, styles_formal
+from tuneloop.demo.synth.doc import DocBuilder
 
 _GENERIC_DOMAINS = ("secure-message.net", "notifications-mail.com", "customer-portal.net", "mailer.servicing.io")
 _OFF_TOPIC_ANSWERS = (

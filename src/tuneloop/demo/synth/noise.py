@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import re
 
-from tuneloop.data.synth.doc import protected_segments
+from tuneloop.demo.synth.doc import protected_segments
 
 _WORD = re.compile(r"[A-Za-z]{3,}")
 

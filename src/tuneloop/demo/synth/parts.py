@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tuneloop.data.synth.doc import DocBuilder
+from tuneloop.demo.synth.doc import DocBuilder
 
 _DISCLAIMERS = (
     "This communication is from a debt collector attempting to collect a debt; any information obtained "

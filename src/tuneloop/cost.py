@@ -73,7 +73,7 @@ class PriceTable:
 
 def load_price_table(config: Mapping[str, Any] | None = None) -> PriceTable:
     """The packaged price table with the config file's ``prices`` and ``machine_usd_per_hour`` applied."""
-    shipped = yaml.safe_load((resources.files("tuneloop") / "evals" / "prices.yaml").read_text(encoding="utf-8"))
+    shipped = yaml.safe_load((resources.files("tuneloop") / "prices.yaml").read_text(encoding="utf-8"))
     prices = {name: Price(**entry) for name, entry in shipped["models"].items()}
     config = read_config_file() if config is None else config
     source = get_settings().config_file

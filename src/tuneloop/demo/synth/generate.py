@@ -8,9 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tuneloop.data.synth import noise, styles_formal, styles_informal, styles_pages
-from tuneloop.data.synth.doc import ANCHOR, FIELD_NAMES, DocBuilder, LoanFacts, finalize, sample_facts
-from tuneloop.data.synth.values import Register
+from tuneloop.demo.synth import noise, styles_formal, styles_informal, styles_pages
+from tuneloop.demo.synth.doc import ANCHOR, FIELD_NAMES, DocBuilder, LoanFacts, finalize, sample_facts
+from tuneloop.demo.synth.values import Register
 
 MAX_CHARS = 2400  # hard cap (the brief allows 2,500); the base model has a 2k-token context
 SOFT_MAX_CHARS = 1500  # most documents stay under this; longer ones are kept only sometimes

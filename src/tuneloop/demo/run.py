@@ -26,7 +26,7 @@ from rich.console import Console
 
 from tuneloop.config import get_settings
 from tuneloop.data.jsonl import write_rows
-from tuneloop.data.synth import synthesize_with_progress
+from tuneloop.demo.synth import synthesize_with_progress
 from tuneloop.evals.candidates import ModelSpec
 from tuneloop.evals.report import print_report, write_html, write_json
 from tuneloop.evals.results import EvalReport
@@ -109,13 +109,13 @@ def capture_demo(task: Task, data_path: Path, rows: Sequence[dict[str, Any]], co
     from openai import OpenAI
 
     from tuneloop.capture.config import GatewayConfig, Route
-    from tuneloop.capture.logs import LogFilter
     from tuneloop.capture.server import running_gateway
-    from tuneloop.capture.upstreams import Upstream
     from tuneloop.data.datasets import dataset_from_logs, import_jsonl
     from tuneloop.data.relabel import default_teacher, relabel
     from tuneloop.serve.app import start_background_server
     from tuneloop.serve.engine import build_engine
+    from tuneloop.store.logs import LogFilter
+    from tuneloop.upstreams import Upstream
 
     imported = import_jsonl(data_path, DEMO_DATASET, task=task.name, provenance="human")
     console.print(f"dataset {DEMO_DATASET}: {imported.added} human-verified entries imported from {data_path.name}")

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from tuneloop.data.synth import values, vocab
-from tuneloop.data.synth.values import Register
+from tuneloop.demo.synth import values, vocab
+from tuneloop.demo.synth.values import Register
 
 FIELD_NAMES = ("payoff_amount", "escrow_balance", "next_due_date", "interest_rate", "account_last4", "servicer")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from tuneloop.data.synth import parts
-from tuneloop.data.synth.doc import DocBuilder
+from tuneloop.demo.synth import parts
+from tuneloop.demo.synth.doc import DocBuilder
 
 
 def table(b: DocBuilder, rows: list[tuple[str, str]], key: str = "table") -> str:

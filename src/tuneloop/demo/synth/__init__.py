@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from tuneloop.data.synth.doc import FIELD_NAMES
-from tuneloop.data.synth.generate import STYLES, Document, generate_document
-from tuneloop.data.synth.split import NEAR_COPY_THRESHOLD, assign_splits, jaccard, near_copy_pairs, shingles
+from tuneloop.demo.synth.doc import FIELD_NAMES
+from tuneloop.demo.synth.generate import STYLES, Document, generate_document
+from tuneloop.demo.synth.split import NEAR_COPY_THRESHOLD, assign_splits, jaccard, near_copy_pairs, shingles
 from tuneloop.errors import TuneloopError
 from tuneloop.progress import progress_bar
 

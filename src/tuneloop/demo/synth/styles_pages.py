@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from tuneloop.data.synth import parts
-from tuneloop.data.synth.doc import DocBuilder
-from tuneloop.data.synth.styles_formal import join_sections as _join
-from tuneloop.data.synth.styles_formal import table
+from tuneloop.demo.synth import parts
+from tuneloop.demo.synth.doc import DocBuilder
+from tuneloop.demo.synth.styles_formal import join_sections as _join
+from tuneloop.demo.synth.styles_formal import table
 
 # ---------------------------------------------------------------- annual tax / escrow summary
 
