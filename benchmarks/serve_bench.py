@@ -62,9 +62,12 @@ def raw_decode_rate(gguf: Path, messages: list[dict], tokens: int, threads: int)
     import llama_cpp
 
     from tuneloop.bases import DEFAULT_BASE, resolve_base
+    from tuneloop.serve.backends import LlamaCppOptions
     from tuneloop.serve.backends.llamacpp import LlamaCppBackend
 
-    formatter = LlamaCppBackend(resolve_base(DEFAULT_BASE), n_threads=threads)  # the server's prompt rendering
+    formatter = LlamaCppBackend(
+        resolve_base(DEFAULT_BASE), LlamaCppOptions(n_threads=threads)
+    )  # the server's prompt rendering
     text = formatter.format_prompt(messages)
     formatter.close()
     llama = llama_cpp.Llama(model_path=str(gguf), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
@@ -188,13 +191,15 @@ def main() -> None:
     from tuneloop.bases.widen import LLAMA_WEIGHTS
     from tuneloop.registry.exports import ensure_gguf_lora
     from tuneloop.registry.versions import resolve_version, verify_version
-    from tuneloop.serve.backends import Adapter, GenerationParams, get_backend
+    from tuneloop.serve.backends import Adapter, GenerationParams, LlamaCppOptions, get_backend
 
     info = resolve_version(versions[0], verify=False)
     adapter = Adapter(info.id, info.adapter_path, ensure_gguf_lora(info))
     grammar = GenerationParams(max_tokens=256, json_schema=load_task(TASK).output_schema)
     engines = {
-        mode: get_backend("llamacpp", base, n_threads=args.threads, grammar_first=mode == "token_first")
+        mode: get_backend(
+            "llamacpp", base, LlamaCppOptions(n_threads=args.threads, grammar_first=mode == "token_first")
+        )
         for mode in ("token_first", "whole_vocab")
     }
     timings, texts = alternate(engines, messages, grammar, adapter, args.requests)
@@ -206,7 +211,8 @@ def main() -> None:
     # 2c. the same extraction request on the GGUF as shipped (Q4_1) and on its float rewrites (bases/widen.py),
     #     which decode what transformers decodes; alternating, same version and prompt
     by_weights = {
-        weights: get_backend("llamacpp", base, n_threads=args.threads, weights=weights) for weights in LLAMA_WEIGHTS
+        weights: get_backend("llamacpp", base, LlamaCppOptions(n_threads=args.threads, weights=weights))
+        for weights in LLAMA_WEIGHTS
     }
     weight_timings, _ = alternate(by_weights, messages, grammar, adapter, args.requests)
     for weights, values in weight_timings.items():
@@ -214,7 +220,7 @@ def main() -> None:
         results[f"extraction_{weights}_weights_p95_ms"] = round(percentile(values, 0.95), 1)
 
     # adapter load cost: verify (hash the files) + llama.cpp load, through the public backend path
-    backend = get_backend("llamacpp", base, n_threads=args.threads, max_adapters=1)
+    backend = get_backend("llamacpp", base, LlamaCppOptions(n_threads=args.threads, max_adapters=1))
     try:
         infos = [resolve_version(name, verify=False) for name in versions[:6]]
         adapters = [Adapter(i.id, i.adapter_path, ensure_gguf_lora(i)) for i in infos]

@@ -10,7 +10,7 @@ import pytest
 from tuneloop.bases import DEFAULT_BASE, load_transformers, resolve_base, transformers_dir
 from tuneloop.errors import TuneloopError
 from tuneloop.registry.gguf_lora import export_gguf_lora
-from tuneloop.serve.backends import Adapter, GenerationParams, get_backend
+from tuneloop.serve.backends import Adapter, GenerationParams, backend_options, get_backend
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +53,9 @@ def adapters(converted_home: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.fixture(params=["llamacpp", "transformers"])
 def backend(request: pytest.FixtureRequest, converted_home: Path):
     options = {"cache_dir": converted_home / "cache"} if request.param == "transformers" else {}
-    backend = get_backend(request.param, resolve_base(DEFAULT_BASE), max_adapters=2, **options)
+    backend = get_backend(
+        request.param, resolve_base(DEFAULT_BASE), backend_options(request.param, {**options, "max_adapters": 2})
+    )
     yield backend
     backend.close()
 

@@ -11,10 +11,15 @@ from tuneloop.bases import DEFAULT_BASE, resolve_base
 from tuneloop.errors import TuneloopError
 from tuneloop.serve.backends import (
     BACKEND_NAMES,
+    CPU_BACKEND_NAMES,
     Backend,
     GenerationParams,
+    LlamaCppOptions,
     StopStrings,
     TokenStreamBackend,
+    TransformersOptions,
+    backend_options,
+    engine_identity,
     get_backend,
 )
 from tuneloop.serve.backends.llamacpp import LlamaCppBackend
@@ -26,10 +31,10 @@ JSON_CHAT = [
 ]
 
 
-@pytest.fixture(scope="module", params=BACKEND_NAMES)
+@pytest.fixture(scope="module", params=CPU_BACKEND_NAMES)
 def backend(request: pytest.FixtureRequest, converted_home: Path) -> Iterator[Backend]:
     options = {"cache_dir": converted_home / "cache"} if request.param == "transformers" else {}
-    backend = get_backend(request.param, resolve_base(DEFAULT_BASE), **options)
+    backend = get_backend(request.param, resolve_base(DEFAULT_BASE), backend_options(request.param, options))
     yield backend
     backend.close()
 
@@ -70,6 +75,21 @@ def test_an_unknown_backend_name_lists_the_known_ones() -> None:
     with pytest.raises(TuneloopError) as caught:
         get_backend("vllm-on-cpu", resolve_base(DEFAULT_BASE))
     assert caught.value.hint is not None and "llamacpp" in caught.value.hint
+
+
+def test_the_registry_builds_each_backend_s_own_options_and_names_an_unknown_one() -> None:
+    assert BACKEND_NAMES == ("llamacpp", "transformers", "vllm")
+    assert backend_options("llamacpp", {"weights": "f16"}) == LlamaCppOptions(weights="f16")
+    with pytest.raises(TuneloopError, match="no option 'weights'") as caught:
+        backend_options("transformers", {"weights": "f16"})
+    assert "max_batch_size" in (caught.value.hint or "")
+    assert backend_options("vllm", {"n_ctx": 512}, strict=False).tensor_parallel_size == 1
+    with pytest.raises(TuneloopError, match="takes TransformersOptions"):
+        get_backend("transformers", resolve_base(DEFAULT_BASE), LlamaCppOptions())
+    # Part of stored eval cache keys: these strings never change.
+    assert engine_identity("llamacpp", LlamaCppOptions()) == "llamacpp"
+    assert engine_identity("llamacpp", LlamaCppOptions(weights="f16")) == "llamacpp:f16"
+    assert engine_identity("transformers", TransformersOptions()) == engine_identity("transformers") == "transformers"
 
 
 def test_transformers_backend_runs_any_hf_chat_model(tmp_path: Path) -> None:
@@ -141,7 +161,7 @@ def test_messages_the_template_cannot_render_are_a_user_error(backend: TokenStre
 def test_both_engines_format_the_chat_into_the_same_tokens(converted_home: Path) -> None:
     base = resolve_base(DEFAULT_BASE)
     llamacpp = get_backend("llamacpp", base)
-    transformers = get_backend("transformers", base, cache_dir=converted_home / "cache")
+    transformers = get_backend("transformers", base, TransformersOptions(cache_dir=converted_home / "cache"))
     assert isinstance(llamacpp, LlamaCppBackend) and isinstance(transformers, TransformersBackend)
     llama_ids = llamacpp.llama.tokenize(llamacpp.format_prompt(JSON_CHAT).encode(), add_bos=False, special=True)
     assert llama_ids == transformers.prompt_ids(JSON_CHAT)[0].tolist()
@@ -184,7 +204,7 @@ def test_token_first_grammar_decodes_what_llama_cpp_s_own_grammar_sampler_does()
 
 def test_unknown_llamacpp_weights_are_refused_before_loading() -> None:
     with pytest.raises(TuneloopError, match=r"unknown llama\.cpp weights 'q8'") as caught:
-        get_backend("llamacpp", resolve_base(DEFAULT_BASE), weights="q8")
+        get_backend("llamacpp", resolve_base(DEFAULT_BASE), LlamaCppOptions(weights="q8"))
     assert "native, f16, f32" in (caught.value.hint or "")
 
 
@@ -227,12 +247,12 @@ def test_llama_cpp_on_f32_weights_decodes_what_transformers_decodes(converted_ho
         [{"role": "user", "content": "Payoff $182,440.19, escrow $2,310.55, due 2025-06-01. Summarize the letter."}],
     ]
     params = GenerationParams(max_tokens=48)
-    llamacpp = get_backend("llamacpp", base, weights="f32", cache_dir=cache)
+    llamacpp = get_backend("llamacpp", base, LlamaCppOptions(weights="f32", cache_dir=cache))
     try:
         ours = [llamacpp.generate(chat, params).text for chat in chats]
     finally:
         llamacpp.close()
-    transformers = get_backend("transformers", base, cache_dir=cache, max_batch_size=1)
+    transformers = get_backend("transformers", base, TransformersOptions(cache_dir=cache, max_batch_size=1))
     try:
         reference = [transformers.generate(chat, params).text for chat in chats]
     finally:

@@ -13,7 +13,7 @@ import pytest
 
 from tuneloop.bases import resolve_base
 from tuneloop.errors import TuneloopError
-from tuneloop.serve.backends import Adapter, Generation, GenerationParams, Message
+from tuneloop.serve.backends import Adapter, Generation, GenerationParams, Message, TransformersOptions
 from tuneloop.serve.backends.transformers import TransformersBackend
 
 SCHEMA = {
@@ -63,7 +63,9 @@ def adapters(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> list[
 @pytest.fixture
 def backend(tiny_base: Path) -> Iterator[TransformersBackend]:
     # A long gathering window, so requests started together in a test surely share one batch.
-    backend = TransformersBackend(resolve_base(str(tiny_base)), max_batch_size=4, batch_wait_ms=300)
+    backend = TransformersBackend(
+        resolve_base(str(tiny_base)), TransformersOptions(max_batch_size=4, batch_wait_ms=300)
+    )
     yield backend
     backend.close()
 
@@ -220,7 +222,9 @@ def test_streams_from_one_batch_each_get_their_own_text(backend: TransformersBac
 
 
 def test_more_versions_than_loaded_adapters_are_split_over_batches(tiny_base: Path, adapters: list[Adapter]) -> None:
-    backend = TransformersBackend(resolve_base(str(tiny_base)), max_batch_size=4, max_adapters=1, batch_wait_ms=300)
+    backend = TransformersBackend(
+        resolve_base(str(tiny_base)), TransformersOptions(max_batch_size=4, max_adapters=1, batch_wait_ms=300)
+    )
     try:
         params = GenerationParams(max_tokens=8)
         calls = [(SHORT, params, adapters[0]), (MEDIUM, params, adapters[1]), (LONG, params, None)]
@@ -261,7 +265,7 @@ def test_a_broken_adapter_fails_its_own_row_only(
 
 
 def test_before_load_runs_at_each_load_and_can_refuse_the_files(tiny_base: Path, adapters: list[Adapter]) -> None:
-    backend = TransformersBackend(resolve_base(str(tiny_base)), max_adapters=1, max_batch_size=2)
+    backend = TransformersBackend(resolve_base(str(tiny_base)), TransformersOptions(max_adapters=1, max_batch_size=2))
     checked: list[str] = []
 
     def refuse() -> None:
@@ -284,13 +288,13 @@ def test_before_load_runs_at_each_load_and_can_refuse_the_files(tiny_base: Path,
 
 
 def test_closing_the_backend_refuses_new_calls(tiny_base: Path) -> None:
-    backend = TransformersBackend(resolve_base(str(tiny_base)), max_batch_size=2)
+    backend = TransformersBackend(resolve_base(str(tiny_base)), TransformersOptions(max_batch_size=2))
     assert backend.generate(SHORT, GenerationParams(max_tokens=2)).completion_tokens >= 1
     backend.close()
     with pytest.raises(TuneloopError, match="closed"):
         backend.generate(SHORT, GenerationParams(max_tokens=2))
     with pytest.raises(TuneloopError, match="max_batch_size"):
-        TransformersBackend(resolve_base(str(tiny_base)), max_batch_size=0)
+        TransformersBackend(resolve_base(str(tiny_base)), TransformersOptions(max_batch_size=0))
 
 
 def test_the_server_sends_concurrent_requests_into_one_batch(tiny_base: Path) -> None:

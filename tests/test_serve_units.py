@@ -8,8 +8,14 @@ import pytest
 
 from test_serve import TASK, register_random_version
 from tuneloop.errors import TuneloopError
+from tuneloop.serve.backends.vllm import (
+    VllmAdapterResolver,
+    require_vllm,
+    vllm_command,
+    vllm_environment,
+    vllm_installed,
+)
 from tuneloop.serve.grammar import gbnf_is_strict, json_schema_gbnf, llama_grammar, validate_answer
-from tuneloop.serve.vllm import VllmAdapterResolver, require_vllm, vllm_command, vllm_environment, vllm_installed
 from tuneloop.task import load_task
 
 

@@ -25,7 +25,15 @@ from tuneloop.errors import TuneloopError
 from tuneloop.evals.cost import UNKNOWN_COST, CostBasis, PriceTable, machine_cost_basis, token_cost_basis
 from tuneloop.registry.ids import BaseRef, EndpointRef, VersionRef, parse_model_id
 from tuneloop.generation import GenerationParams, Message
-from tuneloop.serve.backends import BACKEND_NAMES, Adapter, Backend, engine_identity, get_backend
+from tuneloop.serve.backends import (
+    BACKEND_NAMES,
+    Adapter,
+    Backend,
+    BackendOptions,
+    backend_options,
+    engine_identity,
+    get_backend,
+)
 
 ModelKind = Literal["local", "endpoint"]
 
@@ -142,7 +150,7 @@ def _version_candidate(ref: VersionRef, spec: ModelSpec, prices: PriceTable) -> 
         # llama.cpp applies a GGUF LoRA (exported once per version, cached); transformers the PEFT folder.
         gguf = ensure_gguf_lora(info) if backend_name == "llamacpp" else None
         adapter = Adapter(id=info.id, peft_dir=info.adapter_path, gguf_path=gguf)
-        return LocalGenerator(get_backend(backend_name, base, **options), adapter)
+        return LocalGenerator(get_backend(backend_name, base, options), adapter)
 
     return Candidate(
         label=label,
@@ -163,18 +171,18 @@ def default_backend(base: Base) -> str:
     return "llamacpp" if base.format == "gguf" else "transformers"
 
 
-def _local_engine(spec: ModelSpec, base: Base) -> tuple[str, dict[str, Any], str]:
+def _local_engine(spec: ModelSpec, base: Base) -> tuple[str, BackendOptions, str]:
     """The backend a local model runs on, its options, and the engine identity its answers are cached under."""
     backend_name = spec.backend or default_backend(base)
-    options = dict(spec.backend_options)
-    if "weights" in options:
+    if "weights" in spec.backend_options:
         if backend_name != "llamacpp":
             raise TuneloopError(
                 f"--llamacpp-weights applies to the llamacpp backend; {spec.model} runs on {backend_name}",
                 where=f"model {spec.model}",
                 hint="drop --llamacpp-weights, or add --backend llamacpp",
             )
-        check_llamacpp_weights(base, options["weights"])
+        check_llamacpp_weights(base, spec.backend_options["weights"])
+    options = backend_options(backend_name, spec.backend_options)
     return backend_name, options, engine_identity(backend_name, options)
 
 
@@ -189,7 +197,7 @@ def _base_candidate(spec: ModelSpec, base: Base, prices: PriceTable) -> Candidat
         kind="local",
         cost=machine_cost_basis(prices),
         one_at_a_time=True,
-        loader=lambda: LocalGenerator(get_backend(backend_name, base, **options)),
+        loader=lambda: LocalGenerator(get_backend(backend_name, base, options)),
     )
 
 

@@ -15,10 +15,11 @@ from collections.abc import Callable, Generator, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from tuneloop.errors import TuneloopError
-from tuneloop.generation import MAX_TOP_LOGPROBS, FinishReason, GenerationParams, Message
+from tuneloop.generation import FinishReason, GenerationParams, Message
+
 
 @dataclass(frozen=True)
 class Adapter:

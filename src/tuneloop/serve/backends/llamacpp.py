@@ -20,7 +20,6 @@ import ctypes
 import random
 from collections import OrderedDict
 from collections.abc import Generator
-from pathlib import Path
 from typing import Any, ClassVar
 
 from tuneloop.bases import Base, load_llamacpp
@@ -36,38 +35,33 @@ from tuneloop.serve.backends.base import (
     chat_template_error,
     top_logprobs_of,
 )
+from tuneloop.serve.backends.options import LlamaCppOptions
 from tuneloop.serve.grammar import LlamaGrammarFirst, llama_grammar
 
 
 class LlamaCppBackend(TokenStreamBackend):
     name: ClassVar[str] = "llamacpp"
 
-    def __init__(
-        self,
-        base: Base,
-        *,
-        n_ctx: int = 2048,
-        n_threads: int | None = None,
-        max_adapters: int = 8,
-        grammar_first: bool = True,
-        weights: str = "native",
-        cache_dir: Path | None = None,
-        **llama_kwargs: Any,
-    ):
+    def __init__(self, base: Base, options: LlamaCppOptions | None = None):
         super().__init__()
         import llama_cpp
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+        options = options or LlamaCppOptions()
         self.base = base
-        self.max_adapters = max_adapters
+        self.max_adapters = options.max_adapters
         # Greedy structured output checks the argmax against the grammar first (serve/grammar.py); False
         # masks the whole vocabulary every step, as llama.cpp's grammar sampler does (benchmarks compare).
-        self.grammar_first = grammar_first
+        self.grammar_first = options.grammar_first
         self._adapters: OrderedDict[str, Any] = OrderedDict()  # version id -> llama.cpp adapter handle
         self._active: str | None = None  # the version id whose adapter is set on the context
         # "native" serves the GGUF file as it is; "f16"/"f32" its float rewrite (bases/widen.py).
         self.llama = load_llamacpp(
-            base, n_ctx=n_ctx, n_threads=n_threads, weights=weights, cache_dir=cache_dir, **llama_kwargs
+            base,
+            n_ctx=options.n_ctx,
+            n_threads=options.n_threads,
+            weights=options.weights,
+            cache_dir=options.cache_dir,
         )
         self._vocab = llama_cpp.llama_model_get_vocab(self.llama.model)
         self._is_end_of_turn = llama_cpp.llama_vocab_is_eog

@@ -36,7 +36,6 @@ from collections import OrderedDict, deque
 from collections.abc import Generator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from tuneloop.bases import Base, end_of_turn_token, load_transformers
@@ -52,6 +51,7 @@ from tuneloop.serve.backends.base import (
     chat_template_error,
     top_logprobs_of,
 )
+from tuneloop.serve.backends.options import TransformersOptions
 
 if TYPE_CHECKING:
     import torch
@@ -82,31 +82,24 @@ class _Row:
 class TransformersBackend(TokenStreamBackend):
     name: ClassVar[str] = "transformers"
 
-    def __init__(
-        self,
-        base: Base,
-        *,
-        device: str = "cpu",
-        dtype: torch.dtype | None = None,
-        cache_dir: Path | None = None,
-        max_adapters: int = 8,
-        max_batch_size: int = 8,
-        batch_wait_ms: float = 5.0,
-    ):
+    def __init__(self, base: Base, options: TransformersOptions | None = None):
         super().__init__()
-        if max_batch_size < 1:
-            raise TuneloopError(f"must be at least 1, got {max_batch_size}", where="max_batch_size")
-        if max_adapters < 1:
-            raise TuneloopError(f"must be at least 1, got {max_adapters}", where="max_adapters")
+        options = options or TransformersOptions()
+        if options.max_batch_size < 1:
+            raise TuneloopError(f"must be at least 1, got {options.max_batch_size}", where="max_batch_size")
+        if options.max_adapters < 1:
+            raise TuneloopError(f"must be at least 1, got {options.max_adapters}", where="max_adapters")
         self.base = base
-        self.device = device
-        self.max_adapters = max_adapters
-        self.max_batch_size = max_batch_size
-        self.batch_wait_s = batch_wait_ms / 1000
+        self.device = options.device
+        self.max_adapters = options.max_adapters
+        self.max_batch_size = options.max_batch_size
+        self.batch_wait_s = options.batch_wait_ms / 1000
         self._peft: Any = None  # the PeftModel wrapping self.model, once a first adapter is loaded
         self._loaded: OrderedDict[str, str] = OrderedDict()  # version id -> PEFT adapter name, LRU order
         self._loaded_lock = threading.Lock()  # the scheduler changes it while the engine reads it
-        self.model, self.tokenizer = load_transformers(base, dtype, device=device, cache_dir=cache_dir)
+        self.model, self.tokenizer = load_transformers(
+            base, options.dtype, device=self.device, cache_dir=options.cache_dir
+        )
         if not self.tokenizer.chat_template:
             raise TuneloopError(
                 "the tokenizer has no chat template, so chats can't be formatted",

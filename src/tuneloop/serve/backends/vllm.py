@@ -8,9 +8,10 @@
   ``/v1/load_lora_adapter {"lora_name": "task@4", "lora_path": <the version's PEFT folder>}``; later
   requests just send ``model="task@4"``. vLLM keeps at most ``--max-loras`` on the GPU per batch and swaps
   the rest in from CPU memory itself; batches mixing versions are vLLM's job.
-- **Routing.** ``VllmBackend`` implements the ``Backend`` interface over HTTP, so the engine (resolution,
-  verification, queue, validation, metrics) is the same as for the CPU backends. A request's JSON schema
-  goes to vLLM's guided decoding (``response_format`` ``json_schema``).
+- **Routing.** ``VllmBackend`` (``get_backend("vllm", base, VllmOptions(...))``) implements the
+  ``Backend`` interface over HTTP, so the engine (resolution, verification, queue, validation, metrics)
+  is the same as for the CPU backends. A request's JSON schema goes to vLLM's guided decoding
+  (``response_format`` ``json_schema``).
 
 Without vLLM installed this module still imports; starting the backend raises a TuneloopError saying
 how to install it.
@@ -35,6 +36,7 @@ import httpx
 from tuneloop.bases import Base
 from tuneloop.errors import TuneloopError
 from tuneloop.serve.backends.base import Adapter, Generation, GenerationParams, Message
+from tuneloop.serve.backends.options import VllmOptions
 
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
 
@@ -138,18 +140,9 @@ class VllmBackend:
 
     name: ClassVar[str] = "vllm"
 
-    def __init__(
-        self,
-        base: Base,
-        *,
-        max_adapters: int = 8,
-        max_lora_rank: int = 64,
-        tensor_parallel_size: int = 1,
-        pipeline_parallel_size: int = 1,
-        extra_args: list[str] | None = None,
-        startup_timeout_s: float = 600,
-    ) -> None:
+    def __init__(self, base: Base, options: VllmOptions | None = None) -> None:
         require_vllm()
+        options = options or VllmOptions()
         self.base = base
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -158,16 +151,16 @@ class VllmBackend:
             vllm_model_source(base),
             port=port,
             served_name=base.id,
-            max_loras=max_adapters,
-            max_lora_rank=max_lora_rank,
-            tensor_parallel_size=tensor_parallel_size,
-            pipeline_parallel_size=pipeline_parallel_size,
-            extra_args=extra_args,
+            max_loras=options.max_adapters,
+            max_lora_rank=options.max_lora_rank,
+            tensor_parallel_size=options.tensor_parallel_size,
+            pipeline_parallel_size=options.pipeline_parallel_size,
+            extra_args=list(options.extra_args),
         )
         self._process = subprocess.Popen(self.command, env=vllm_environment())
         self._client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600)
         self.resolver = VllmAdapterResolver(self._client)
-        self._wait_ready(startup_timeout_s)
+        self._wait_ready(options.startup_timeout_s)
 
     def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

@@ -1,0 +1,58 @@
+"""Each backend's own settings, one frozen dataclass per backend: what its constructor takes.
+
+They live apart from the backends, so naming, checking and building options (the serve and eval
+commands, ``engine_identity``) never imports an engine (llama.cpp, torch, vLLM).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class LlamaCppOptions:
+    """llama.cpp: context window, threads (None: half the cores), adapters kept loaded (LRU), and the
+    weights: the GGUF as it is (``native``) or its float rewrite (``f16``/``f32``, bases/widen.py).
+    ``grammar_first``: greedy structured output checks the argmax against the grammar first (False masks
+    the whole vocabulary every step, as llama.cpp's grammar sampler does; benchmarks compare)."""
+
+    n_ctx: int = 2048
+    n_threads: int | None = None
+    max_adapters: int = 8
+    grammar_first: bool = True
+    weights: str = "native"
+    cache_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class TransformersOptions:
+    """transformers: device and dtype (None: the base's own), adapters kept loaded (LRU), and batching:
+    at most ``max_batch_size`` requests decoded together, gathered for up to ``batch_wait_ms``."""
+
+    device: str = "cpu"
+    dtype: torch.dtype | None = None
+    cache_dir: Path | None = None
+    max_adapters: int = 8
+    max_batch_size: int = 8
+    batch_wait_ms: float = 5.0
+
+
+@dataclass(frozen=True)
+class VllmOptions:
+    """vLLM: adapters on the GPU per batch (``--max-loras``), their largest rank, the parallelism, extra
+    arguments for vLLM's server, and how long its start may take."""
+
+    max_adapters: int = 8
+    max_lora_rank: int = 64
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    extra_args: tuple[str, ...] = ()
+    startup_timeout_s: float = 600
+
+
+BackendOptions = LlamaCppOptions | TransformersOptions | VllmOptions
