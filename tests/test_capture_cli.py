@@ -11,10 +11,10 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from test_datasets import answer, log_call
-from tuneloop.capture.keys import hash_key
 from tuneloop.cli.main import app
 from tuneloop.errors import TuneloopError
 from tuneloop.store import ApiKey, RequestLog, session_scope, utcnow
+from tuneloop.store.keys import hash_key
 from tuneloop.store.logs import build_filter, count_logs, parse_time
 
 runner = CliRunner()

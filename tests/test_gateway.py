@@ -9,9 +9,9 @@ import openai
 import pytest
 
 from test_capture_support import count_rows, gateway_config, rows, wait_for_rows
-from tuneloop.capture.keys import create_key, revoke_key
 from tuneloop.capture.server import RunningGateway, running_gateway
 from tuneloop.store import RequestLog
+from tuneloop.store.keys import create_key, revoke_key
 from tuneloop.testing.fake_upstream import FakeUpstream
 
 MESSAGES = [{"role": "user", "content": "Payoff is $1,200.00. Write to jane@example.com"}]

@@ -14,8 +14,8 @@ import pytest
 import tuneloop
 from test_capture_support import gateway_config, rows, wait_for_rows
 from tuneloop.capture import sdk
-from tuneloop.capture.keys import create_key
 from tuneloop.capture.server import running_gateway
+from tuneloop.store.keys import create_key
 from tuneloop.testing.fake_upstream import FakeUpstream
 
 MESSAGES = [{"role": "user", "content": "Escrow balance is $310.22"}]

@@ -15,8 +15,8 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from conftest import running_in_ci
-from tuneloop.capture.keys import create_key, revoke_key
 from tuneloop.store import RequestLog, session_scope
+from tuneloop.store.keys import create_key, revoke_key
 from tuneloop.ui import create_ui_app, mount_ui
 from tuneloop.ui.app import PAGE_ROUTERS
 

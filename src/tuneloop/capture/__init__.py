@@ -5,7 +5,7 @@
   ``forwarding.py`` the upstream calls (retries, fallbacks). Upstreams are defined in the core
   (``tuneloop.upstreams``).
 - ``records.py`` one captured call; ``logwriter.py`` the bounded queue, batched commits and durable journal;
-  ``redaction.py`` what is scrubbed before storage; ``keys.py`` tuneloop API keys.
+  ``redaction.py`` what is scrubbed before storage. API keys live in ``tuneloop.store.keys``.
 - ``sdk.py``: ``tuneloop.OpenAI`` / ``AsyncOpenAI``. Calls are read back with ``tuneloop.store.logs``; the
   fake upstream and load generator for tests and benchmarks are in ``tuneloop.testing``.
 """

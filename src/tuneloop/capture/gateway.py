@@ -42,7 +42,6 @@ from starlette.types import Receive, Scope, Send
 
 from tuneloop.capture.config import GatewayConfig
 from tuneloop.capture.forwarding import UPSTREAM_ERRORS, UpstreamClient, UpstreamReply
-from tuneloop.capture.keys import KEY_PREFIX, ActiveKey, KeyRing
 from tuneloop.capture.logwriter import LogWriter, StoreSink
 from tuneloop.capture.records import TAGS_HEADER, CallRecord, answering_model, parse_tags, resolved_model
 from tuneloop.capture.redaction import Redactor
@@ -63,6 +62,7 @@ from tuneloop.protocol import (
 )
 from tuneloop.review.metrics import ReviewMetrics
 from tuneloop.review.policy import REVIEW_HEADER, ReviewPolicy
+from tuneloop.store.keys import KEY_PREFIX, ActiveKey, KeyRing
 
 log = logging.getLogger(__name__)
 

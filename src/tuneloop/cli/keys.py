@@ -6,7 +6,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tuneloop.capture.keys import create_key, list_keys, revoke_key
+from tuneloop.store.keys import create_key, list_keys, revoke_key
 
 app = typer.Typer(no_args_is_help=True)
 console = Console(highlight=False, soft_wrap=True)

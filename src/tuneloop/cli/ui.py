@@ -13,8 +13,8 @@ def ui(
     port: int = typer.Option(4100, "--port", "-p", help="Port to listen on."),
 ) -> None:
     """Serve the web UI; log in with a tuneloop API key (admin keys may promote, roll back and review)."""
-    from tuneloop.capture.keys import list_keys
     from tuneloop.store import mask_url
+    from tuneloop.store.keys import list_keys
     from tuneloop.ui.server import serve_ui
 
     keys = list_keys(include_revoked=False)

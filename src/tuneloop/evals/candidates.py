@@ -9,7 +9,6 @@ A run whose answers are all cached never loads the model.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -20,13 +19,13 @@ import httpx
 
 from tuneloop.bases import Base, base_weights_hash, resolve_base
 from tuneloop.bases.widen import check_llamacpp_weights
-from tuneloop.capture.upstreams import Upstream, get_upstream, upstream_for_base_url
+from tuneloop.cost import UNKNOWN_COST, CostBasis, PriceTable, machine_cost_basis, token_cost_basis
 from tuneloop.errors import TuneloopError
-from tuneloop.evals.cost import UNKNOWN_COST, CostBasis, PriceTable, machine_cost_basis, token_cost_basis
-from tuneloop.registry.ids import BaseRef, EndpointRef, VersionRef, parse_model_id
 from tuneloop.generation import GenerationParams, Message
+from tuneloop.registry.ids import BaseRef, EndpointRef, VersionRef, parse_model_id
 from tuneloop.serve.backends import (
     BACKEND_NAMES,
+    CPU_BACKEND_NAMES,
     Adapter,
     Backend,
     BackendOptions,
@@ -34,6 +33,7 @@ from tuneloop.serve.backends import (
     engine_identity,
     get_backend,
 )
+from tuneloop.upstreams import Endpoint, resolve_endpoint, sampling_arguments
 
 ModelKind = Literal["local", "endpoint"]
 
@@ -115,9 +115,13 @@ class Candidate:
 def resolve_candidate(spec: ModelSpec, prices: PriceTable, *, stream: bool = True) -> Candidate:
     """What ``spec`` names, ready to load; raises TuneloopError naming the model id when it can't be."""
     ref = parse_model_id(spec.model)
-    if spec.backend is not None and spec.backend not in BACKEND_NAMES:
+    # An eval runs a local model in this process; vLLM runs as a server, which is evaluated by its URL.
+    if spec.backend is not None and spec.backend not in CPU_BACKEND_NAMES:
         raise TuneloopError(
-            f"unknown backend {spec.backend!r}", where="--backend", hint="use one of: " + ", ".join(BACKEND_NAMES)
+            f"unknown backend {spec.backend!r}" if spec.backend not in BACKEND_NAMES else "vllm runs as a server",
+            where="--backend",
+            hint="use one of: " + ", ".join(CPU_BACKEND_NAMES) + "; to evaluate on vLLM, `tuneloop serve --backend "
+            "vllm` and give its URL as the model (http://host:port/v1#model)",
         )
     if isinstance(ref, BaseRef):
         return _base_candidate(spec, resolve_base(ref.name), prices)
@@ -234,27 +238,10 @@ class LocalGenerator:
 
 # --- endpoints -----------------------------------------------------------------------------------
 
-DEFAULT_TIMEOUT_S = 60.0
-DEFAULT_MAX_RETRIES = 2
-
 
 def _endpoint_candidate(spec: ModelSpec, ref: EndpointRef, prices: PriceTable, *, stream: bool) -> Candidate:
-    upstream: Upstream | None
-    if ref.upstream is not None:
-        upstream = get_upstream(ref.upstream)
-        base_url = upstream.base_url
-    else:
-        assert ref.base_url is not None
-        base_url = ref.base_url
-        upstream = upstream_for_base_url(base_url)  # a configured one at this URL lends its key
-    api_key = upstream.api_key() if upstream else None
-    if upstream is not None and upstream.api_key_env and api_key is None:
-        raise TuneloopError(
-            f"{upstream.api_key_env} is not set, and upstream {upstream.name!r} needs its API key from it",
-            where=f"model {spec.model}",
-            hint=f"export {upstream.api_key_env}=... (or change api_key_env under upstreams.{upstream.name} "
-            "in config.yaml)",
-        )
+    endpoint = resolve_endpoint(ref, spec.model).require_key(f"model {spec.model}")
+    upstream = endpoint.upstream
     priced = prices.lookup(ref.model, ref.upstream)
     if priced is not None:
         cost = token_cost_basis(*priced, prices)
@@ -262,36 +249,15 @@ def _endpoint_candidate(spec: ModelSpec, ref: EndpointRef, prices: PriceTable, *
         cost = machine_cost_basis(prices)  # an endpoint URL or a self-hosted upstream: you pay the machine
     else:
         cost = UNKNOWN_COST
-    timeout_s = upstream.timeout_s if upstream else DEFAULT_TIMEOUT_S
-    max_retries = upstream.max_retries if upstream else DEFAULT_MAX_RETRIES
     return Candidate(
         label=spec.model,
         requested=spec.model,
-        identity=f"{base_url}#{ref.model}",
+        identity=f"{endpoint.base_url}#{ref.model}",
         kind="endpoint",
         cost=cost,
         one_at_a_time=False,
-        loader=lambda: EndpointGenerator(
-            spec.model, base_url, ref.model, api_key, timeout_s=timeout_s, max_retries=max_retries, stream=stream
-        ),
+        loader=lambda: EndpointGenerator(endpoint, stream=stream),
     )
-
-
-# OpenAI's reasoning models refuse temperature/top_p and count hidden reasoning tokens against the
-# output limit, so a task's small max_tokens would cut them off before they answer.
-_REASONING_MODEL = re.compile(r"^(o\d|gpt-5)")
-
-
-def sampling_arguments(model: str, params: GenerationParams) -> dict[str, Any]:
-    if _REASONING_MODEL.match(model):
-        return {}
-    arguments: dict[str, Any] = {"temperature": params.temperature, "top_p": params.top_p}
-    arguments["max_tokens"] = params.max_tokens
-    if params.stop:
-        arguments["stop"] = params.stop
-    if params.seed is not None:
-        arguments["seed"] = params.seed
-    return arguments
 
 
 class EndpointGenerator:
@@ -301,26 +267,10 @@ class EndpointGenerator:
     still fails after that stops the run (``EndpointFailure``), keeping the answers already stored.
     """
 
-    def __init__(
-        self,
-        label: str,
-        base_url: str,
-        model: str,
-        api_key: str | None,
-        *,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        stream: bool = True,
-    ) -> None:
-        import openai
-
-        self.label, self.base_url, self.model, self.stream = label, base_url, model, stream
-        self.timeout_s, self.attempts = timeout_s, max_retries + 1
-        # A placeholder key for endpoints that need none: the client refuses to start without one, and
-        # the user's OPENAI_API_KEY must not be sent to an arbitrary URL.
-        self.client = openai.OpenAI(
-            base_url=base_url, api_key=api_key or "no-key", timeout=timeout_s, max_retries=max_retries
-        )
+    def __init__(self, endpoint: Endpoint, *, stream: bool = True) -> None:
+        self.label, self.base_url, self.model, self.stream = endpoint.name, endpoint.base_url, endpoint.model, stream
+        self.timeout_s, self.attempts = endpoint.timeout_s, endpoint.max_retries + 1
+        self.client = endpoint.client()
 
     def complete(self, messages: list[Message], params: GenerationParams, stop: threading.Event) -> Completion:
         import openai

@@ -30,9 +30,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tuneloop.capture.keys import hash_key
 from tuneloop.config import get_settings
 from tuneloop.store import ApiKey, session_scope
+from tuneloop.store.keys import hash_key
 
 COOKIE_NAME = "tuneloop_ui"
 SESSION_TTL_S = 12 * 3600
