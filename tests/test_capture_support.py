@@ -97,11 +97,13 @@ def free_port() -> int:
 class GatewayProcess:
     """``tuneloop gateway`` as a separate process (for SIGTERM and kill -9)."""
 
-    def __init__(self, config: Path, home: Path, *extra: str) -> None:
+    def __init__(self, config: Path, home: Path, *extra: str, database_url: str | None = None) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         env = {**os.environ, "TUNELOOP_HOME": str(home)}
         env.pop("TUNELOOP_DATABASE_URL", None)
+        if database_url is not None:  # else the SQLite database in ``home``
+            env["TUNELOOP_DATABASE_URL"] = database_url
         command = [
             str(Path(sys.executable).parent / "tuneloop"),
             "gateway",

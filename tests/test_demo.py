@@ -15,10 +15,12 @@ def test_the_demo_runs_the_whole_loop(converted_home: Path, tuneloop_home: Path,
     from tuneloop.demo.run import DEMO_DATASET, DEMO_TASK, run_demo
     from tuneloop.registry.versions import resolve_version
     from tuneloop.review import queue_depth
+    from tuneloop.store.keys import create_key
     from tuneloop.store.logs import LogFilter, list_logs
 
     (tuneloop_home / "cache").mkdir(parents=True, exist_ok=True)
     (tuneloop_home / "cache" / "bases").symlink_to(converted_home / "cache" / "bases")  # reuse the conversion
+    create_key("someone", role="admin")  # as the demo suggests: its loopback servers must still take its calls
     out = io.StringIO()
     report = run_demo(
         out_dir=tmp_path / "demo", n_documents=24, n_eval=2, n_captured=4, console=Console(file=out, width=200)

@@ -283,13 +283,14 @@ def metric(text: str, name: str, **labels: str) -> float:
 def test_metrics_and_health(gateway: RunningGateway) -> None:
     root = gateway.base_url.removesuffix("/v1")
     before = httpx.get(root + "/metrics").text
-    reply = client(gateway).chat.completions.create(model="fake/x", messages=MESSAGES)
-    streamed = list(client(gateway).chat.completions.create(model="fake/x", messages=MESSAGES, stream=True))
+    assert "fake/fake-small" in {model.id for model in client(gateway).models.list()}  # an upstream lists it
+    reply = client(gateway).chat.completions.create(model="fake/fake-small", messages=MESSAGES)
+    streamed = list(client(gateway).chat.completions.create(model="fake/fake-small", messages=MESSAGES, stream=True))
     assert wait_for_rows(2) == 2 and streamed
     metrics = httpx.get(root + "/metrics").text
     assert "tuneloop_gateway_overhead_seconds_bucket" in metrics and "tuneloop_capture_records_total" in metrics
     # Labelled by the model that answered (upstream/model), whole and streamed calls alike.
-    answered = {"model": "fake/x"}
+    answered = {"model": "fake/fake-small"}
 
     def grew(name: str, **labels: str) -> float:
         return metric(metrics, name, **answered, **labels) - metric(before, name, **answered, **labels)

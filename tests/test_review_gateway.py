@@ -54,7 +54,7 @@ def answer(body: dict[str, Any]) -> str:
 
 @pytest.fixture
 def fake() -> Iterator[FakeUpstream]:
-    upstream = FakeUpstream(answer)
+    upstream = FakeUpstream(answer, models=("bad", "good"))  # listed, so the metrics label them by name
     upstream.keep_requests = True
     yield upstream
 

@@ -140,3 +140,25 @@ def test_logging_through_a_gateway(tmp_path: Path, fake_url: str) -> None:
     [row] = rows()
     assert row.api_key_id == key.id and row.task == "t" and row.status == "ok"
     assert "sk-provider" not in str(row.request)
+
+
+def test_an_upload_over_the_gateways_limit_is_split_not_retried_forever(tmp_path: Path, fake_url: str) -> None:
+    from tuneloop.capture.config import LoggingConfig
+
+    key = create_key("sdk-batches")
+    config = gateway_config(tmp_path, fake_url, limits={"max_upload_records": 2})
+    with running_gateway(config) as gateway:
+        client = tuneloop.OpenAI(
+            base_url=fake_url,
+            api_key="sk-provider",
+            max_retries=0,
+            tuneloop_log_to=gateway.base_url,
+            tuneloop_api_key=key.key,
+            # One batch of all five calls: the gateway takes at most two records an upload.
+            tuneloop_logging=LoggingConfig(batch_size=100, flush_ms=3000),
+        )
+        for index in range(5):
+            client.chat.completions.create(model="fake-small", messages=MESSAGES, metadata={"n": str(index)})
+        flush()
+        assert wait_for_rows(5) == 5
+    assert sorted(row.metadata_["n"] for row in rows()) == ["0", "1", "2", "3", "4"]

@@ -403,7 +403,9 @@ def test_review_item_locks_and_a_correction_becomes_a_human_entry(client: TestCl
     assert f'href="/review/{item}"' in queue.text
     page = client.get(f"/review/{item}")
     assert page.status_code == 200 and 'name="field.servicer" value="Lakeview Loan"' in page.text
-    assert get_item(item).locked_by == "ana"  # opening it took the lock
+    assert get_item(item).locked_by is None  # opening it changed nothing
+    taken = client.post(f"/review/{item}/lock", data={"csrf_token": token})
+    assert taken.status_code == 303 and get_item(item).locked_by == "ana"
 
     response = client.post(
         f"/review/{item}/decide",
@@ -497,6 +499,7 @@ def test_review_flow_in_headless_chromium(tmp_path: Path, keys: dict[str, str]) 
 
             page.click("nav >> text=Review")
             page.click(f'a[href="/review/{first}"]')
+            page.click("#take-lock")  # opening an item only shows it; reviewing it takes its lock
             servicer = page.locator("#field-servicer")
             expect(servicer).to_have_value("Lakeview Loan")
             # The first field has the focus; Enter walks down the fields without submitting.

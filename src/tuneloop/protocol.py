@@ -21,7 +21,7 @@ import json
 import logging
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,13 @@ class ChatCompletionRequest(_Open):
 
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool | None = False
+    # JSON booleans only, as OpenAI takes them: a proxy that read "false" or 0 one way while the upstream
+    # (or the log) read it the other would stream, or log, against the caller's word.
+    stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
     # OpenAI's "store this completion" flag and its tags. tuneloop reads them as: log this call (default
     # yes) and label it with these key/values.
-    store: bool | None = None
+    store: StrictBool | None = None
     metadata: dict[str, str] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None

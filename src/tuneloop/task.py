@@ -387,6 +387,21 @@ def _find_task(ref: str) -> tuple[str, str]:
         if not path.is_file():
             raise TuneloopError(f"task file {ref} does not exist", hint="check the path")
         return path.read_text(encoding="utf-8"), str(path)
+    return _find_named_task(ref)
+
+
+def load_task_named(name: str) -> Task:
+    """A task by name only, from ``$TUNELOOP_HOME/tasks`` or the packaged tasks, never a path: for names
+    that come from clients (a request's ``metadata.task``). A name outside the task-name grammar is refused."""
+    if not re.fullmatch(TASK_NAME_PATTERN, name):
+        raise TuneloopError(
+            f"{name[:80]!r} is not a task name (1-64 lowercase letters, digits, '.', '_', '-'; no paths)",
+            hint="name a task of $TUNELOOP_HOME/tasks or a packaged one",
+        )
+    return parse_task(*_find_named_task(name))
+
+
+def _find_named_task(ref: str) -> tuple[str, str]:
     user_file = get_settings().tasks_dir / f"{ref}.yaml"
     if user_file.is_file():
         return user_file.read_text(encoding="utf-8"), str(user_file)

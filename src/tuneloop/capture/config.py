@@ -25,6 +25,11 @@ A YAML file (``tuneloop gateway --config gateway.yaml``); every section is optio
       policy: block                 # block | drop, when the queue is full (the store is slow)
       durable: false                # journal every call to disk before answering; replayed at start
       fsync: batch                  # batch | always
+    limits:                         # what one client may send (413 beyond)
+      max_request_bytes: 8388608    # a chat completion's body (8 MiB)
+      max_upload_bytes: 33554432    # a POST /v1/tuneloop/logs body (32 MiB)
+      max_upload_records: 1000      # records in one upload
+      max_model_labels: 500         # distinct `model` label values in the metrics
 
 Upstream definitions are the one kind from :mod:`tuneloop.upstreams` (base URL, the environment
 variable that holds the key, timeout, retries); keys are never written in a config file.
@@ -39,8 +44,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tuneloop.capture.redaction import PatternTooCostly, check_pattern
 from tuneloop.config import get_settings, read_config_file
 from tuneloop.errors import TuneloopError
+from tuneloop.store.keys import AuthMode
 from tuneloop.upstreams import Upstream, load_upstreams
 
 DEFAULT_PORT = 4000
@@ -94,6 +101,16 @@ class RedactPattern(_Strict):
             raise ValueError(f"not a valid regular expression: {exc}") from None
         return regex
 
+    @model_validator(mode="after")
+    def _bounded_time(self) -> RedactPattern:
+        # Client text goes through this pattern on the log writer's thread: refuse one that could backtrack
+        # without bound (tuneloop.capture.redaction explains the rule).
+        try:
+            check_pattern(self.regex)
+        except PatternTooCostly as exc:
+            raise ValueError(f"pattern {self.name!r} ({self.regex}) is refused: {exc}") from None
+        return self
+
 
 class RedactConfig(_Strict):
     emails: bool = False
@@ -124,14 +141,26 @@ class LoggingConfig(_Strict):
         return self.journal_dir or get_settings().home / "capture" / "journal"
 
 
+class LimitsConfig(_Strict):
+    """What one client may send: bodies past these are refused with 413 before more of them is read."""
+
+    max_request_bytes: int = Field(default=8 << 20, ge=1024, le=1 << 30)
+    max_upload_bytes: int = Field(default=32 << 20, ge=1024, le=1 << 30)
+    max_upload_records: int = Field(default=1000, ge=1, le=1_000_000)
+    # Metrics are labelled by the answering model only when the gateway knows it (a route names it, or its
+    # upstream lists it); the rest, and any beyond this many, are counted under `other`.
+    max_model_labels: int = Field(default=500, ge=1, le=100_000)
+
+
 class GatewayConfig(_Strict):
     """Everything ``tuneloop gateway`` needs besides host and port."""
 
     upstreams: dict[str, Upstream]
     routes: list[Route] = Field(default_factory=list)
-    auth: Literal["auto", "required", "disabled"] = "auto"
+    auth: AuthMode = "auto"
     redact: RedactConfig = Field(default_factory=RedactConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     # Seconds between reloads of the API keys from the store (new keys also load on first sight).
     keys_refresh_s: float = Field(default=5.0, gt=0)
     # Serve the web UI (tuneloop.ui, docs/ui.md) under /ui of the gateway.
@@ -147,7 +176,7 @@ class GatewayConfig(_Strict):
         return self
 
 
-_SECTION_KEYS = {"upstreams", "routes", "auth", "redact", "logging", "keys_refresh_s", "ui"}
+_SECTION_KEYS = {"upstreams", "routes", "auth", "redact", "logging", "limits", "keys_refresh_s", "ui"}
 
 
 def load_gateway_config(

@@ -5,7 +5,8 @@ exponential backoff and jitter (``backoff_ms`` × 2^n, capped at 2 s, or the ups
 when that is shorter than the cap); when its retries are spent, move to the next target (the route's
 fallbacks). Any other status is the answer (a 400 is the client's mistake, and every upstream would
 say the same), except 401/403, which mean the gateway's own credentials were refused: those move on
-to the next target without retrying.
+to the next target without retrying. A 2xx whose body is not a JSON object is no answer: it counts as a
+502 (``invalid_response``), retried and reported like one.
 
 Every try is recorded as an :class:`Attempt`; the time spent waiting on upstreams (and backing off
 because of them) is summed so the gateway can report its own overhead apart from it.
@@ -46,7 +47,7 @@ MAX_CONNECTIONS = 2048  # to all upstreams together; calls beyond it wait for a 
 class Attempt:
     upstream: str
     model: str
-    outcome: str  # ok | http_<status> | timeout | connection_error
+    outcome: str  # ok | http_<status> | timeout | connection_error | invalid_response
     latency_ms: float
     http_status: int | None = None
     error: str | None = None
@@ -235,7 +236,18 @@ class UpstreamClient:
             return _failed(target, 502, "connection_error", f"{label} broke off the answer: {_name(exc)}")
         if not ok:
             attempt.error = _error_message(body)
-        return UpstreamReply(response.status, target, body=body, headers=passed, attempts=[attempt])
+        reply = UpstreamReply(response.status, target, body=body, headers=passed, attempts=[attempt])
+        if ok and reply.json_object() is None:  # parsed once here; the checks and metrics reuse it
+            # A proxy's HTML page, a truncated body: not an answer, however the status reads. Retried like a 502.
+            sample = body[:200].decode("utf-8", "replace")
+            return _failed(
+                target,
+                502,
+                "invalid_response",
+                f"{label} answered {response.status} with a body that is not a JSON object "
+                f"({passed['content-type']}): {sample!r}",
+            )
+        return reply
 
 
 def _name(exc: BaseException) -> str:
@@ -299,7 +311,10 @@ def _final_failure(last: UpstreamReply, attempts: list[Attempt]) -> UpstreamRepl
     else:
         message = f"{last.error} ({where}, {tries})"
         status = last.status
-        code = "upstream_timeout" if status == 504 else "upstream_unavailable"
+        outcome = last.attempts[-1].outcome if last.attempts else ""
+        code = {"timeout": "upstream_timeout", "invalid_response": "upstream_invalid_response"}.get(
+            outcome, "upstream_timeout" if status == 504 else "upstream_unavailable"
+        )
     last.status, last.error = status, message
     last.body = error_bytes(message, "server_error", status=status, code=code)
     last.headers = {"content-type": "application/json"}

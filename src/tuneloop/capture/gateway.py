@@ -14,6 +14,10 @@ What the gateway reads from a request and does not pass upstream: ``metadata`` a
 "log this call"; ``store: false`` means the call is not logged), the ``x-tuneloop-tags`` header, and the
 client's ``Authorization`` (upstreams get the gateway's own provider keys).
 
+Limits (``limits:`` in the config): a body over ``max_request_bytes`` (chat) or ``max_upload_bytes`` (logs) is
+refused with 413 as soon as that is known, from its Content-Length before any of it is read, else while
+it arrives; the caller's key is checked from the headers before the body is read at all.
+
 Overhead: the time a call spent in the gateway minus the time it waited on upstreams (including
 backoff between retries) and on the client reading a stream. It is in the log row and in the response
 header ``x-tuneloop-overhead-ms``; for a stream the header is sent before the body, so it holds the
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -33,6 +38,7 @@ from typing import Any
 import anyio
 import orjson
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import ValidationError
@@ -43,12 +49,25 @@ from starlette.types import Receive, Scope, Send
 from tuneloop.capture.config import GatewayConfig
 from tuneloop.capture.forwarding import UPSTREAM_ERRORS, UpstreamClient, UpstreamReply
 from tuneloop.capture.logwriter import LogWriter, StoreSink
-from tuneloop.capture.records import TAGS_HEADER, CallRecord, answering_model, parse_tags, resolved_model
+from tuneloop.capture.records import (
+    MAX_JSON_DEPTH,
+    TAGS_HEADER,
+    CallRecord,
+    InvalidRecord,
+    answering_model,
+    check_depth,
+    parse_tags,
+    record_from_upload,
+    resolved_model,
+)
 from tuneloop.capture.redaction import Redactor
 from tuneloop.capture.routing import Router, Target
 from tuneloop.cost import load_price_table
 from tuneloop.protocol import (
+    ChatCompletion,
     ChatCompletionRequest,
+    ErrorResponse,
+    ModelList,
     OpenAIError,
     completion_sse,
     describe_validation_error,
@@ -60,9 +79,9 @@ from tuneloop.protocol import (
     unexpected_error_response,
     usage_counts,
 )
-from tuneloop.review.metrics import ReviewMetrics
+from tuneloop.review.metrics import ModelLabels, ReviewMetrics
 from tuneloop.review.policy import REVIEW_HEADER, ReviewPolicy
-from tuneloop.store.keys import KEY_PREFIX, ActiveKey, KeyRing
+from tuneloop.store.keys import ActiveKey, KeyRing, authenticate, rate_limit_message
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +89,7 @@ OVERHEAD_HEADER = "x-tuneloop-overhead-ms"
 CHAT_PATH = "/v1/chat/completions"
 NOT_FORWARDED = ("metadata", "store")
 MODELS_CACHE_S = 60.0
+MODELS_LISTING_WAIT_S = 1.0  # at start, for the upstreams' model listings (the metrics' labels)
 
 CALLS = Counter(
     "tuneloop_gateway_calls_total", "Chat completion calls by upstream and HTTP status", ["upstream", "status"]
@@ -111,12 +131,19 @@ class Gateway:
         self.keys: KeyRing | None = None
         self.upstreams: UpstreamClient | None = None
         self._models_cache: tuple[float, list[dict[str, Any]]] | None = None
+        # The `model` label of the metrics: models a route names or an upstream lists, at most
+        # max_model_labels of them; any other name a client makes up is counted under `other`.
+        self._configured_models = self._models_in_routes()
+        self._listed_models: frozenset[str] = frozenset()
+        self._listing_asked_at: float | None = None
+        self._listing_task: asyncio.Task[Any] | None = None
+        self.model_labels = ModelLabels(self.known_model, limit=config.limits.max_model_labels)
         # Checks and on_check_failure on each answer of a task (tuneloop.review.policy); their
         # metrics live on a registry of this gateway, so several gateways can share a process.
         self.review_registry = CollectorRegistry()
         self.review = ReviewPolicy(
             url=url,
-            metrics=ReviewMetrics(self.review_registry, "tuneloop_gateway", url=url),
+            metrics=ReviewMetrics(self.review_registry, "tuneloop_gateway", url=url, labels=self.model_labels),
             redact=self.redactor.json if self.redactor.enabled else None,
         )
 
@@ -155,53 +182,41 @@ class Gateway:
 
     # --- auth -------------------------------------------------------------------------------------
 
-    @property
-    def auth_required(self) -> bool:
-        if self.config.auth == "disabled":
-            return False
-        assert self.keys is not None
-        return self.config.auth == "required" or self.keys.any_key_ever
-
     async def authenticate(self, headers: Mapping[str, str]) -> ActiveKey | None:
-        """The caller's key (from the request's headers); None when auth is off and the caller sent no
-        tuneloop key."""
+        """The caller's key (from the request's headers; see ``store.keys.authenticate``)."""
         assert self.keys is not None
-        header = headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        token = token.strip() if scheme.lower() == "bearer" else ""
-        if not self.auth_required:
-            # Open gateway (no key ever created, or auth disabled): a tuneloop key is still honoured, so
-            # calls are attributed and rate-limited, and the first key closes `auth: auto` at once.
-            if token.startswith(KEY_PREFIX) and self.config.auth == "auto":
-                return self.keys.lookup(token) or await asyncio.to_thread(self.keys.lookup_in_store, token)
-            return None
-        if not token:
-            raise OpenAIError(
-                401,
-                "missing API key: send `Authorization: Bearer <tuneloop key>` (create one with `tuneloop keys create`)",
-                code="invalid_api_key",
-            )
-        key = self.keys.lookup(token)
-        if key is None:  # perhaps created since the last reload: one bounded look in the store
-            key = await asyncio.to_thread(self.keys.lookup_in_store, token)
-        if key is None:
-            raise OpenAIError(401, "invalid or revoked API key", code="invalid_api_key")
-        return key
+        return await authenticate(self.keys, self.config.auth, headers)
 
     # --- chat completions -------------------------------------------------------------------------
 
-    async def chat_completions(self, headers: Mapping[str, str], body: bytes, started: float) -> Response:
-        """Answer one call (``started``: ``time.perf_counter()`` when it arrived)."""
+    async def answer_chat(self, headers: Mapping[str, str], receive: Receive, started: float) -> Response:
+        """``POST /v1/chat/completions``: the key from the headers first, then the body (up to the limit)."""
         key = await self.authenticate(headers)
+        body = await read_body(headers, receive, self.config.limits.max_request_bytes)
+        return await self.chat_completions(headers, body, started, key)
+
+    async def chat_completions(
+        self, headers: Mapping[str, str], body: bytes, started: float, key: ActiveKey | None
+    ) -> Response:
+        """Answer one call of the caller ``key`` (authenticated from ``headers`` before ``body`` was read;
+        ``started``: ``time.perf_counter()`` when it arrived)."""
         payload = _decode_body(body)
+        # orjson reads 1024 levels but writes 254, and the journal and the store hold less: deeper is refused,
+        # looked for only when the body has enough brackets to nest that deep (counted at C speed). Uploads
+        # are checked record by record instead (record_from_upload), naming the record.
+        if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH:
+            try:
+                check_depth(payload, "the request body")
+            except InvalidRecord as exc:
+                raise OpenAIError(400, f"{exc}; flatten it", code="too_deeply_nested") from None
         try:
-            ChatCompletionRequest.model_validate(payload)
+            request = ChatCompletionRequest.model_validate(payload)
         except ValidationError as exc:
             message, param = describe_validation_error(exc.errors())
             raise OpenAIError(400, message, param=param) from None
         model = payload["model"]
         tags, metadata = parse_tags(headers.get(TAGS_HEADER), payload.get("metadata"))
-        log_it = payload.get("store") is not False
+        log_it = request.store is not False  # a JSON boolean or null: anything else was refused above
         base = CallRecord(
             model_requested=model,
             request=payload,
@@ -339,7 +354,7 @@ class Gateway:
         record.overhead_ms = overhead * 1000
         _count(reply)
         OVERHEAD.observe(overhead)
-        _observe_call(record, reply.json_object() if reply.ok else None)  # what the client got
+        _observe_call(record, reply.json_object() if reply.ok else None, self.model_labels)  # what the client got
         if log_it:
             assert self.writer is not None
             await self.writer.submit(record)
@@ -443,7 +458,7 @@ class Gateway:
                         submitted = True
                         _count(reply)
                         answer = reassemble_sse(record.response_body or b"")[0] if outcome[0] == "ok" else None
-                        _observe_call(record, answer)
+                        _observe_call(record, answer, self.model_labels)
                         if log_it:
                             await writer.submit(record)
             if tail:
@@ -460,9 +475,7 @@ class Gateway:
     async def _rate_limited(
         self, record: CallRecord, key: ActiveKey, wait: float, started: float, log_it: bool
     ) -> Response:
-        message = (
-            f"rate limit of key {key.name!r} reached ({key.rate_limit_per_min} requests/minute); retry in {wait:.1f}s"
-        )
+        message = rate_limit_message(key, wait)
         record.http_status, record.error = 429, message
         record.latency_ms = record.overhead_ms = (time.perf_counter() - started) * 1000
         if log_it:
@@ -489,7 +502,43 @@ class Gateway:
             for models in results:
                 listed.extend(models)
             self._models_cache = (now, listed)
+            self._listed_models = frozenset(item["id"] for item in listed)
         return {"object": "list", "data": self._models_cache[1]}
+
+    def _models_in_routes(self) -> frozenset[str]:
+        """``upstream/model`` of every model the config names: exact routes, fixed models, fallbacks."""
+        names: set[str] = set()
+        for route in self.config.routes:
+            if route.model is not None:
+                names.add(f"{route.upstream}/{route.model}")
+            for name in ([] if route.match.endswith("*") else [route.match]) + route.fallbacks:
+                try:
+                    names.update(target.label for target in self.router.targets_for(name))
+                except OpenAIError:  # a fallback naming no upstream: reported when a call needs it
+                    continue
+        return frozenset(names)
+
+    def known_model(self, model: str) -> bool:
+        """Whether ``model`` (``upstream/model``) is one the config names or an upstream lists at ``/models``;
+        an unknown one has the listings read again (at most once per MODELS_CACHE_S, in the background)."""
+        if model in self._configured_models or model in self._listed_models:
+            return True
+        asked = self._listing_asked_at
+        if asked is None or time.monotonic() - asked > MODELS_CACHE_S:
+            self.refresh_model_listing()
+        return False
+
+    def refresh_model_listing(self) -> asyncio.Task[Any] | None:
+        """Read the upstreams' model listings again, in the background (at start, and when a model label is
+        unknown); only from the event loop's thread (elsewhere, e.g. a metrics scrape, it does nothing)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        self._listing_asked_at = time.monotonic()
+        self._models_cache = None
+        self._listing_task = loop.create_task(self.list_models())
+        return self._listing_task
 
     async def _upstream_models(self, name: str) -> list[dict[str, Any]]:
         upstream = self.config.upstreams[name]
@@ -513,17 +562,27 @@ class Gateway:
 
     async def ingest(self, request: Request) -> dict[str, Any]:
         key = await self.authenticate(request.headers)
-        payload = _decode_body(await request.body())
+        limits = self.config.limits
+        payload = _decode_body(await read_body(request.headers, request.receive, limits.max_upload_bytes, "upload"))
         records = payload.get("records")
         if not isinstance(records, list):
             raise OpenAIError(400, 'expected {"records": [...]}', param="records")
+        if len(records) > limits.max_upload_records:
+            raise OpenAIError(
+                413,
+                f"{len(records)} records in one upload; the gateway takes at most {limits.max_upload_records} "
+                "(limits.max_upload_records): upload them in smaller batches",
+                param="records",
+                code="too_many_records",
+            )
         parsed: list[CallRecord] = []
         for index, item in enumerate(records):
-            try:
-                record = CallRecord.from_json(item)
-            except (TypeError, ValueError, KeyError) as exc:
+            try:  # checked whole before any is queued: a record the store would refuse never reaches it
+                record = record_from_upload(item)
+            except InvalidRecord as exc:
+                where = f"records[{index}]" + (f".{exc.field}" if exc.field and exc.field[0] != "[" else exc.field)
                 raise OpenAIError(
-                    400, f"records[{index}] is not a captured call: {exc}", param=f"records[{index}]"
+                    400, f"{where}: {exc.message}; nothing in this upload was logged", param=where
                 ) from None
             record.api_key_id = key.id if key else None  # the key that uploaded it, not what the record claims
             parsed.append(record)
@@ -533,9 +592,13 @@ class Gateway:
         return {"accepted": len(parsed)}
 
     def health(self) -> dict[str, Any]:
+        """``status``: the log writer's (ok, degraded, failing; see LogWriter.health), its details in ``logging``."""
         writer = self.writer
+        logging_health = writer.health() if writer else None
         return {
-            "status": "ok",
+            "status": logging_health["status"] if logging_health else "starting",
+            "problem": logging_health["problem"] if logging_health else "the gateway is starting",
+            "logging": logging_health,
             "log_queue_depth": writer.depth if writer else None,
             "logged": writer.written if writer else None,
             "dropped": writer.dropped if writer else None,
@@ -551,7 +614,78 @@ def _decode_body(raw: bytes) -> dict[str, Any]:
         raise OpenAIError(400, f"the request body is not valid JSON: {exc.msg} (at byte {exc.pos})") from None
     if not isinstance(payload, dict):
         raise OpenAIError(400, "the request body must be a JSON object")
+    if _DIGIT_RUN in raw.translate(_DIGITS_AS_ZEROS):  # rare (19 digits in a row, strings included)
+        _refuse_wide_integers(raw)
     return payload
+
+
+# orjson reads integers in [-2**63, 2**64) exactly, and wider ones as floats, which would reach the upstream
+# changed. Every integer outside that range has at least 19 digits: a run that the body's bytes, with every
+# digit made "0", contain (translate and `in` run at C speed; a regex for it costs ten times as much).
+_DIGITS_AS_ZEROS = bytes(ord("0") if ord("0") <= byte <= ord("9") else ord(" ") for byte in range(256))
+_DIGIT_RUN = b"0" * 19
+_INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1
+
+
+def _refuse_wide_integers(raw: bytes) -> None:
+    """400 naming the field of an integer the gateway cannot forward exactly (wider than 64 bits)."""
+    try:
+        document = json.loads(raw)  # the standard library keeps integers of any size
+    except ValueError:  # an integer of thousands of digits (Python's int-to-str limit)
+        raise OpenAIError(
+            400, "the request body holds an integer of thousands of digits: none fits in 64 bits"
+        ) from None
+    except RecursionError:
+        raise OpenAIError(400, "the request body is nested too deeply") from None
+    stack: list[tuple[Any, str]] = [(document, "")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((item, f"{path}.{key}" if path else str(key)) for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend((item, f"{path}[{index}]") for index, item in enumerate(value))
+        elif isinstance(value, int) and not isinstance(value, bool) and not _INT_MIN <= value <= _INT_MAX:
+            digits = str(value)
+            shown = digits if len(digits) <= 30 else f"{digits[:12]}…({len(digits)} digits)"
+            raise OpenAIError(
+                400,
+                f"{path or 'body'}: the integer {shown} does not fit in 64 bits, and the gateway forwards numbers "
+                "exactly or not at all: send a number between -2**63 and 2**64-1 (or a string)",
+                param=path or None,
+            )
+
+
+def _too_large(limit: int, what: str) -> OpenAIError:
+    setting = "max_request_bytes" if what == "request" else "max_upload_bytes"
+    return OpenAIError(
+        413,
+        f"the {what} body is larger than the gateway's limit of {limit} bytes (limits.{setting} in its config): "
+        "send less",
+        code="request_too_large",
+        headers={"connection": "close"},  # the rest of the body is not read: this connection is done
+    )
+
+
+async def read_body(headers: Mapping[str, str], receive: Receive, limit: int, what: str = "request") -> bytes:
+    """The request body, straight from the ASGI messages (Starlette's Request would cost more on the chat path);
+    413 as soon as it is known to be over ``limit`` bytes: by its Content-Length before any of it is read, else
+    (a chunked body) once what arrived passes the limit."""
+    declared = headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit, what)
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit, what)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def _checked_upstream(completion: dict[str, Any]) -> bool:
@@ -584,9 +718,10 @@ def _child(metric: Counter | Histogram, *labels: str) -> Any:
     return child
 
 
-def _observe_call(record: CallRecord, answer: dict[str, Any] | None) -> None:
+def _observe_call(record: CallRecord, answer: dict[str, Any] | None, labels: ModelLabels) -> None:
     """Per-model metrics of a finished call (``answer``: the chat.completion the client got, if any)."""
-    model = resolved_model(record, answer) or "none"
+    resolved = resolved_model(record, answer)
+    model = labels(resolved) if resolved else "none"
     _child(REQUESTS, model, str(record.http_status or 0)).inc()
     if record.latency_ms is not None:
         _child(LATENCY, model).observe(record.latency_ms / 1000)
@@ -620,25 +755,14 @@ class GatewayApp(FastAPI):
             return
         started = time.perf_counter()
         try:
-            body = await _read_body(receive)
-            response = await self.gateway.chat_completions(Headers(scope=scope), body, started)
+            response = await self.gateway.answer_chat(Headers(scope=scope), receive, started)
         except OpenAIError as exc:
             response = openai_error_response(exc)
+        except ClientDisconnect:
+            return  # gone before its request was whole: nobody to answer, nothing to log
         except Exception as exc:
             response = unexpected_error_response(exc)
         await response(scope, receive, send)
-
-
-async def _read_body(receive: Receive) -> bytes:
-    """The request body, straight from the ASGI messages (Starlette's Request would cost more here)."""
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 def create_app(config: GatewayConfig, url: str | None = None, *, freeze_heap: bool = False) -> FastAPI:
@@ -654,6 +778,11 @@ def create_app(config: GatewayConfig, url: str | None = None, *, freeze_heap: bo
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(gateway.start)
+        # The models the upstreams list, for the metrics' labels: up to a second's wait, so the first calls
+        # are labelled by name; a slower listing goes on in the background.
+        listing = gateway.refresh_model_listing()
+        if listing is not None:
+            await asyncio.wait({listing}, timeout=MODELS_LISTING_WAIT_S)
         if freeze_heap:
             gc.collect()
             gc.freeze()
@@ -664,21 +793,29 @@ def create_app(config: GatewayConfig, url: str | None = None, *, freeze_heap: bo
             refresher.cancel()
             await gateway.stop()
 
-    app = GatewayApp(title="tuneloop gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = GatewayApp(
+        title="tuneloop gateway",
+        version="1",
+        summary="An OpenAI-compatible proxy that routes by model name and logs every call",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.gateway = app.gateway = gateway
     install_error_handlers(app)
 
-    @app.post(CHAT_PATH)
+    # Under a root path the chat route comes through FastAPI (the shortcut is for the bare path); its body
+    # is read raw either way (it goes upstream as sent), so the document describes it from the protocol.
+    @app.post(CHAT_PATH, openapi_extra=_CHAT_OPENAPI, response_model=None)
     async def chat_completions(request: Request) -> Response:
-        started = time.perf_counter()
-        return await gateway.chat_completions(request.headers, await request.body(), started)
+        return await gateway.answer_chat(request.headers, request.receive, time.perf_counter())
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         await gateway.authenticate(request.headers)
         return await gateway.list_models()
 
-    @app.post("/v1/tuneloop/logs")
+    @app.post("/v1/tuneloop/logs", openapi_extra=_INGEST_OPENAPI)
     async def ingest(request: Request) -> dict[str, Any]:
         return await gateway.ingest(request)
 
@@ -688,7 +825,69 @@ def create_app(config: GatewayConfig, url: str | None = None, *, freeze_heap: bo
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
-    async def health() -> dict[str, Any]:
-        return gateway.health()
+    async def health() -> JSONResponse:
+        # 503 unless ok, so a load balancer stops sending calls to a gateway whose logging is stuck or failing.
+        body = gateway.health()
+        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+_JSON_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+_ERRORS = {
+    str(status): {"description": description, "content": _JSON_ERROR}
+    for status, description in (
+        (400, "a malformed request (the field in `param`)"),
+        (401, "no or a wrong tuneloop key"),
+        (404, "no route for the model"),
+        (413, "a body over the gateway's limit"),
+        (429, "the key's rate limit"),
+        (502, "no upstream answered"),
+        (504, "the upstreams timed out"),
+    )
+}
+_CHAT_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}},
+    },
+    "responses": {
+        "200": {
+            "description": "the answer: a chat.completion, or with `stream: true` server-sent chunks",
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletion"}},
+                "text/event-stream": {"schema": {"type": "string"}},
+            },
+        },
+        **_ERRORS,
+    },
+}
+_INGEST_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["records"],
+                    "properties": {"records": {"type": "array", "items": {"type": "object"}}},
+                }
+            }
+        },
+    },
+    "responses": {**_ERRORS},
+}
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, plus the protocol's models the raw routes refer to."""
+    if app.openapi_schema is None:
+        document = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        for model in (ChatCompletionRequest, ChatCompletion, ModelList, ErrorResponse):
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schema.pop("$defs", {}))
+            schemas[model.__name__] = schema
+        app.openapi_schema = document
+    return app.openapi_schema

@@ -12,14 +12,20 @@ When the store is slower than the traffic the queue fills, and the policy decide
   clients are never slowed by logging.
 
 Memory is bounded either way: at most ``queue_size`` records wait, plus the batch being written. A
-failing store is retried with backoff, holding the batch, so the queue fills and the policy applies.
+store that is down (connection refused or lost, database unavailable) is retried with backoff, holding the
+batch, so the queue fills and the policy applies. A store that refuses rows (integrity or data errors) is
+not down: the batch is split in halves until the refused records are alone, and those go to the dead
+letters (the ``dead_letters`` table, or ``$TUNELOOP_HOME/capture/dead-letters.jsonl`` when the table cannot
+take them either), counted as ``tuneloop_capture_records_total{outcome="dead_letter"}``; the rest are written.
+:meth:`LogWriter.health` says when the writer is stuck or failing (the gateway's ``/healthz``).
 
 ``close()`` (on SIGTERM the gateway calls it) stops taking records and drains the queue.
 
 Durable mode (``durable: true``) appends each record to a local journal before the call is answered
 (see :class:`Journal`), and replays what the store lacks at start: a process killed with ``kill -9``
 loses no call whose response was completed. Rows carry a unique ``capture_id``, so a replay never
-logs a call twice.
+logs a call twice. A journaled record the store refuses, or a damaged journal line, becomes a dead letter:
+it can never block a start.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ import queue
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,16 +48,18 @@ import sqlalchemy as sa
 from prometheus_client import Counter, Gauge, Histogram
 
 from tuneloop.capture.config import LoggingConfig
-from tuneloop.capture.records import CallRecord, record_to_row
+from tuneloop.capture.records import CallRecord, record_to_row, redacted_record, storable_row, storable_text
 from tuneloop.capture.redaction import Redactor
+from tuneloop.config import get_settings
 from tuneloop.cost import PriceTable
+from tuneloop.store.models import utcnow
 
 log = logging.getLogger(__name__)
 
 RECORDS = Counter(
     "tuneloop_capture_records_total",
     "Captured calls by what became of them: written to the store, dropped (queue full, policy drop), "
-    "or lost (the store failed past shutdown)",
+    "dead_letter (refused by the store, kept aside) or lost (the store failed past shutdown)",
     ["writer", "outcome"],
 )
 QUEUE_DEPTH = Gauge("tuneloop_capture_queue_depth", "Captured calls waiting to be written", ["writer"])
@@ -62,6 +72,93 @@ COMMIT_SECONDS = Histogram(
 
 RETRY_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 JOURNAL_SEGMENT_BYTES = 16 * 1024 * 1024
+# Health (LogWriter.health): a batch waiting this long to be written, or a store failing for this long, is
+# "degraded", then "failing"; a queue this full is "degraded" (calls are about to wait, or be dropped).
+DEGRADED_AFTER_S = 5.0
+FAILING_AFTER_S = 30.0
+QUEUE_DEGRADED_FRACTION = 0.8
+MAX_ERROR_CHARS = 4000  # a dead letter keeps this much of the store's error
+
+# SQLSTATE classes of a store that is unavailable rather than refusing a row: connection exceptions (08),
+# insufficient resources (53), operator intervention (57: shutdown, cancelled), system errors (58), and
+# transaction rollbacks (40: serialization failures, deadlocks), which succeed when tried again.
+TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+# Raised by our own conversion of a record into a row (a value of the wrong type, out of range, unencodable).
+ROW_ERRORS = (ValueError, TypeError, OverflowError, KeyError, AttributeError, RecursionError)
+
+
+class RecordsRefused(Exception):
+    """Raised by a sink when it will never take these records (not when it is down): they become dead letters."""
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """True when ``exc`` says the store refuses these rows (retrying the same rows fails the same way); False
+    when the store is unavailable (connection lost, database down, locked), which retrying fixes.
+
+    Anything unknown counts as unavailable: retrying a refusal only delays, dead-lettering a good batch would
+    set calls aside for nothing.
+    """
+    if isinstance(exc, RecordsRefused):
+        return True
+    if isinstance(exc, sa.exc.DBAPIError):
+        if exc.connection_invalidated:
+            return False
+        state = str(getattr(exc.orig, "sqlstate", None) or "")
+        if state[:2] in TRANSIENT_SQLSTATE_CLASSES:
+            return False
+        if isinstance(exc, sa.exc.IntegrityError | sa.exc.DataError):
+            return True
+        # A driver that could not send a value (psycopg's adaptation, sqlite3's binding) has no SQLSTATE; a
+        # ProgrammingError from the server (a missing table, a permission) is the store's state: wait for it.
+        return isinstance(exc, sa.exc.ProgrammingError) and not state
+    if isinstance(exc, sa.exc.StatementError):  # a value SQLAlchemy could not process for the driver
+        return exc.orig is not None and is_refusal(exc.orig)
+    return isinstance(exc, ROW_ERRORS)
+
+
+def describe_error(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return storable_text(text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + " …")
+
+
+def dead_letter_file() -> Path:
+    """Where dead letters go when the ``dead_letters`` table cannot take them."""
+    return get_settings().home / "capture" / "dead-letters.jsonl"
+
+
+@dataclass
+class DeadLetterEntry:
+    """A call set aside: the record as JSON text (or a damaged journal line as it was), and why."""
+
+    writer: str
+    stage: str  # "write" (from the queue), "replay" (a journaled record), "journal" (a line that does not parse)
+    capture_id: str | None
+    error: str
+    record: str
+    created_at: datetime | None = None
+
+    def to_row(self) -> dict[str, Any]:
+        return {
+            "created_at": self.created_at or utcnow(),
+            "writer": storable_text(self.writer, 64),
+            "stage": self.stage,
+            "capture_id": storable_text(self.capture_id, 64) if self.capture_id else None,
+            "error": storable_text(self.error),
+            "record": storable_text(self.record),
+        }
+
+
+def record_text(record: CallRecord, redactor: Redactor | None = None) -> str:
+    """A record as JSON text for a dead letter: ASCII, so NUL and every other character survive any store.
+
+    With a ``redactor``, it is redacted as a logged call's row would be (``redacted_record``)."""
+    try:
+        if redactor is not None:
+            record = redacted_record(record, redactor)
+        data = record.to_json()
+        return json.dumps(data, ensure_ascii=True, separators=(",", ":"), default=str)
+    except (ValueError, TypeError, RecursionError) as exc:  # nested beyond what json recurses into
+        return json.dumps({"capture_id": record.capture_id, "unserializable": repr(record)[:100_000], "why": str(exc)})
 
 
 class Sink(Protocol):
@@ -70,6 +167,12 @@ class Sink(Protocol):
     def write(self, records: list[CallRecord]) -> None: ...
 
     def close(self) -> None: ...
+
+
+class DeadLetterSink(Protocol):
+    """A sink that can also keep dead letters (the store); any other sink's go to :func:`dead_letter_file`."""
+
+    def write_dead_letter(self, entry: DeadLetterEntry) -> None: ...
 
 
 class StoreSink:
@@ -111,7 +214,8 @@ class StoreSink:
                 rows.append(record_to_row(record, self.prices, self.redactor))
             except Exception as exc:  # a record we cannot read is still a call: keep what we can
                 log.exception("could not convert a captured call; storing it without its response")
-                rows.append(_fallback_row(record, exc))
+                safe = redacted_record(record, self.redactor) if self.redactor is not None else record
+                rows.append(_fallback_row(safe, exc))
         return rows
 
     def parameters(self, rows: list[dict[str, Any]]) -> list[Any]:
@@ -132,22 +236,61 @@ class StoreSink:
         with self.engine.begin() as connection:
             connection.exec_driver_sql(self.sql, parameters)
 
+    def write_dead_letter(self, entry: DeadLetterEntry) -> None:
+        from tuneloop.store import DeadLetter
+
+        with self.engine.begin() as connection:
+            connection.execute(sa.insert(DeadLetter.__table__), [entry.to_row()])
+
     def close(self) -> None:
         pass
 
 
+def read_dead_letters(url: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    """The newest ``limit`` dead letters, from the store's table and the dead-letter file, newest first (for
+    ``tuneloop logs dead-letters``). Each: created_at (ISO), writer, stage, capture_id, error, record (JSON text),
+    and where it is kept (``table`` with its ``id``, or ``file``)."""
+    from tuneloop.store import DeadLetter, session_scope
+
+    letters: list[dict[str, Any]] = []
+    with session_scope(url) as session:
+        query = sa.select(DeadLetter).order_by(DeadLetter.id.desc()).limit(limit)
+        for row in session.scalars(query):
+            letters.append(
+                {
+                    "kept_in": "table",
+                    "id": row.id,
+                    "created_at": row.created_at.isoformat(),
+                    "writer": row.writer,
+                    "stage": row.stage,
+                    "capture_id": row.capture_id,
+                    "error": row.error,
+                    "record": row.record,
+                }
+            )
+    path = dead_letter_file()
+    if path.exists():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines()[-limit:]:
+            with contextlib.suppress(ValueError):
+                letters.append({"kept_in": "file", "id": None, **json.loads(line)})
+    letters.sort(key=lambda letter: str(letter.get("created_at")), reverse=True)
+    return letters[:limit]
+
+
 def _fallback_row(record: CallRecord, exc: Exception) -> dict[str, Any]:
-    return {
-        "capture_id": record.capture_id,
-        "created_at": record.created_at,
-        "model_requested": record.model_requested[:255],
-        "status": "error" if record.status != "ok" else "ok",
-        "http_status": record.http_status,
-        "error": f"tuneloop could not read the response for the log: {exc}",
-        "request": {"unreadable": True},
-        "tags": record.tags,
-        "metadata": record.metadata,
-    }
+    return storable_row(
+        {
+            "capture_id": record.capture_id,
+            "created_at": record.created_at,
+            "model_requested": record.model_requested,  # storable_row cuts it to its column
+            "status": "error" if record.status != "ok" else "ok",
+            "http_status": record.http_status,
+            "error": f"tuneloop could not read the response for the log: {exc}",
+            "request": {"unreadable": True},
+            "tags": record.tags,
+            "metadata": record.metadata,
+        }
+    )
 
 
 class Journal:
@@ -162,14 +305,21 @@ class Journal:
 
     The journal is cut into segments (``journal-<n>.jsonl``); a segment is deleted once every record in
     it is in the store.
+
+    With a ``redactor`` that redacts, records are redacted before they are written (on the request path: a
+    journal must not hold what the store may not), and the line says so, so a replay does not redact twice.
     """
 
-    def __init__(self, directory: Path, fsync_always: bool = False) -> None:
+    def __init__(self, directory: Path, fsync_always: bool = False, redactor: Redactor | None = None) -> None:
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.fsync_always = fsync_always
+        self.redactor = redactor if redactor is not None and redactor.enabled else None
         self._lock = threading.Lock()
         self._pending: dict[int, int] = {}  # segment -> records not yet in the store
+        # Lines of earlier segments that are not records (damage, not a torn last line): path, line number,
+        # the line, why. Filled by read_existing; the writer sets them aside as dead letters.
+        self.unreadable: list[tuple[Path, int, bytes, str]] = []
         self._segment = -1
         self._fd = -1
         self._size = 0
@@ -185,7 +335,11 @@ class Journal:
         return sorted(found)
 
     def read_existing(self) -> tuple[list[CallRecord], list[Path]]:
-        """Records in the segments left by an earlier process (called before the first append)."""
+        """Records in the segments left by an earlier process (called before the first append).
+
+        A line that is not a record is skipped: with a warning when it is a segment's last (torn: the process
+        died inside ``write``), else it is damage and is kept in :attr:`unreadable`.
+        """
         records: list[CallRecord] = []
         paths = []
         for _, path in self.segments():
@@ -195,15 +349,29 @@ class Journal:
                 if not line.strip():
                     continue
                 try:
-                    records.append(CallRecord.from_json(json.loads(line)))
-                except (ValueError, KeyError, TypeError) as exc:
-                    # Only the last line can be torn (the process died inside write); anything else is damage.
-                    level = logging.WARNING if number >= len(lines) - 1 else logging.ERROR
-                    log.log(level, "skipping unreadable journal line %s:%d (%s)", path, number, exc)
+                    data = json.loads(line)
+                    if not isinstance(data, dict):
+                        raise ValueError(f"a JSON {type(data).__name__}, not an object")
+                    record = CallRecord.from_json(data)
+                    record.redacted = data.get("redacted") is True  # written by append, never by a client
+                    records.append(record)
+                except Exception as exc:  # anything at all: a damaged line must never stop a start
+                    if number == len(lines):  # no newline after it: the write that made it was cut short
+                        log.warning("skipping a torn last journal line %s:%d (%s)", path, number, exc)
+                    else:
+                        log.error("journal line %s:%d is not a captured call (%s): set aside", path, number, exc)
+                        self.unreadable.append((path, number, line, describe_error(exc)))
         return records, paths
 
-    def append(self, record: CallRecord) -> None:
-        line = json.dumps(record.to_json(), ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+    def append(self, record: CallRecord) -> CallRecord:
+        """Journals ``record`` (redacted first when there is a redactor); returns what was journaled, the
+        record to write to the store."""
+        if self.redactor is not None:
+            record = redacted_record(record, self.redactor)
+        data = record.to_json()
+        if record.redacted:
+            data["redacted"] = True
+        line = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
         with self._lock:
             if self._fd < 0 or self._size >= JOURNAL_SEGMENT_BYTES:
                 self._rotate()
@@ -215,6 +383,7 @@ class Journal:
                 os.fsync(self._fd)
             else:
                 self._dirty = True
+        return record
 
     def _rotate(self) -> None:
         if self._fd >= 0:
@@ -275,10 +444,17 @@ def _fsync_directory(directory: Path) -> None:
 class LogWriter:
     """A bounded queue of records, drained into a :class:`Sink` by one background thread."""
 
-    def __init__(self, sink: Sink, config: LoggingConfig | None = None, name: str = "gateway") -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        config: LoggingConfig | None = None,
+        name: str = "gateway",
+        dead_letter_path: Path | None = None,
+    ) -> None:
         self.sink = sink
         self.config = config or LoggingConfig()
         self.name = name
+        self.dead_letter_path = dead_letter_path or dead_letter_file()
         self._queue: queue.Queue[CallRecord] = queue.Queue(maxsize=self.config.queue_size)
         self._stopping = threading.Event()
         self._closed = False
@@ -287,26 +463,39 @@ class LogWriter:
         self.dropped = 0
         self.lost = 0
         self.replayed = 0
+        self.dead_lettered = 0
+        # What health() reads (written by the writer thread only): the store failing, a batch waiting.
+        self.consecutive_failures = 0
+        self.last_error: str | None = None
+        self._last_success: float | None = None
+        self._failing_since: float | None = None
+        self._batch_since: float | None = None
         self._written_counter = RECORDS.labels(name, "written")
         self._dropped_counter = RECORDS.labels(name, "dropped")
         self._lost_counter = RECORDS.labels(name, "lost")
+        self._dead_letter_counter = RECORDS.labels(name, "dead_letter")
         self._depth = QUEUE_DEPTH.labels(name)
         self._commit_seconds = COMMIT_SECONDS.labels(name)
         if self.config.durable:
-            self.journal = Journal(self.config.journal_path(), fsync_always=self.config.fsync == "always")
+            # A sink that redacts (the store's) has its records redacted before they are journaled.
+            self.journal = Journal(
+                self.config.journal_path(),
+                fsync_always=self.config.fsync == "always",
+                redactor=getattr(sink, "redactor", None),
+            )
             self._replay()
         self._thread = threading.Thread(target=self._run, name=f"tuneloop-log-writer-{name}", daemon=True)
         self._thread.start()
 
     # --- producers -------------------------------------------------------------------------------
 
-    def _journal(self, record: CallRecord) -> None:
-        if self.journal is not None:
-            self.journal.append(record)
+    def _journal(self, record: CallRecord) -> CallRecord:
+        """The record to queue: as journaled (durable mode: redacted if the sink redacts), else as it is."""
+        return self.journal.append(record) if self.journal is not None else record
 
     def submit_nowait(self, record: CallRecord) -> bool:
         """Queue without waiting: True if queued (or journaled), False if the queue is full."""
-        self._journal(record)
+        record = self._journal(record)
         return self._offer(record)
 
     def _offer(self, record: CallRecord) -> bool:
@@ -321,7 +510,7 @@ class LogWriter:
 
         ``block``: waits (asynchronously) for room. ``drop``: drops it and counts it when the queue is full.
         """
-        self._journal(record)
+        record = self._journal(record)
         if self._offer(record):
             return
         if self.config.policy == "drop" and self.journal is None:
@@ -337,7 +526,7 @@ class LogWriter:
 
     def submit_blocking(self, record: CallRecord, timeout: float | None = None) -> bool:
         """Hand a record over from a thread. With ``block`` waits up to ``timeout`` (None: as long as it takes)."""
-        self._journal(record)
+        record = self._journal(record)
         if self._offer(record):
             return True
         if self.config.policy == "drop" and self.journal is None:
@@ -362,15 +551,61 @@ class LogWriter:
     def depth(self) -> int:
         return self._queue.qsize()
 
+    def health(self) -> dict[str, Any]:
+        """How the writer is doing, for ``/healthz``: ``status`` is ``ok``, ``degraded`` (the store is failing
+        or a batch has waited over DEGRADED_AFTER_S to be written, or the queue is nearly full) or ``failing``
+        (the same for over FAILING_AFTER_S, or the writer thread is gone), with ``problem`` in words."""
+        now = time.monotonic()
+        depth, capacity = self.depth, self.config.queue_size
+        waiting_s = now - self._batch_since if self._batch_since is not None else 0.0
+        failing_s = now - self._failing_since if self._failing_since is not None else 0.0
+        status, problem = "ok", None
+        if not self._thread.is_alive() and not self._closed:
+            status, problem = "failing", "the log writer thread has stopped"
+        elif max(waiting_s, failing_s) >= FAILING_AFTER_S:
+            status = "failing"
+        elif self.consecutive_failures or waiting_s >= DEGRADED_AFTER_S or depth >= capacity * QUEUE_DEGRADED_FRACTION:
+            status = "degraded"
+        if problem is None and status != "ok":
+            if self.consecutive_failures:
+                problem = (
+                    f"the store has failed {self.consecutive_failures} writes in a row for {failing_s:.0f}s "
+                    f"(last: {self.last_error})"
+                )
+            elif waiting_s >= DEGRADED_AFTER_S:
+                problem = f"a batch has waited {waiting_s:.0f}s to be written"
+            else:
+                problem = f"the log queue is {depth / capacity:.0%} full"
+        return {
+            "status": status,
+            "problem": problem,
+            "queue_depth": depth,
+            "queue_capacity": capacity,
+            "batch_waiting_s": round(waiting_s, 3),
+            "consecutive_failures": self.consecutive_failures,
+            "last_error": self.last_error,
+            "last_write_age_s": round(now - self._last_success, 3) if self._last_success is not None else None,
+            "written": self.written,
+            "dropped": self.dropped,
+            "dead_lettered": self.dead_lettered,
+            "lost": self.lost,
+        }
+
     # --- the writer thread -----------------------------------------------------------------------
 
     def _replay(self) -> None:
         """Write what an earlier process journaled; duplicates of rows already stored are skipped."""
         assert self.journal is not None
         records, paths = self.journal.read_existing()
+        for path, number, line, error in self.journal.unreadable:
+            text = line.decode("utf-8", "replace")
+            redactor = getattr(self.sink, "redactor", None)
+            if redactor is not None and redactor.enabled:
+                text = redactor.text(text)
+            self._set_aside(DeadLetterEntry(self.name, "journal", None, f"{path.name}:{number}: {error}", text))
         batch_size = self.config.batch_size
         for start in range(0, len(records), batch_size):
-            self._write_batch(records[start : start + batch_size], at_shutdown_give_up=False)
+            self._write_batch(records[start : start + batch_size], at_shutdown_give_up=False, stage="replay")
         self.replayed = len(records)
         for path in paths:
             path.unlink(missing_ok=True)
@@ -404,40 +639,116 @@ class LogWriter:
 
     def _write_with_retry(self, batch: list[CallRecord]) -> None:
         """Write a batch taken from the queue, retrying a failing store with backoff (until shutdown's deadline)."""
+        self._batch_since = time.monotonic()
         try:
             self._write_batch(batch, at_shutdown_give_up=True)
         finally:
+            self._batch_since = None
             for _ in batch:  # lets flush() know these are done with
                 self._queue.task_done()
 
-    def _write_batch(self, batch: list[CallRecord], at_shutdown_give_up: bool) -> None:
+    def _write_batch(self, batch: list[CallRecord], at_shutdown_give_up: bool, stage: str = "write") -> None:
+        """Write ``batch``: a store that is unavailable is retried with backoff; one that refuses rows gets the
+        batch in halves until each refused record is alone, and sets that one aside (:meth:`_set_aside`)."""
         attempt = 0
-        while True:
+        parts = [batch]  # what is left to write, the next part last
+        while parts:
+            part = parts.pop()
             deadline = self._drain_deadline if at_shutdown_give_up and self._stopping.is_set() else None
             started = time.perf_counter()
             try:
-                self.sink.write(batch)
+                self.sink.write(part)
             except Exception as exc:
+                if is_refusal(exc):
+                    if len(part) == 1:
+                        self._dead_letter(part[0], exc, stage)
+                    else:  # a bisection: the refused records are found in about 2·log2(len) writes each
+                        middle = len(part) // 2
+                        parts += [part[middle:], part[:middle]]
+                    continue
+                parts.append(part)
+                left = sum(len(waiting) for waiting in parts)
+                self._failed(exc)
                 wait = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
                 attempt += 1
                 if deadline is not None and time.monotonic() + wait > deadline:
                     kept = " (they stay in the journal for the next start)" if self.journal is not None else ""
-                    log.error("giving up on %d captured calls at shutdown: %s%s", len(batch), exc, kept)
+                    log.error("giving up on %d captured calls at shutdown: %s%s", left, exc, kept)
                     if self.journal is None:
-                        self._count_lost(len(batch))
+                        self._count_lost(left)
                     return
-                log.warning("writing %d captured calls failed (%s); retrying in %.2fs", len(batch), exc, wait)
+                log.warning("writing %d captured calls failed (%s); retrying in %.2fs", left, exc, wait)
                 if at_shutdown_give_up and deadline is None:
                     self._stopping.wait(wait)  # a shutdown cuts the wait short and sets the deadline
                 else:
                     time.sleep(wait)
                 continue
             self._commit_seconds.observe(time.perf_counter() - started)
-            self.written += len(batch)
-            self._written_counter.inc(len(batch))
+            self._succeeded()
+            self.written += len(part)
+            self._written_counter.inc(len(part))
             if self.journal is not None:
-                self.journal.committed(batch)
-            return
+                self.journal.committed(part)
+
+    def _failed(self, exc: Exception) -> None:
+        self.consecutive_failures += 1
+        self.last_error = describe_error(exc)[:500]
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+
+    def _succeeded(self) -> None:
+        self.consecutive_failures = 0
+        self._failing_since = None
+        self._last_success = time.monotonic()
+
+    # --- dead letters ----------------------------------------------------------------------------
+
+    def _dead_letter(self, record: CallRecord, exc: Exception, stage: str) -> None:
+        log.error("the store refused captured call %s (%s): set aside as a dead letter", record.capture_id, exc)
+        redactor = getattr(self.sink, "redactor", None)  # a dead letter is redacted as the row would have been
+        text = record_text(record, redactor)
+        error = describe_error(exc)
+        if redactor is not None and redactor.enabled:
+            error = redactor.text(error)  # the store may quote the refused value
+        entry = DeadLetterEntry(self.name, stage, record.capture_id, error, text)
+        if self._set_aside(entry) and self.journal is not None:
+            self.journal.committed([record])
+        self._succeeded()  # the store answered: it is up
+
+    def _set_aside(self, entry: DeadLetterEntry) -> bool:
+        """Keep ``entry`` in the store's dead_letters table, else in the dead-letter file; False if neither took it."""
+        entry.created_at = utcnow()
+        keeper = getattr(self.sink, "write_dead_letter", None)
+        if keeper is not None:
+            try:
+                keeper(entry)
+                return self._count_dead_letter()
+            except Exception as exc:
+                log.warning(
+                    "the dead_letters table did not take a dead letter (%s); writing it to %s",
+                    exc,
+                    self.dead_letter_path,
+                )
+        try:
+            row = entry.to_row()
+            line = json.dumps({**row, "created_at": row["created_at"].isoformat()}, ensure_ascii=True) + "\n"
+            self.dead_letter_path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.dead_letter_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                _write_all(fd, line.encode("ascii"))
+            finally:
+                os.close(fd)
+            return self._count_dead_letter()
+        except OSError as exc:
+            log.error("could not keep a dead letter anywhere (%s): %s", exc, entry.record[:2000])
+            if self.journal is None:
+                self._count_lost(1)
+            return False
+
+    def _count_dead_letter(self) -> bool:
+        self.dead_lettered += 1
+        self._dead_letter_counter.inc()
+        return True
 
     # --- shutdown --------------------------------------------------------------------------------
 

@@ -37,8 +37,9 @@ from urllib.parse import urlsplit
 import openai
 
 from tuneloop.capture.config import LoggingConfig, RedactConfig
-from tuneloop.capture.logwriter import LogWriter
-from tuneloop.capture.records import TAGS_HEADER, CallRecord, parse_tags
+from tuneloop.capture.logwriter import LogWriter, RecordsRefused
+from tuneloop.capture.records import TAGS_HEADER, CallRecord, parse_tags, redacted_record
+from tuneloop.capture.redaction import Redactor
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +49,35 @@ _writers_lock = threading.Lock()
 internal_errors = 0  # failures inside the wrapper (swallowed); tests and debugging read it
 
 
-class HttpSink:
-    """Uploads batches of records to a gateway's ``/v1/tuneloop/logs`` (retried by the writer on failure)."""
+REFUSED_UPLOAD = (400, 413, 422)
 
-    def __init__(self, base_url: str, api_key: str | None) -> None:
+
+class HttpSink:
+    """Uploads batches of records to a gateway's ``/v1/tuneloop/logs`` (retried by the writer on failure).
+
+    With a ``redactor`` (``tuneloop_redact``) records are redacted before they leave the process, and before
+    a durable journal holds them; the gateway then applies its own ``redact`` on top.
+    """
+
+    def __init__(self, base_url: str, api_key: str | None, redactor: Redactor | None = None) -> None:
         import httpx
 
+        self.redactor = redactor
         self.url = base_url.rstrip("/") + "/tuneloop/logs"
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(headers=headers, timeout=30.0, trust_env=False)
 
     def write(self, records: list[CallRecord]) -> None:
+        if self.redactor is not None:
+            records = [redacted_record(record, self.redactor) for record in records]
         response = self.http.post(self.url, json={"records": [record.to_json() for record in records]})
-        if response.status_code >= 400:
-            raise RuntimeError(f"the gateway refused the upload: HTTP {response.status_code} {response.text[:200]}")
+        answer = f"HTTP {response.status_code} {response.text[:200]}"
+        if response.status_code in REFUSED_UPLOAD:
+            # These records will never be taken as they are (a record the gateway finds invalid, an upload over
+            # its size or count limit): the writer splits the batch and sets what is still refused aside.
+            raise RecordsRefused(f"the gateway refused the upload: {answer}")
+        if response.status_code >= 400:  # a bad key, the gateway down or busy: retried as it is
+            raise RuntimeError(f"the gateway did not take the upload: {answer}")
 
     def close(self) -> None:
         self.http.close()
@@ -81,12 +97,11 @@ def get_writer(
         if writer is None:
             if destination == "store":
                 from tuneloop.capture.logwriter import StoreSink
-                from tuneloop.capture.redaction import Redactor
                 from tuneloop.cost import load_price_table
 
                 sink: Any = StoreSink(prices=load_price_table(), redactor=Redactor(redact or RedactConfig()))
             elif destination.startswith(("http://", "https://")):
-                sink = HttpSink(destination, key)
+                sink = HttpSink(destination, key, Redactor(redact) if redact is not None else None)
             else:
                 raise ValueError(f"tuneloop_log_to must be 'store' or a gateway URL, not {destination!r}")
             writer = LogWriter(sink, logging_config or SDK_LOGGING, name="sdk")

@@ -11,6 +11,7 @@ from rich.console import Console
 from tuneloop.data.jsonl import write_rows
 from tuneloop.demo.synth import synthesize_with_progress
 from tuneloop.task import load_task
+from tuneloop.terminal import plain
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -117,9 +118,9 @@ def show(
 
     summary = summarize_dataset(name)
     console = Console(highlight=False, soft_wrap=True)
-    console.print(f"[bold]{summary.name}[/] · task {summary.task or '(none)'} · created {summary.created_at}")
+    console.print(plain(f"{summary.name} · task {summary.task or '(none)'} · created {summary.created_at}", "bold"))
     if summary.description:
-        console.print(summary.description)
+        console.print(plain(summary.description))
     console.print(f"{summary.entries} entries over {summary.inputs} distinct inputs")
     table = Table()
     table.add_column("split")
@@ -130,10 +131,11 @@ def show(
         counts = [str(summary.by_split_provenance.get((split, p), 0)) for p in ("log", "upload", "teacher", "human")]
         table.add_row(split, *counts, str(summary.resolved_by_split.get(split, 0)))
     console.print(table)
-    console.print("answers from: " + ", ".join(f"{source} {count}" for source, count in summary.sources.most_common()))
+    sources = ", ".join(f"{source} {count}" for source, count in summary.sources.most_common())
+    console.print(plain("answers from: " + sources))
     console.print(f"{len(summary.failing)} entries kept out of training (invalid or failing checks)")
-    for entry_id, provenance, failures in summary.failing[:failing]:
-        console.print(f"  entry {entry_id} ({provenance}): {'; '.join(failures)}")
+    for entry_id, provenance, failures in summary.failing[:failing]:  # failures quote the answers: plain text
+        console.print(plain(f"  entry {entry_id} ({provenance}): {'; '.join(failures)}"))
 
 
 @app.command("relabel")
@@ -159,9 +161,9 @@ def relabel_command(
         f"cost ${result.cost_usd:.4f}"
     )
     for entry_id, failures in result.failing[:20]:
-        console.print(f"  failed checks: entry {entry_id}: {'; '.join(failures)}")
-    for digest, error in result.errors[:10]:
-        console.print(f"  error: input {digest[:12]}: {error}")
+        console.print(plain(f"  failed checks: entry {entry_id}: {'; '.join(failures)}"))
+    for digest, error in result.errors[:10]:  # the teacher's error text: plain
+        console.print(plain(f"  error: input {digest[:12]}: {error}"))
     if result.interrupted:
         console.print("[yellow]interrupted[/]: run the same command again to resume (answers so far are cached)")
         raise typer.Exit(130)

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tuneloop.errors import TuneloopError
+from tuneloop.terminal import plain
 
 app = typer.Typer(no_args_is_help=True)
 console = Console(highlight=False, soft_wrap=True)
@@ -63,14 +64,14 @@ def drift(
     for row in report.rows:
         rate = row.test == "z-test"
         table.add_row(
-            row.metric,
+            plain(row.metric),  # may name a field value from the answers
             row.test,
             _number(row.baseline, rate),
             _number(row.window, rate),
             f"{row.n_baseline}/{row.n_window}",
             "-" if row.statistic is None else f"{row.statistic:.3f}",
             "-" if row.p_value is None else f"{row.p_value:.2g}",
-            "[bold red]FLAGGED[/]" if row.flagged else (row.note or "ok"),
+            plain("FLAGGED", "bold red") if row.flagged else plain(row.note or "ok"),
         )
     console.print(table)
     flagged = report.flagged
@@ -106,7 +107,7 @@ def shadow(
     table.add_column("value")
     table.add_row("agreement (all fields)", _number(report.agreement, True))
     for name, share in report.field_agreement.items():
-        table.add_row(f"  {name}", _number(share, True))
+        table.add_row(plain(f"  {name}"), _number(share, True))
     table.add_row("reviewed calls", str(report.reviewed))
     table.add_row(f"field error of {report.candidate} on reviewed", _number(report.candidate_field_error, True))
     table.add_row(f"field error of {report.against} on reviewed", _number(report.production_field_error, True))
@@ -114,4 +115,4 @@ def shadow(
         table.add_row("replays that failed", str(report.failed))
     console.print(table)
     for error in report.errors[:5]:
-        console.print(f"[yellow]{error}[/]")
+        console.print(plain(error, "yellow"))  # a replay's error text: plain

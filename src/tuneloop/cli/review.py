@@ -8,9 +8,11 @@ import json
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from tuneloop.errors import TuneloopError
 from tuneloop.review import queue
+from tuneloop.terminal import json_text, plain
 
 app = typer.Typer(no_args_is_help=True)
 console = Console(highlight=False, soft_wrap=True)
@@ -39,15 +41,16 @@ def list_command(
         table.add_column(column, overflow="fold")
     for item in items:
         lock = f"{item.locked_by} until {item.lock_expires_at:%H:%M:%S}" if item.is_locked() else ""
+        # Models, checks' messages (they quote answers) and names come from others: plain text cells.
         table.add_row(
             str(item.id),
             item.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-            item.task,
-            item.model or "-",
-            item.reason,
-            item.status + (f" by {item.reviewer}" if item.reviewer else ""),
-            "; ".join(item.failed_checks) or "-",
-            lock,
+            plain(item.task),
+            plain(item.model or "-"),
+            plain(item.reason),
+            plain(item.status + (f" by {item.reviewer}" if item.reviewer else "")),
+            plain("; ".join(item.failed_checks) or "-"),
+            plain(lock),
         )
     console.print(table)
 
@@ -62,27 +65,37 @@ def show(
     """One item: the request, the draft field by field, the failed checks."""
     item = queue.lock_item(item_id, _reviewer(reviewer)) if lock else queue.get_item(item_id)
     if as_json:
-        typer.echo(json.dumps(_to_json(item), indent=2, ensure_ascii=False, default=str))
+        typer.echo(json_text(_to_json(item), default=str))
         return
-    console.print(f"[bold]review item {item.id}[/] · task {item.task} · model {item.model or '-'} · {item.reason}")
-    console.print(f"status: {item.status}" + (f" by {item.reviewer}" if item.reviewer else ""))
+    # Everything but the ids comes from a client, a model or a reviewer: printed as plain text (terminal.py).
+    console.print(
+        Text.assemble(
+            (f"review item {item.id}", "bold"),
+            " · task ",
+            plain(item.task),
+            " · model ",
+            plain(item.model or "-"),
+            " · ",
+            plain(item.reason),
+        )
+    )
+    console.print(plain(f"status: {item.status}" + (f" by {item.reviewer}" if item.reviewer else "")))
     if item.is_locked():
-        console.print(f"locked by {item.locked_by} until {item.lock_expires_at:%Y-%m-%d %H:%M:%S} UTC")
+        console.print(plain(f"locked by {item.locked_by} until {item.lock_expires_at:%Y-%m-%d %H:%M:%S} UTC"))
     for message in item.messages:
-        console.print(f"{message.get('role')}: ", style="dim", end="")
-        console.print(str(message.get("content")), markup=False)  # user text may hold [brackets]
+        console.print(Text.assemble(plain(f"{message.get('role')}: ", "dim"), plain(message.get("content"))))
     fields = item.fields
     if fields is None:
-        console.print(f"draft (does not parse): {item.draft_text}")
+        console.print(Text.assemble("draft (does not parse): ", plain(item.draft_text)))
     else:
         table = Table(title="answer" if item.correction is not None else "draft")
         table.add_column("field")
         table.add_column("value", overflow="fold")
         for name, value in fields.items():
-            table.add_row(name, json.dumps(value, ensure_ascii=False))
+            table.add_row(plain(name), plain(json.dumps(value, ensure_ascii=False)))
         console.print(table)
     for failure in item.failed_checks:
-        console.print(f"[red]failed:[/] {failure}")
+        console.print(Text.assemble(("failed: ", "red"), plain(failure)))
     if item.confidence is not None:
         console.print(f"confidence: {item.confidence:.3f}")
 
@@ -143,11 +156,10 @@ def _report(decision: queue.Decision) -> None:
     if decision.entry_id is not None:
         text += f"; dataset {decision.dataset} entry {decision.entry_id}"
         text += " (already there)" if decision.duplicate else " (provenance human)"
-    console.print(text)
+    console.print(plain(text))
     for failure in decision.check_failures:
-        console.print(
-            f"[yellow]note:[/] the verified answer fails a check, so it is kept but not trained on: {failure}"
-        )
+        note = "the verified answer fails a check, so it is kept but not trained on: "
+        console.print(Text.assemble(("note: ", "yellow"), note, plain(failure)))
 
 
 def _to_json(item: queue.ReviewView) -> dict:

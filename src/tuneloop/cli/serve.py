@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+from enum import StrEnum
 
 import typer
 from rich.console import Console
 
 console = Console(stderr=True)
+
+
+class AuthChoice(StrEnum):
+    """--auth: who may call the server (serve/auth.py)."""
+
+    auto = "auto"
+    required = "required"
+    disabled = "disabled"
+
+
+AUTH_HELP = (
+    "auto: a tuneloop key is required once one has been created (`tuneloop keys create`), as on the gateway; "
+    "required: always; disabled: never (only for a server no one else can reach)."
+)
 
 
 def serve(
@@ -39,15 +55,22 @@ def serve(
         "--audit-rate",
         help="Share of passing answers queued for review (default: each task's audit_sample_rate).",
     ),
+    auth: AuthChoice = typer.Option(AuthChoice.auto, "--auth", help=AUTH_HELP),
+    protect_metrics: bool = typer.Option(
+        False, "--protect-metrics", help="/metrics needs a key too (default: open for scrapers; /health always is)."
+    ),
 ) -> None:
     """Serve /v1/chat/completions, /v1/models, /health and /metrics (OpenAI-compatible)."""
     import uvicorn
 
     from tuneloop.review.policy import ReviewPolicy
     from tuneloop.serve.app import create_app
+    from tuneloop.serve.auth import ServeKeys
     from tuneloop.serve.engine import build_engine
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    keys = ServeKeys(auth.value)  # type: ignore[arg-type]  # the enum holds only the modes
+    auth_status = keys.describe()  # reads the key table now: a store it cannot read fails before the model loads
     engine = build_engine(
         backend=backend,
         models=[name.strip() for name in (models or "").split(",") if name.strip()],
@@ -64,10 +87,26 @@ def serve(
     )
     for served in engine.preload():
         console.print(f"serving {served.id} (verified sha256:{served.version.content_hash[:12]})")
-    console.print(f"base {engine.base.id} on {engine.backend_name}: http://{host}:{port}/v1")
+    console.print(f"base {engine.base.id} on {engine.backend_name}: http://{host}:{port}/v1 · {auth_status}")
+    if not _is_loopback(host) and not keys.requires_key():
+        console.print(
+            f"[yellow]warning:[/] listening on {host} without keys: anyone who can reach it can use it "
+            "(create a key with `tuneloop keys create`, or pass --auth required)"
+        )
     try:
         review = ReviewPolicy(metrics=engine.metrics.review, audit_rate=audit_rate)
-        app = create_app(engine, max_body_bytes=max_body_bytes, review=review)
+        app = create_app(
+            engine, max_body_bytes=max_body_bytes, review=review, auth=keys, protect_metrics=protect_metrics
+        )
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
         engine.close()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False

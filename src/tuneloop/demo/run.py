@@ -120,7 +120,9 @@ def capture_demo(task: Task, data_path: Path, rows: Sequence[dict[str, Any]], co
     imported = import_jsonl(data_path, DEMO_DATASET, task=task.name, provenance="human")
     console.print(f"dataset {DEMO_DATASET}: {imported.added} human-verified entries imported from {data_path.name}")
 
-    server = start_background_server(build_engine(models=[DEMO_BASE]))
+    # Loopback only, for the demo's own calls: no key, like the demo's gateway. With `auth: auto` a home where
+    # someone ran `tuneloop keys create` (as the demo suggests) would refuse the gateway's keyless calls.
+    server = start_background_server(build_engine(models=[DEMO_BASE]), auth="disabled")
     local = Upstream(name="local", base_url=server.base_url, self_hosted=True)
     config = GatewayConfig(
         upstreams={"local": local},
@@ -182,7 +184,7 @@ def serve_demo(task: Task, version_id: str, rows: Sequence[dict], console: Conso
 
     move = promote(task.name, version_id, "prod", actor="tuneloop demo", reason="demo fine-tune")
     console.print(f"{task.name}@prod: {move.from_version or '(new alias)'} → {move.to_version}")
-    server = start_background_server(build_engine(models=[f"{task.name}@prod"]))
+    server = start_background_server(build_engine(models=[f"{task.name}@prod"]), auth="disabled")  # loopback, demo only
     try:
         client = OpenAI(base_url=server.base_url, api_key="demo")
         console.print(f"serving on {server.base_url}")

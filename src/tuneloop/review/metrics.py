@@ -4,6 +4,10 @@ Both HTTP surfaces (``tuneloop serve`` and the gateway) own one :class:`ReviewMe
 registry, with their own prefix (``tuneloop_serve_…``, ``tuneloop_gateway_…``), labelled by the resolved
 model that answered (``task@3``, ``local/task@3``), never an alias. The queue depth is read from the
 store when Prometheus scrapes (cached a few seconds), so every process reports the same, true number.
+
+Every ``model`` label goes through a :class:`ModelLabels`: each distinct value is a series Prometheus keeps
+for good, and model names can come from clients, so names the server does not know, and any past a hard
+cap, are counted under ``other``. The gateway and ``tuneloop serve`` bound their own metrics with it too.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
@@ -21,6 +26,31 @@ from prometheus_client.registry import Collector
 log = logging.getLogger(__name__)
 
 QUEUE_DEPTH_CACHE_S = 5.0
+OTHER_MODELS = "other"  # the one label value of every model not labelled by name
+DEFAULT_MAX_MODEL_LABELS = 500
+
+
+class ModelLabels:
+    """Bounded values for a ``model`` label: ``labels(name)`` is ``name`` when ``known(name)`` says the server
+    knows that model (default: every name) and fewer than ``limit`` names were admitted before, else
+    :data:`OTHER_MODELS`. A name once admitted stays (its series exist already). Safe across threads."""
+
+    def __init__(self, known: Callable[[str], bool] | None = None, limit: int = DEFAULT_MAX_MODEL_LABELS) -> None:
+        self.known = known
+        self.limit = limit
+        self._admitted: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, model: str) -> str:
+        if model in self._admitted:
+            return model
+        if model == OTHER_MODELS or (self.known is not None and not self.known(model)):
+            return OTHER_MODELS
+        with self._lock:
+            if len(self._admitted) >= self.limit:
+                return OTHER_MODELS
+            self._admitted.add(model)
+        return model
 
 
 def check_kind(failure: str) -> str:
@@ -32,9 +62,12 @@ def check_kind(failure: str) -> str:
 class QueueDepthCollector(Collector):
     """``tuneloop_review_queue_depth{model}``: pending review items per drafting model, from the store."""
 
-    def __init__(self, url: str | None = None, cache_s: float = QUEUE_DEPTH_CACHE_S) -> None:
+    def __init__(
+        self, url: str | None = None, cache_s: float = QUEUE_DEPTH_CACHE_S, labels: ModelLabels | None = None
+    ) -> None:
         self.url = url
         self.cache_s = cache_s
+        self.labels = labels or ModelLabels()
         self._cached: tuple[float, dict[str, int]] | None = None
         self._lock = threading.Lock()
 
@@ -57,7 +90,10 @@ class QueueDepthCollector(Collector):
         except Exception as exc:  # a scrape must not fail because the store is away; the log says why
             log.warning("review queue depth unavailable: %s", exc)
             depths = {}
-        for model, depth in sorted(depths.items()):
+        bounded: dict[str, int] = defaultdict(int)
+        for model, depth in depths.items():
+            bounded[self.labels(model)] += depth
+        for model, depth in sorted(bounded.items()):
             family.add_metric([model], depth)
         yield family
 
@@ -66,9 +102,13 @@ class QueueDepthCollector(Collector):
 
 
 class ReviewMetrics:
-    """The counters the review policy updates, registered on ``registry`` under ``prefix``."""
+    """The counters the review policy updates, registered on ``registry`` under ``prefix``; ``labels`` bounds
+    their ``model`` label (default: at most :data:`DEFAULT_MAX_MODEL_LABELS` names)."""
 
-    def __init__(self, registry: CollectorRegistry, prefix: str, *, url: str | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, prefix: str, *, url: str | None = None, labels: ModelLabels | None = None
+    ) -> None:
+        self.labels = labels or ModelLabels()
         self.checked = Counter(
             f"{prefix}_checked_outputs",
             "Structured answers run through their task's checks, by resolved model and outcome (passed/failed).",
@@ -93,16 +133,17 @@ class ReviewMetrics:
             ["model", "reason"],
             registry=registry,
         )
-        self.queue = QueueDepthCollector(url)
+        self.queue = QueueDepthCollector(url, labels=self.labels)
         registry.register(self.queue)
 
     def observe_check(self, model: str, failures: list[str]) -> None:
+        model = self.labels(model)
         self.checked.labels(model, "failed" if failures else "passed").inc()
         for failure in failures:
             self.check_failures.labels(model, check_kind(failure)).inc()
 
     def observe_action(self, model: str, action: str) -> None:
-        self.actions.labels(model, action).inc()
+        self.actions.labels(self.labels(model), action).inc()
 
     def observe_escalation(self, model: str, reason: str) -> None:
-        self.escalations.labels(model, reason).inc()
+        self.escalations.labels(self.labels(model), reason).inc()

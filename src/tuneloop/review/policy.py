@@ -35,7 +35,10 @@ import json
 import logging
 import math
 import random
+import re
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -49,6 +52,7 @@ log = logging.getLogger("tuneloop.review")
 
 REVIEW_HEADER = "x-tuneloop-review"
 TASK_CACHE_S = 5.0  # a running server sees an edited task spec within this long
+TASK_CACHE_LIMIT = 256  # task names remembered (found or not)
 
 StreamMode = Literal["none", "live", "buffered"]
 
@@ -139,12 +143,40 @@ def check_completion(task: Task, completion: dict[str, Any]) -> CheckResult:
     return check_answer(task, answer_text(completion), confidence_from_logprobs(completion))
 
 
-_task_cache: dict[tuple[str, str], tuple[float, Task | None]] = {}
+class TaskCache:
+    """Task specs by (tasks folder, name), each kept ``TASK_CACHE_S``; the least recently used go past
+    ``limit`` entries (names come from clients, so there is no end to the ones that can be asked for)."""
+
+    def __init__(self, limit: int = TASK_CACHE_LIMIT) -> None:
+        self.limit = limit
+        self._entries: OrderedDict[tuple[str, str], tuple[float, Task | None]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: tuple[str, str]) -> tuple[float, Task | None] | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+            return entry
+
+    def put(self, key: tuple[str, str], entry: tuple[float, Task | None]) -> None:
+        with self._lock:
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.limit:
+                self._entries.popitem(last=False)
+
+
+task_cache = TaskCache()
 
 
 def task_for(model: str | None, metadata: dict[str, Any] | None = None) -> Task | None:
     """The task whose checks apply: the answering version's (``task@3``, ``upstream/task@3``), else the
-    request's ``metadata.task``; None when neither names a task spec this process can find."""
+    request's ``metadata.task``; None when neither names a task spec this process can find. Both come from
+    clients, so they are only ever looked up as names (the task-name grammar), never as paths."""
     from tuneloop.registry.ids import EndpointRef, VersionRef, parse_model_id
 
     name = None
@@ -167,20 +199,24 @@ def task_for(model: str | None, metadata: dict[str, Any] | None = None) -> Task 
 
 def _load_task_cached(name: str) -> Task | None:
     from tuneloop.config import get_settings
-    from tuneloop.task import load_task
+    from tuneloop.task import TASK_NAME_PATTERN, load_task_named
 
+    if not re.fullmatch(TASK_NAME_PATTERN, name):
+        return None  # not a task name (a path, say): nothing to look up, nothing to cache
     now = time.monotonic()
     key = (str(get_settings().tasks_dir), name)  # another TUNELOOP_HOME has other task specs
-    cached = _task_cache.get(key)
+    cached = task_cache.get(key)
     if cached is not None and now - cached[0] < TASK_CACHE_S:
         return cached[1]
     try:
-        task: Task | None = load_task(name)
+        task: Task | None = load_task_named(name)
     except TuneloopError as exc:
-        if cached is None or cached[1] is not None:
+        if cached is not None and cached[1] is not None:  # a spec that was there went bad or away
             log.warning("no checks for task %s: %s", name, exc)
+        else:  # any client can name any task: no warning per name
+            log.debug("no checks for task %s: %s", name, exc)
         task = None
-    _task_cache[key] = (now, task)
+    task_cache.put(key, (now, task))
     return task
 
 

@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP surface of ``tuneloop serve``: routes parse, call the engine, and answer.
 
 ``/v1/chat/completions`` (whole or streamed), ``/v1/models``, ``/health``, ``/metrics``. Every error is
-OpenAI-shaped (``protocol.install_error_handlers``): unknown model 404 ``model_not_found``, a bad
+OpenAI-shaped (``protocol.install_error_handlers``): no or a wrong key 401 ``invalid_api_key`` (see
+serve/auth.py: the gateway's keys and ``auth`` modes), unknown model 404 ``model_not_found``, a bad
 parameter 400 naming it, a body over ``max_body_bytes`` 413, a full queue 429 with ``Retry-After``.
 
 :func:`start_background_server` runs the app on a free loopback port in a thread: the demo, the tests
@@ -30,6 +31,7 @@ from tuneloop.protocol import (
     install_error_handlers,
 )
 from tuneloop.review.policy import ReviewPolicy
+from tuneloop.serve.auth import AuthMode, KeyAuth, ServeKeys
 from tuneloop.serve.engine import ServeEngine
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB: far above any chat a small model's context holds
@@ -101,11 +103,17 @@ class _BodyTooLarge(Exception):
 
 
 def create_app(
-    engine: ServeEngine, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, review: ReviewPolicy | None = None
+    engine: ServeEngine,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    review: ReviewPolicy | None = None,
+    auth: AuthMode | ServeKeys = "auto",
+    protect_metrics: bool = False,
 ) -> FastAPI:
     """The FastAPI app over ``engine``; each structured answer, streamed or not, goes through ``review``
     (the task's checks and ``on_check_failure``, see tuneloop.review.policy; default: a policy on the
-    default store)."""
+    default store). ``auth``: who may call it (a mode over the default store's keys, or the keys the CLI
+    loaded); ``protect_metrics``: ``/metrics`` needs a key too."""
     review = review or ReviewPolicy(metrics=engine.metrics.review)
     app = FastAPI(
         title="tuneloop serve",
@@ -115,6 +123,14 @@ def create_app(
     app.state.engine = engine
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=max_body_bytes)
+    # Added last, so it runs first: the key is checked from the headers before any of the body is read.
+    keys = auth if isinstance(auth, ServeKeys) else ServeKeys(auth)
+    app.add_middleware(
+        KeyAuth,
+        keys=keys,
+        protect_metrics=protect_metrics,
+        on_refused=lambda exc: engine.metrics.observe_error(None, exc.status, exc.code or exc.type),
+    )
 
     async def record_errors(request: Request, exc: OpenAIError) -> JSONResponse:
         engine.metrics.observe_error(None, exc.status, exc.code or exc.type)
@@ -215,13 +231,14 @@ def start_background_server(
     port: int = 0,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     review: ReviewPolicy | None = None,
+    auth: AuthMode | ServeKeys = "auto",
+    protect_metrics: bool = False,
 ) -> BackgroundServer:
     """Serve ``engine`` on ``host:port`` (0: a free port) in a daemon thread; returns once it accepts."""
     import uvicorn
 
-    config = uvicorn.Config(
-        create_app(engine, max_body_bytes=max_body_bytes, review=review), log_level="warning", lifespan="off"
-    )
+    app = create_app(engine, max_body_bytes=max_body_bytes, review=review, auth=auth, protect_metrics=protect_metrics)
+    config = uvicorn.Config(app, log_level="warning", lifespan="off")
     running = start_in_thread(config, host=host, port=port, name="tuneloop-serve")
     return BackgroundServer(f"http://{host}:{running.port}/v1", engine, running)
 

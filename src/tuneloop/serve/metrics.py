@@ -9,7 +9,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from tuneloop.monitor.metrics import ReviewMetrics
+from tuneloop.review.metrics import ModelLabels, ReviewMetrics
 
 UNRESOLVED = "-"
 _LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2.5, 5, 10, 30)
@@ -20,6 +20,8 @@ class ServeMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # Resolved versions only, but a store can hold many: a hard cap on the series (tuneloop.review.metrics).
+        self.model_label = ModelLabels()
         self.requests = Counter(
             "tuneloop_serve_requests",
             "Chat completion requests answered, by resolved model and HTTP status.",
@@ -75,11 +77,12 @@ class ServeMetrics:
             registry=self.registry,
         )
         # Check failures, actions (escalate, reject, fallback, …) and the review queue depth.
-        self.review = ReviewMetrics(self.registry, "tuneloop_serve")
+        self.review = ReviewMetrics(self.registry, "tuneloop_serve", labels=self.model_label)
 
     def observe_success(
         self, model: str, *, latency_s: float, ttft_s: float | None, prompt_tokens: int, completion_tokens: int
     ) -> None:
+        model = self.model_label(model)
         self.requests.labels(model, "200").inc()
         self.latency.labels(model).observe(latency_s)
         if ttft_s is not None:
@@ -88,7 +91,7 @@ class ServeMetrics:
         self.tokens.labels(model, "completion").inc(completion_tokens)
 
     def observe_error(self, model: str | None, status: int, code: str) -> None:
-        label = model or UNRESOLVED
+        label = self.model_label(model) if model else UNRESOLVED
         self.requests.labels(label, str(status)).inc()
         self.errors.labels(label, code).inc()
 

@@ -11,19 +11,26 @@ revocation takes effect within the refresh interval), and a token bucket per key
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from tuneloop.errors import TuneloopError
+from tuneloop.protocol import OpenAIError
 from tuneloop.store import ApiKey, session_scope, utcnow
 
 KEY_PREFIX = "tl-"
+# Who must send a key: `auto` once any key was ever created (revoked ones count), `required` always, `disabled` never.
+AuthMode = Literal["auto", "required", "disabled"]
+AUTH_MODES: tuple[str, ...] = ("auto", "required", "disabled")
 ROLES = ("user", "admin")
 SHOWN_PREFIX_CHARS = 10
 MISS_LOOKUPS_PER_S = 50
@@ -242,3 +249,45 @@ class KeyRing:
         if bucket is None or bucket.capacity != key.rate_limit_per_min:
             bucket = self._buckets[key.id] = TokenBucket(key.rate_limit_per_min)
         return bucket.take()
+
+
+def bearer_token(headers: Mapping[str, str]) -> str:
+    """The token of an ``Authorization: Bearer …`` header, or ""."""
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def key_required(ring: KeyRing, mode: AuthMode) -> bool:
+    return mode == "required" or (mode == "auto" and ring.any_key_ever)
+
+
+async def authenticate(ring: KeyRing, mode: AuthMode, headers: Mapping[str, str]) -> ActiveKey | None:
+    """The caller's key, from the request's headers: what the gateway and ``tuneloop serve`` both check.
+
+    None when no key is required and the caller sent no tuneloop key; raises 401 (``invalid_api_key``) when
+    one is required and missing, unknown or revoked. While open under ``auto``, a tuneloop key that is sent is
+    still honoured, so calls are attributed and rate-limited and the first key closes the server at once.
+    """
+    if mode == "disabled":
+        return None
+    token = bearer_token(headers)
+    if not key_required(ring, mode):
+        if token.startswith(KEY_PREFIX):
+            return ring.lookup(token) or await asyncio.to_thread(ring.lookup_in_store, token)
+        return None
+    if not token:
+        raise OpenAIError(
+            401,
+            "missing API key: send `Authorization: Bearer <tuneloop key>` (create one with `tuneloop keys create`)",
+            code="invalid_api_key",
+        )
+    key = ring.lookup(token)
+    if key is None:  # perhaps created since the last reload: one bounded look in the store
+        key = await asyncio.to_thread(ring.lookup_in_store, token)
+    if key is None:
+        raise OpenAIError(401, "invalid or revoked API key", code="invalid_api_key")
+    return key
+
+
+def rate_limit_message(key: ActiveKey, wait_s: float) -> str:
+    return f"rate limit of key {key.name!r} reached ({key.rate_limit_per_min} requests/minute); retry in {wait_s:.1f}s"

@@ -138,6 +138,24 @@ class RequestLog(Base):
     attempts: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
 
 
+class DeadLetter(Base):
+    """A captured call the store refused to take as a ``requests`` row, kept so it is neither lost nor retried
+    forever (see docs/capture.md → Dead letters). ``record`` is the call as JSON text (not JSON: the store
+    refused something in it, a NUL or a value out of range, so it is kept as text, escaped)."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    # Which log writer set it aside ("gateway", "sdk") and when: while writing, or replaying a journal.
+    writer: Mapped[str] = mapped_column(sa.String(64))
+    stage: Mapped[str] = mapped_column(sa.String(16))
+    capture_id: Mapped[str | None] = mapped_column(sa.String(64), index=True)
+    # The store's refusal, as it said it.
+    error: Mapped[str] = mapped_column(sa.Text)
+    record: Mapped[str] = mapped_column(sa.Text)
+
+
 class Dataset(Base):
     __tablename__ = "datasets"
 

@@ -11,7 +11,10 @@ It is a minimal HTTP/1.1 server on asyncio (keep-alive, Content-Length bodies) s
 
 - ``500`` / ``503`` / ``429``: an OpenAI-shaped error with that status,
 - ``reset``: the connection is reset (TCP RST) without an answer,
-- ``timeout``: no answer at all; the connection stays open until the client gives up.
+- ``timeout``: no answer at all; the connection stays open until the client gives up,
+- ``html``: 200 with an HTML page (a misconfigured proxy's answer), not JSON,
+- ``cut-reset`` / ``cut-fin`` / ``cut-stall``: the answer starts (a stream's first half of events, or half a
+  body) and then the connection is reset, closed cleanly (FIN), or goes quiet until the client gives up.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
-FAULT_KINDS = ("500", "503", "429", "reset", "timeout")
+FAULT_KINDS = ("500", "503", "429", "reset", "timeout", "html", "cut-reset", "cut-fin", "cut-stall")
+CUT_FAULTS = ("cut-reset", "cut-fin", "cut-stall")
 DEFAULT_ANSWER = '{"payoff_amount": 1200.0, "servicer": "Acme Loans"}'
 
 Answer = Callable[[dict[str, Any]], str]
@@ -213,12 +217,14 @@ class _Connection(asyncio.Protocol):
         fault = upstream.pick_fault(forced)
         if fault is not None:
             upstream._count(fault)
-            if fault == "reset":
-                # SO_LINGER 0: close() sends RST instead of FIN, as a crashed server would.
-                sock = self.transport.get_extra_info("socket")
-                if sock is not None:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                self.transport.abort()
+            if fault in CUT_FAULTS:
+                self.cut_short(request, fault)
+            elif fault == "reset":
+                self.reset()
+            elif fault == "html":
+                page = b"<html><body><h1>Welcome to nginx!</h1></body></html>"
+                head = self.response(200, page).replace(b"application/json", b"text/html", 1)
+                self.transport.write(head)
             elif fault == "timeout":
                 self.hung = True  # answer nothing more on this connection
             else:
@@ -240,6 +246,33 @@ class _Connection(asyncio.Protocol):
             return
         completion, _ = upstream.completion(request)
         self.send_answer(self.response(200, json.dumps(completion, separators=(",", ":")).encode()))
+
+    def reset(self) -> None:
+        # SO_LINGER 0: close() sends RST instead of FIN, as a crashed server would.
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
+
+    def cut_short(self, request: dict[str, Any], fault: str) -> None:
+        """Send the first half of the answer, then break off as ``fault`` says."""
+        if request.get("stream"):
+            events = self.upstream.stream_events(request)
+            head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+            sent = b"".join(f"{len(event):x}\r\n".encode() + event + b"\r\n" for event in events[: len(events) // 2])
+            data = head + sent
+        else:
+            completion, _ = self.upstream.completion(request)
+            whole = self.response(200, json.dumps(completion, separators=(",", ":")).encode())
+            data = whole[: len(whole) - len(whole) // 4]  # the head and part of the body
+        self.transport.write(data)
+        if fault == "cut-reset":
+            # A moment later: a reset makes the receiver's kernel drop what it has not read yet.
+            asyncio.get_running_loop().call_later(0.02, self.reset)
+        elif fault == "cut-fin":
+            self.transport.close()  # a clean FIN, before the body is complete
+        else:
+            self.hung = True  # nothing more, until the client gives up
 
     def send_answer(self, data: bytes) -> None:
         """Send a successful answer, after the upstream's latency if it has one (as a model takes time)."""

@@ -124,17 +124,22 @@ class SessionCodec:
         return f"{payload}.{self._sign(payload)}"
 
     def loads(self, cookie: str | None) -> dict[str, Any] | None:
-        """The session, or None when the cookie is missing, tampered with, or expired."""
-        if not cookie or "." not in cookie:
+        """The session, or None when the cookie is missing, malformed, tampered with, or expired.
+
+        A cookie is whatever the browser (or anyone) sends: any text that is not one we signed is no session,
+        never an error (a non-ASCII one cannot be signed text, and compare_digest refuses non-ASCII str).
+        """
+        if not cookie or not cookie.isascii() or "." not in cookie:
             return None
         payload, signature = cookie.rsplit(".", 1)
         if not hmac.compare_digest(signature, self._sign(payload)):
             return None
         try:
             session = json.loads(_unb64(payload))
-        except (ValueError, UnicodeDecodeError):
+            expires = float(session.get("exp", 0)) if isinstance(session, dict) else 0.0
+        except (ValueError, TypeError, UnicodeDecodeError, RecursionError):
             return None
-        if not isinstance(session, dict) or float(session.get("exp", 0)) < time.time():
+        if expires < time.time():
             return None
         return session
 
@@ -165,4 +170,11 @@ def user_for_session(key_id: int | None) -> User | None:
 
 def csrf_ok(session: dict[str, Any], sent: str | None) -> bool:
     expected = session.get("csrf")
-    return bool(expected) and bool(sent) and hmac.compare_digest(str(expected), str(sent))
+    # As bytes: a form may send any text, and compare_digest refuses str with non-ASCII characters.
+    if not expected or not sent:
+        return False
+    return hmac.compare_digest(_as_bytes(expected), _as_bytes(sent))
+
+
+def _as_bytes(text: object) -> bytes:
+    return str(text).encode("utf-8", "surrogatepass")

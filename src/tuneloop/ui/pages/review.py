@@ -2,9 +2,10 @@
 
 All the work is the review library's (``tuneloop.review.queue``): the 5-minute lock, approving,
 correcting, rejecting, and turning a decision into a human-verified dataset entry. This module only
-reads the form and shows the result. An admin who opens a pending item takes (or renews) its lock, as
-``tuneloop review show`` does for a reviewer, so two people do not work on one item; read-only keys see
-the item without locking it.
+reads the form and shows the result. Opening an item (a GET) changes nothing: an admin takes its lock with
+the page's "Review this item" button (a POST with the CSRF token, as ``tuneloop review show --lock``), and
+after each decision the next pending item is locked for them before the editor moves on to it, so two
+people do not work on one item and the keyboard flow needs no extra step. Read-only keys only see items.
 
 Field values are typed as text, one input per output field: an empty input means null, numbers may carry
 ``$``, ``,`` or ``%``, and ``parse_field_value`` turns the text into the field's JSON value. Only fields
@@ -13,6 +14,7 @@ whose text was changed count as corrections, so an untouched field keeps the dra
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -34,7 +36,7 @@ from tuneloop.review import (
     reject_item,
     release_item,
 )
-from tuneloop.store import REVIEW_STATUSES, Dataset, DatasetEntry, session_scope
+from tuneloop.store import REVIEW_STATUSES, Dataset, DatasetEntry, session_scope, utcnow
 from tuneloop.task import Task, load_task
 from tuneloop.ui import web
 from tuneloop.ui.auth import User
@@ -123,24 +125,35 @@ def list_page(request: Request, status: str = "pending", task: str = "", page: i
 @router.get("/review/{item_id}", response_class=HTMLResponse)
 def item_page(request: Request, item_id: int) -> HTMLResponse:
     user: User = request.state.user
-    item = _load(item_id)
+    item = _load(item_id)  # only read: the lock is taken by the POST below
+    reviewing = user.is_admin and item.status == "pending"
+    mine = item.is_locked() and item.locked_by == user.name
     lock_problem = None
-    if user.is_admin and item.status == "pending":
-        try:
-            item = lock_item(item_id, user.name)
-        except ItemLocked as exc:
-            lock_problem = exc.message
+    if reviewing and item.is_locked() and not mine:
+        lock_problem = ItemLocked(item.id, item.locked_by or "", item.lock_expires_at or utcnow()).message
     task = load_task(item.task)
-    editable = user.is_admin and item.status == "pending" and lock_problem is None
     return web.render(
         request,
         "review_item.html",
         item=item,
         fields=_field_rows(task, item),
-        editable=editable,
+        editable=reviewing and mine,
+        can_lock=reviewing and not item.is_locked(),
         lock_problem=lock_problem,
         verified_dataset=_verified_dataset(item.verified_entry_id),
     )
+
+
+@router.post("/review/{item_id}/lock")
+async def take_lock(request: Request, item_id: int, user: User = Depends(web.current_user)) -> Response:
+    """Start reviewing: take (or renew) the item's 5-minute lock, then show it in the editor."""
+    await web.checked_form(request)
+    web.require_admin(user, "reviewing")
+    try:
+        await run_in_threadpool(lock_item, item_id, user.name)
+    except TuneloopError as exc:  # someone else holds it, or it was decided meanwhile
+        web.flash(request, str(exc), "error")
+    return web.redirect(request, f"/review/{item_id}")
 
 
 @router.post("/review/{item_id}/decide")
@@ -161,7 +174,13 @@ async def decide(request: Request, item_id: int, user: User = Depends(web.curren
         warn = f" (still fails: {'; '.join(decision.check_failures)})" if decision.check_failures else ""
         web.flash(request, f"Item {item_id} {decision.item.status}{where}{warn}.")
     following = await run_in_threadpool(_next_pending, item_id)
-    return web.redirect(request, f"/review/{following}" if following is not None else "/review")
+    if following is None:
+        return web.redirect(request, "/review")
+    # The editor moves on to the next item: lock it for this reviewer now, in this POST (if it was taken or
+    # decided meanwhile, its page says so).
+    with contextlib.suppress(TuneloopError):
+        await run_in_threadpool(lock_item, following, user.name)
+    return web.redirect(request, f"/review/{following}")
 
 
 def _decide(item_id: int, reviewer: str, action: str, form: dict[str, str], note: str | None) -> Any:
