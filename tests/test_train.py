@@ -175,3 +175,25 @@ def test_a_diverging_run_stops_with_a_clear_message_and_keeps_the_last_good_chec
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     assert all(entry["loss"] == entry["loss"] for entry in state["log_history"] if "loss" in entry)  # no NaN
     assert list_versions(TASK) == []  # nothing registered
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (["--time-budget", "2m"], "No such option: --time-budget"),
+        (["--epochs", "3"], "No such option: --epochs"),
+        (["--", "--num_machines", "2"], "would go to `accelerate launch`"),
+        (["stray"], "would go to `accelerate launch`"),
+    ],
+)
+def test_a_typo_in_train_is_an_error_not_a_default_run(
+    tiny_base: Path, data: Path, extra: list[str], says: str
+) -> None:
+    from tuneloop.cli.main import app
+
+    arguments = ["train", "--task", TASK, "--data", str(data), "--base", str(tiny_base), *extra]
+    result = CliRunner().invoke(app, arguments, env={"COLUMNS": "200"})
+    # Typer refuses an unknown option (exit 2); a TuneloopError is printed by main() (exit 2 there too).
+    assert result.exit_code == 2 or isinstance(result.exception, TuneloopError), result.output
+    assert says in result.output + str(result.exception)
+    assert list_versions() == []  # nothing trained, nothing registered

@@ -32,7 +32,8 @@ app.add_typer(review.app, name="review", help="The review queue: list, show (and
 app.add_typer(monitor.app, name="monitor", help="Drift between time windows; shadow replays to a candidate.")
 models_alias.register(models.app)
 app.add_typer(models.app, name="models", help="Registered fine-tunes (task@N): list, show, promote, rollback.")
-app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(train_cli.train)
+# What follows `--` goes to `accelerate launch`; an unknown option before it is a typo, refused like anywhere else.
+app.command("train", context_settings={"allow_extra_args": True})(train_cli.train)
 app.command("gateway")(gateway_cli.gateway)
 app.command("serve")(serve_cli.serve)
 app.command("ui")(ui_cli.ui)

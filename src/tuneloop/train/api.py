@@ -71,6 +71,12 @@ def train(
     say: Callable[[str], None] = lambda message: console.print(message, highlight=False)  # noqa: E731
 
     # 1. What to train, on what, how: every check before any training.
+    if accelerate_args and launcher != "accelerate":
+        raise TuneloopError(
+            f"{' '.join(accelerate_args)!r} would go to `accelerate launch`, and this run trains in this process",
+            where="the arguments after --",
+            hint="add --launcher accelerate, or drop them (every option of tuneloop train goes before --)",
+        )
     spec = task if isinstance(task, Task) else load_task(task)
     resolved_base = resolve_base(base)
     user_config = config if isinstance(config, TrainConfig) else load_config(config)
