@@ -5,14 +5,21 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test lint format clean llama-cpp-wheel
 
 # Reinstalls only when the dependencies change. constraints/cpu.txt keeps torch on its CPU build.
 # llama.cpp's AMX kernels segfault on the first decode on virtualised Sapphire/Granite Rapids CPUs (seen on
 # these machines; ggml-org/llama.cpp#20824), so llama-cpp-python is compiled for the native CPU minus AMX.
-# --no-cache-dir: a wheel pip cached from an earlier build with AMX must not be reused.
+# The wheel is built once into our own cache, keyed by everything that decides it (the pinned version, these
+# flags, the Python, the CPU it is compiled for), so a fresh .venv installs it in seconds; pip's own cache is
+# not used (--no-cache-dir): a wheel it kept from an earlier build with AMX must not be reused.
 LLAMA_CPP_CMAKE_ARGS := -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
 	-DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'
+
+LLAMA_CPP_PIN = $(shell sed -n 's/^llama-cpp-python==//p' constraints/cpu.txt)
+LLAMA_CPP_KEY = $(shell { echo "$(LLAMA_CPP_PIN) $(LLAMA_CPP_CMAKE_ARGS)"; $(PYTHON) -c 'import sys; print(sys.version)'; \
+	grep -m1 '^model name' /proc/cpuinfo; grep -m1 '^flags' /proc/cpuinfo; } | sha256sum | cut -c1-16)
+LLAMA_CPP_WHEELS ?= $(HOME)/.cache/tuneloop/wheels/llama-cpp-python-$(LLAMA_CPP_PIN)-$(LLAMA_CPP_KEY)
 
 # Rebuilt only when missing, not the pinned version, or built with AMX.
 export LLAMA_CPP_CHECK := import llama_cpp, re, sys; \
@@ -23,12 +30,19 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tuneloop needs Python 3.11 or newer")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/python -c "$$LLAMA_CPP_CHECK" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" \
-		$(BIN)/pip install --no-cache-dir --force-reinstall --no-deps -c constraints/cpu.txt llama-cpp-python
+	$(BIN)/python -c "$$LLAMA_CPP_CHECK" 2>/dev/null || $(MAKE) --no-print-directory llama-cpp-wheel
 	$(BIN)/pip install -c constraints/cpu.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# llama-cpp-python from the wheel cache, compiled into it first when it is not there (about 11 minutes on 2 cores).
+llama-cpp-wheel:
+	test -n "$(wildcard $(LLAMA_CPP_WHEELS)/*.whl)" || { rm -rf "$(LLAMA_CPP_WHEELS).partial" && \
+		CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(BIN)/pip wheel --no-cache-dir --no-deps -c constraints/cpu.txt \
+			-w "$(LLAMA_CPP_WHEELS).partial" llama-cpp-python && \
+		mv "$(LLAMA_CPP_WHEELS).partial" "$(LLAMA_CPP_WHEELS)"; }
+	$(BIN)/pip install --force-reinstall --no-deps $(LLAMA_CPP_WHEELS)/llama_cpp_python-*.whl
 
 demo: install
 	$(BIN)/tuneloop demo
