@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from test_capture_support import GatewayProcess, count_rows, free_port, write_config
-from tuneloop.testing.loadtest import chat_body, is_completion_or_error, percentile, run_load
+from tuneloop.testing.loadtest import LoadResult, chat_body, is_completion_or_error, percentile, run_load
 
 REQUESTS = int(os.environ.get("TUNELOOP_RELIABILITY_REQUESTS", "20000"))
 CONCURRENCY = 64
@@ -59,6 +59,26 @@ def faulty_upstream() -> Iterator[str]:
         yield url
 
 
+def load_through_gateway(
+    config: Path,
+    home: Path,
+    body: Callable[[int], bytes],
+    total: int,
+    check: Callable[[int, bytes], bool] = is_completion_or_error,
+) -> LoadResult:
+    """``total`` calls at c=CONCURRENCY through a gateway process, which is then stopped with SIGTERM (so
+    its log queue is drained into the store before the test counts rows)."""
+    gateway = GatewayProcess(config, home)
+    try:
+        result = asyncio.run(
+            run_load(gateway.base_url + "/chat/completions", body, total=total, concurrency=CONCURRENCY, check=check)
+        )
+        assert gateway.terminate(), gateway.output()
+    finally:
+        gateway.close()
+    return result
+
+
 @pytest.mark.timeout(240)
 def test_every_client_gets_an_answer_and_every_request_a_row(
     tmp_path: Path, faulty_upstream: str, tuneloop_home: Path
@@ -75,19 +95,8 @@ def test_every_client_gets_an_answer_and_every_request_a_row(
         {"match": "bare/*", "upstream": "fake", "retries": 0, "timeout_s": 0.25},
     ]
     config = write_config(tmp_path / "gateway.yaml", faulty_upstream, routes=routes)
-    gateway = GatewayProcess(config, tuneloop_home)
-    try:
-        result = asyncio.run(
-            run_load(
-                gateway.base_url + "/chat/completions",
-                lambda i: chat_body("rel/primary" if i % 2 else "bare/primary", f"document {i}"),
-                total=REQUESTS,
-                concurrency=CONCURRENCY,
-            )
-        )
-        assert gateway.terminate(), gateway.output()
-    finally:
-        gateway.close()
+    model = lambda i: "rel/primary" if i % 2 else "bare/primary"  # noqa: E731
+    result = load_through_gateway(config, tuneloop_home, lambda i: chat_body(model(i), f"document {i}"), REQUESTS)
     print(
         f"\n{REQUESTS} requests at c={CONCURRENCY} in {result.elapsed_s:.1f}s ({result.requests_per_s:.0f}/s); "
         f"statuses {dict(result.statuses)}; latency p50 {percentile(result.latencies_ms, 50):.1f} ms, "
@@ -140,20 +149,14 @@ def test_streams_cut_midway_under_load_end_whole_or_with_an_error_event(tmp_path
 
     with fake_upstream_process("cut-reset,cut-fin,cut-stall", seed=11) as url:
         routes = [{"match": "s/*", "upstream": "fake", "retries": 1, "backoff_ms": 1, "timeout_s": 0.5}]
-        gateway = GatewayProcess(write_config(tmp_path / "gateway.yaml", url, routes=routes), tuneloop_home)
-        try:
-            result = asyncio.run(
-                run_load(
-                    gateway.base_url + "/chat/completions",
-                    lambda i: chat_body("s/fake-small", f"document {i}", stream=True),
-                    total=STREAM_REQUESTS,
-                    concurrency=CONCURRENCY,
-                    check=check,
-                )
-            )
-            assert gateway.terminate(), gateway.output()
-        finally:
-            gateway.close()
+        config = write_config(tmp_path / "gateway.yaml", url, routes=routes)
+        result = load_through_gateway(
+            config,
+            tuneloop_home,
+            lambda i: chat_body("s/fake-small", f"document {i}", stream=True),
+            STREAM_REQUESTS,
+            check=check,
+        )
     print(
         f"\n{STREAM_REQUESTS} streams at c={CONCURRENCY} in {result.elapsed_s:.1f}s; statuses {dict(result.statuses)}; "
         f"{error_events} ended with an error event"

@@ -92,7 +92,7 @@ def dead_letters(
     full: bool = typer.Option(False, "--full", help="Each as one JSON object per line, with the whole call."),
 ) -> None:
     """Calls the store refused to log (docs/capture.md → Dead letters): when, why, and the call itself."""
-    from tuneloop.capture.logwriter import read_dead_letters
+    from tuneloop.capture.dead_letters import read_dead_letters
 
     letters = read_dead_letters(limit=limit)
     if full:
