@@ -204,6 +204,10 @@ def test_the_store_going_away_under_load(
     gateway = GatewayProcess(config, tuneloop_home, database_url=postgres_url)
     try:
         assert Load(gateway, "before", 300).join().statuses == {200: 300}
+        # A call's row is queued just after its answer leaves: let the last ones reach the store before it goes.
+        deadline = time.monotonic() + 30
+        while len(logged_contents(postgres_url)) < 300 and time.monotonic() < deadline:
+            time.sleep(0.1)
         outage.begin()
         during = Load(gateway, "during", 1000)
         seen = watch_health(gateway, OUTAGE_S)
