@@ -76,6 +76,10 @@ def show_command(model: str = typer.Argument(..., help="task@N, task@sha256:<hex
     if train_config.get("loraplus_lr_ratio") is not None:  # LoRA+ (a top-level key of the config file)
         lora["loraplus_lr_ratio"] = train_config["loraplus_lr_ratio"]
     table.add_row("lora config", json.dumps(lora, sort_keys=True))
+    if train_config:
+        from tuneloop.train.config import precision
+
+        table.add_row("base precision", precision(train_config))
     table.add_row("decoding", json.dumps(info.decoding, sort_keys=True))
     metrics = {k: v for k, v in info.metrics.items() if k != "loss_curve"}
     table.add_row("metrics", json.dumps(metrics, sort_keys=True))

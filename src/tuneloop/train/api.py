@@ -32,7 +32,15 @@ from tuneloop.config import get_settings
 from tuneloop.errors import TuneloopError
 from tuneloop.registry.versions import ModelVersionInfo, register_version
 from tuneloop.task import Task, load_task
-from tuneloop.train.config import ResolvedConfig, TrainConfig, load_config, resolve_config
+from tuneloop.train.config import (
+    ResolvedConfig,
+    TrainConfig,
+    check_base_quantizable,
+    check_quantization,
+    load_config,
+    precision,
+    resolve_config,
+)
 from tuneloop.train.data import encode_rows, load_source, prepare
 from tuneloop.train.launch import launch
 from tuneloop.train.plots import plot_loss_curve
@@ -80,15 +88,17 @@ def train(
     spec = task if isinstance(task, Task) else load_task(task)
     resolved_base = resolve_base(base)
     user_config = config if isinstance(config, TrainConfig) else load_config(config)
+    device = "cuda" if _cuda_available() else "cpu"
+    check_quantization(user_config, device)  # no GPU or no bitsandbytes: said before the data is read
     source = load_source(str(data))
     base_dir = transformers_dir(resolved_base, progress=say)
     tokenizer = _tokenizer(base_dir)
     model_info = _model_info(base_dir)
+    check_base_quantizable(user_config, model_info["config"], resolved_base.id)
     user_max = user_config.sft.get("max_length")
     encoded = encode_rows(source.rows, tokenizer, user_max or model_info["context"])
     _warn_on_prompt_drift(spec, source.rows, say)
     longest = max(len(item.input_ids) for item in encoded)
-    device = "cuda" if _cuda_available() else "cpu"
     resolved = resolve_config(
         user_config,
         examples=len(encoded),
@@ -145,7 +155,8 @@ def train(
                 else f"{resolved.sft['num_train_epochs']} epochs"
             )
             + f" at lr {resolved.sft['learning_rate']:g}, "
-            f"LoRA r={resolved.lora['r']} on {resolved.lora['target_modules']}"
+            f"LoRA r={resolved.lora['r']} on {resolved.lora['target_modules']}, "
+            f"base in {precision(resolved.to_dict())}"
         )
         say(f"run folder: {run_dir}")
     run_spec = json.loads((run_dir / RUN_FILE).read_text())
@@ -271,7 +282,7 @@ def _model_info(base_dir: Path) -> dict[str, Any]:
                     count *= dim
                 parameters += count
     config = json.loads((base_dir / "config.json").read_text())
-    return {"parameters": parameters, "context": config.get("max_position_embeddings")}
+    return {"parameters": parameters, "context": config.get("max_position_embeddings"), "config": config}
 
 
 def _warn_on_prompt_drift(spec: Task, rows: list[Any], say: Callable[[str], None]) -> None:
@@ -300,7 +311,7 @@ def _fingerprint(
         "prompt": [spec.system_prompt(), spec.input],
         "base": [base_id, weights],
         "data": data_sha,
-        "config": resolved.to_dict(),
+        "config": resolved.fingerprint_dict(),
         "processes": processes,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()

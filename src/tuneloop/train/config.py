@@ -12,6 +12,8 @@ A config file is YAML with two sections named after the classes they fill, plus 
       target_modules: all-linear
     validation_fraction: 0.05  # share of the training rows held back for validation loss
     loraplus_lr_ratio: 8     # LoRA+: the B matrices learn this many times faster than A (PEFT's optimizer)
+    dtype: bfloat16          # the base's weights: float32 | bfloat16 | float16 (default: see below)
+    quantization: 4bit       # QLoRA: the base in 4-bit NF4 through bitsandbytes (or 8bit); CUDA only
 
 Every key is checked against the dataclass it belongs to; a misspelt one is reported with its file and line.
 The resolved config is then built whole once, so keys that clash (with each other or with a default) are
@@ -27,9 +29,18 @@ Defaults (``resolve``), each overridden by the file:
 - learning rate: 1e-3 for bases under 0.5B parameters, 4e-4 under 3B, 2e-4 above (LoRA rates scale down
   with width); linear decay after a 5 % warm-up;
 - LoRA r=16, alpha=32, on every linear layer of the transformer blocks, no dropout;
+- the base's weights (``dtype``): bfloat16 on a CUDA GPU that computes it (Ampere and later), float16 on
+  older GPUs (half the memory of float32 either way, and their tensor cores only compute 16-bit), float32
+  on CPU; on a GPU, float16 when the file sets ``fp16: true`` and float32 when it sets ``bf16: false``. The LoRA
+  weights stay float32 (PEFT upcasts adapters by default) and the trainer autocasts to the base's 16-bit
+  dtype, so every matmul runs in one precision;
 - bf16 autocast where the hardware computes bf16 natively (CUDA with bf16, CPUs with AVX512-BF16/AMX),
-  else float32 (and not when the file sets ``fp16``); no gradient checkpointing on CPU (memory is not the
-  constraint there, time is);
+  else float32 (and not when the file sets ``fp16``); fp16 autocast (with its loss scaler) over a float16
+  base on a GPU; no gradient checkpointing on CPU (memory is not the constraint there, time is);
+- ``quantization: 4bit`` (QLoRA): the base's linear layers in 4-bit NF4 with double quantization, computed
+  in the base's dtype (``bitsandbytes.BitsAndBytesConfig`` through transformers), prepared with PEFT's
+  ``prepare_model_for_kbit_training``; ``8bit`` is LLM.int8(). Refused before any data work where it cannot
+  run: no CUDA GPU, no bitsandbytes, a base that is already quantized;
 - validation loss on 5 % of the rows (at most 100), evaluated about 4 times per run, with checkpoints at the
   same steps (the last 2 kept).
 """
@@ -52,7 +63,10 @@ if TYPE_CHECKING:
     from trl import SFTConfig
 
 SECTIONS = ("sft", "lora")
-TOP_LEVEL_KEYS = ("validation_fraction", "loraplus_lr_ratio")
+TOP_LEVEL_KEYS = ("validation_fraction", "loraplus_lr_ratio", "dtype", "quantization")
+DTYPES = ("float32", "bfloat16", "float16")
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+QUANTIZATIONS = ("4bit", "8bit")
 EXAMPLE_PASSES = 10_000
 MIN_EPOCHS, MAX_EPOCHS = 1, 10
 EFFECTIVE_BATCH = 16  # examples per optimizer step, at most
@@ -82,7 +96,15 @@ class TrainConfig:
     lora: dict[str, Any] = field(default_factory=dict)
     validation_fraction: float | None = None
     loraplus_lr_ratio: float | None = None
+    dtype: str | None = None  # the base's weights; None: chosen from the device (resolve_dtype)
+    quantization: str | None = None  # "4bit" | "8bit" (bitsandbytes), None: full-precision base
     source: str | None = None  # the file it came from
+    lines: dict[str, int] = field(default_factory=dict, repr=False, compare=False)  # top-level key -> line
+
+    def where(self, key: str) -> str:
+        """``file:line`` of a top-level key, for errors about it."""
+        source = self.source or "the training config"
+        return f"{source}:{self.lines[key]}" if key in self.lines else source
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"sft": dict(self.sft), "lora": dict(self.lora)}
@@ -102,16 +124,30 @@ class ResolvedConfig:
     max_length: int
     chosen: dict[str, str]  # key -> why this default (for the run's log and `models show`)
     loraplus_lr_ratio: float | None = None  # None: one learning rate for A and B (plain LoRA)
+    dtype: str = "float32"  # the base's weights as loaded for training
+    quantization: str | None = None  # "4bit" | "8bit": the base through bitsandbytes (QLoRA)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {
+        """What the run records (run.json, the version's config): every setting, the dtype included."""
+        out = self.fingerprint_dict()
+        out["dtype"] = self.dtype
+        return out
+
+    def fingerprint_dict(self) -> dict[str, Any]:
+        """The settings a run's fingerprint covers. A key added since is left out at its old behaviour
+        (float32 weights, no LoRA+, no quantization), so earlier runs keep their fingerprint for --resume."""
+        out: dict[str, Any] = {
             "sft": self.sft,
             "lora": self.lora,
             "validation_fraction": self.validation_fraction,
             "max_length": self.max_length,
         }
-        if self.loraplus_lr_ratio is not None:  # absent rather than null: earlier runs' fingerprints stay
+        if self.loraplus_lr_ratio is not None:
             out["loraplus_lr_ratio"] = self.loraplus_lr_ratio
+        if self.dtype != "float32":
+            out["dtype"] = self.dtype
+        if self.quantization is not None:
+            out["quantization"] = self.quantization
         return out
 
 
@@ -157,7 +193,7 @@ def parse_config(text: str, source: str = "<config>") -> TrainConfig:
         line = lines.get(keys) or lines.get(keys[:1]) or 1
         return TuneloopError(f"{'.'.join(keys)}: {message}", where=f"{source}:{line}", hint=hint)
 
-    config = TrainConfig(source=source)
+    config = TrainConfig(source=source, lines={keys[0]: line for keys, line in lines.items() if len(keys) == 1})
     for key, value in data.items():
         if key in SECTIONS:
             if value is None:
@@ -187,6 +223,21 @@ def parse_config(text: str, source: str = "<config>") -> TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 raise fail((key,), "must be a positive number (LoRA+: B's learning rate ÷ A's; 1 is plain LoRA)")
             config.loraplus_lr_ratio = float(value)
+        elif key == "dtype":
+            name = DTYPE_ALIASES.get(str(value), str(value)).removeprefix("torch.")
+            if name not in DTYPES:
+                raise fail((key,), f"{value!r} is not a dtype for the weights", hint="use one of: " + ", ".join(DTYPES))
+            config.dtype = name
+        elif key == "quantization":
+            if value in (None, False, "none", "no"):
+                continue
+            if value not in QUANTIZATIONS:
+                raise fail(
+                    (key,),
+                    f"{value!r} is not a quantization",
+                    hint="use 4bit (QLoRA: NF4 through bitsandbytes) or 8bit (LLM.int8()), or remove the key",
+                )
+            config.quantization = str(value)
         else:
             close = _close(str(key), {*SECTIONS, *TOP_LEVEL_KEYS})
             raise fail(
@@ -263,6 +314,63 @@ def bf16_is_fast(device: str) -> bool:
     return False
 
 
+def resolve_dtype(user: TrainConfig, device: str, native_bf16: bool) -> tuple[str, str]:
+    """The dtype the base's weights load in, and why: the file's ``dtype`` wins, then its choice of autocast.
+
+    On a GPU, 16-bit weights halve the memory of float32 and are what the tensor cores compute; bfloat16 has
+    float32's range, so activations cannot overflow; float16 (pre-Ampere GPUs: T4, V100) can, which the
+    trainer's loss scaler and the NaN guard cover. On CPU float32 stays: 16-bit weights there save memory
+    the runs do not lack and cost time (bf16 is emulated on CPUs without AVX512-BF16/AMX).
+    """
+    if user.dtype is not None:
+        return user.dtype, "set in the config"
+    if device != "cuda":
+        return "float32", "float32 on CPU"
+    if user.sft.get("fp16"):
+        return "float16", "fp16 autocast chosen in the config"
+    if user.sft.get("bf16") is False:
+        return "float32", "bf16: false in the config"
+    if native_bf16:
+        return "bfloat16", "the GPU computes bf16: half the memory of float32, float32's range"
+    return "float16", "the GPU has no bf16: float16 halves the memory (fp16 autocast, loss scaling)"
+
+
+def check_quantization(user: TrainConfig, device: str) -> None:
+    """Refuse ``quantization`` where it cannot run, naming the config file and line; before any data work."""
+    if user.quantization is None:
+        return
+    import importlib.util
+
+    what = f"quantization: {user.quantization}"
+    if device != "cuda":
+        raise TuneloopError(
+            f"{what} trains QLoRA through bitsandbytes on a CUDA GPU, and torch sees no GPU here",
+            where=user.where("quantization"),
+            hint="remove `quantization:` to train the full-precision base on this machine (quantizing saves GPU "
+            "memory; on a CPU it only makes each matmul dequantize its weights first), or run on an NVIDIA GPU",
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise TuneloopError(
+            f"{what} needs the bitsandbytes package, which is not installed",
+            where=user.where("quantization"),
+            hint="pip install 'tuneloop[gpu]' (or pip install bitsandbytes), or remove `quantization:`",
+        )
+
+
+def check_base_quantizable(user: TrainConfig, base_config: dict[str, Any], base: str) -> None:
+    """A base that is already quantized (GPTQ, AWQ, bitsandbytes, ...) cannot be quantized again."""
+    existing = base_config.get("quantization_config")
+    if user.quantization is None or not existing:
+        return
+    method = existing.get("quant_method", "unknown") if isinstance(existing, dict) else "unknown"
+    raise TuneloopError(
+        f"quantization: {user.quantization} needs a full-precision base, and {base} is already quantized ({method})",
+        where=user.where("quantization"),
+        hint="remove `quantization:` (the base's own quantization is used as it is), or pick the base's "
+        "full-precision release",
+    )
+
+
 def resolve_config(
     user: TrainConfig,
     *,
@@ -312,7 +420,16 @@ def resolve_config(
     default("warmup_steps", 0.05, "5% warm-up")
     default("weight_decay", 0.0, "no decay on LoRA weights")
     default("max_grad_norm", 1.0, "clip")
-    fast_bf16 = bf16_is_fast(device) and not sft.get("fp16")  # a user's fp16 is their choice of precision
+    check_quantization(user, device)
+    native_bf16 = bf16_is_fast(device)
+    dtype, why_dtype = resolve_dtype(user, device, native_bf16)
+    if user.dtype is None:
+        chosen["dtype"] = why_dtype
+    # Autocast computes in the base's 16-bit dtype (its weights are not cast at each matmul); over float32
+    # weights, bf16 autocast where the hardware computes bf16 natively.
+    if dtype == "float16" and device == "cuda":
+        default("fp16", not sft.get("bf16"), "fp16 autocast over the float16 base (with loss scaling)")
+    fast_bf16 = (dtype == "bfloat16" or (dtype == "float32" and native_bf16)) and not sft.get("fp16")
     default("bf16", fast_bf16, "native bf16" if fast_bf16 else "no native bf16 (or fp16 chosen): no bf16")
     default("gradient_checkpointing", device != "cpu", "off on CPU: time, not memory, is short")
     default("seed", 42, "HF default")
@@ -340,9 +457,23 @@ def resolve_config(
     default("lora_dropout", 0.0, "no dropout", lora)
     default("target_modules", "all-linear", "every linear layer of the blocks", lora)
     default("bias", "none", "no bias training", lora)
-    resolved = ResolvedConfig(sft, lora, validation_fraction, max_length, chosen, user.loraplus_lr_ratio)
+    resolved = ResolvedConfig(
+        sft, lora, validation_fraction, max_length, chosen, user.loraplus_lr_ratio, dtype, user.quantization
+    )
+    _check_precision(resolved, user)
     _check_combination(resolved, user.source)
     return resolved
+
+
+def precision(train_config: dict[str, Any]) -> str:
+    """How the base was held in training, from a run's config: "float32", "bfloat16, 4-bit NF4 (QLoRA)"."""
+    dtype = train_config.get("dtype", "float32")  # runs from before the key trained in float32
+    quantization = train_config.get("quantization")
+    if quantization == "4bit":
+        return f"4-bit NF4 (QLoRA, double quantization), computing in {dtype}"
+    if quantization == "8bit":
+        return f"8-bit LLM.int8(), computing in {dtype}"
+    return dtype
 
 
 def sft_arguments(sft: dict[str, Any], output_dir: str) -> SFTConfig:
@@ -393,6 +524,19 @@ def _check_combination(resolved: ResolvedConfig, source: str | None) -> None:
                 hint=f"change the {section}: keys named above; tuneloop's defaults for the keys you did not set "
                 f"were {defaults} (set a key in the file to change it)",
             ) from None
+
+
+def _check_precision(resolved: ResolvedConfig, user: TrainConfig) -> None:
+    """16-bit weights under the other 16-bit autocast: bfloat16 values beyond float16's range overflow."""
+    autocast = "bfloat16" if resolved.sft.get("bf16") else "float16" if resolved.sft.get("fp16") else None
+    if autocast is None or resolved.dtype in ("float32", autocast):
+        return
+    flag = "bf16" if autocast == "bfloat16" else "fp16"
+    raise TuneloopError(
+        f"dtype: {resolved.dtype} weights under {flag} autocast compute in two 16-bit formats",
+        where=user.where("dtype") if user.dtype else user.source or "the training config",
+        hint=f"set dtype: {autocast} (or float32), or turn {flag} off in sft:",
+    )
 
 
 def _round_up(value: int, multiple: int) -> int:

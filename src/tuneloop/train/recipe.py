@@ -44,25 +44,42 @@ def run(run_dir: Path) -> dict[str, Any]:
     from tuneloop.train.trainer import TuneloopSFTTrainer
 
     spec = json.loads((run_dir / RUN_FILE).read_text())
+    config = spec.get("config", {})
     started = time.perf_counter()
 
-    # 1. The base, in float32 (bf16 autocast is the trainer's job), with attention that keeps the
-    #    examples of a padding-free batch apart.
+    # 1. The recipe's settings, by their TRL/PEFT names (config.py chose the defaults). Built first: they
+    #    pick this process's device, where a quantized base is placed.
+    args = sft_arguments(spec["sft"], str(run_dir / "checkpoints"))
+
+    # 2. The base in the resolved dtype (float32 on CPU, bf16 on most GPUs; autocast is the trainer's job),
+    #    4/8-bit through bitsandbytes when asked, with attention that keeps the examples of a padding-free
+    #    batch apart.
+    dtype = getattr(torch, config.get("dtype", "float32"))
+    quantization = config.get("quantization")
     tokenizer = AutoTokenizer.from_pretrained(spec["base_dir"], local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(
         spec["base_dir"],
-        dtype=torch.float32,
+        dtype=dtype,
         attn_implementation=attention.register(),
         local_files_only=True,
+        **quantized_loading(quantization, dtype, args.device),
     )
     align_special_tokens(model, tokenizer)  # eos = the end-of-turn token, which the labels teach
+    if quantization:
+        from peft import prepare_model_for_kbit_training
 
-    # 2. The data, tokenized before launch: input_ids, and labels that are -100 outside assistant turns.
+        # Freezes the base, keeps norms and embeddings in float32, and turns on gradient checkpointing
+        # (with inputs that require grad) as the arguments say.
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=args.gradient_checkpointing,
+            gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
+        )
+
+    # 3. The data, tokenized before launch: input_ids, and labels that are -100 outside assistant turns.
     train_dataset = load_encoded(Path(spec["train_dir"]))
     eval_dataset = load_encoded(Path(spec["eval_dir"])) if spec.get("eval_dir") else None
 
-    # 3. The recipe's settings, by their TRL/PEFT names (config.py chose the defaults).
-    args = sft_arguments(spec["sft"], str(run_dir / "checkpoints"))
     trainer = TuneloopSFTTrainer(
         model=model,
         args=args,
@@ -71,7 +88,7 @@ def run(run_dir: Path) -> dict[str, Any]:
         processing_class=tokenizer,
         data_collator=PaddingFreeCollator(),  # one row per micro-batch, no padding, no cross-example attention
         peft_config=lora_arguments(spec["lora"]),
-        loraplus_lr_ratio=spec["config"].get("loraplus_lr_ratio"),  # LoRA+ when set
+        loraplus_lr_ratio=config.get("loraplus_lr_ratio"),  # LoRA+ when set
     )
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
@@ -96,18 +113,49 @@ def run(run_dir: Path) -> dict[str, Any]:
             "step": guard.diverged_at,
             "last_checkpoint": _last_checkpoint(run_dir / "checkpoints", before=guard.diverged_at),
         }
-    elif trainer.is_world_process_zero():
-        adapter_dir = run_dir / "adapter"
-        trainer.model.save_pretrained(str(adapter_dir))
-        tokenizer.save_pretrained(str(adapter_dir))
+    else:
+        # Under FSDP each process holds a shard of the weights: gathering them is a collective that every
+        # process joins; PEFT's save_pretrained then keeps the adapter's tensors of the full state dict.
+        state_dict = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
+        if trainer.is_world_process_zero():
+            adapter_dir = run_dir / "adapter"
+            trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(adapter_dir), state_dict=state_dict)
+            tokenizer.save_pretrained(str(adapter_dir))
     if trainer.is_world_process_zero():
         result["seconds"] = time.perf_counter() - started
         result["world_size"] = args.world_size
+        result["distributed"] = trainer.accelerator.distributed_type.value  # NO, MULTI_CPU, MULTI_GPU, FSDP, ...
         result["tokens_per_second"] = _tokens_per_second(trainer, result["seconds"], args.world_size)
         result["metrics"] = _final_metrics(history)
         (run_dir / "log_history.json").write_text(json.dumps(history, indent=1))
         (run_dir / RESULT_FILE).write_text(json.dumps(result, indent=1))
     return result
+
+
+def quantized_loading(quantization: str | None, dtype: Any, device: Any) -> dict[str, Any]:
+    """``from_pretrained`` arguments for a 4-bit (QLoRA: NF4, double quantization) or 8-bit base on ``device``.
+
+    The 4-bit layers compute in the base's dtype. Under FSDP the packed 4-bit weights are stored in that
+    dtype too, so that FSDP can shard them with the rest (transformers' Trainer then sets FSDP's mixed
+    precision to it).
+    """
+    if not quantization:
+        return {}
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        settings: dict[str, Any] = {"load_in_8bit": True}
+    else:
+        settings = {
+            "load_in_4bit": True,
+            "bnb_4bit_quant_type": "nf4",
+            "bnb_4bit_use_double_quant": True,
+            "bnb_4bit_compute_dtype": dtype,
+        }
+        if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":  # set by `accelerate launch` for FSDP
+            settings["bnb_4bit_quant_storage"] = dtype
+    # Each process quantizes onto its own device (under accelerate: this process's GPU).
+    return {"quantization_config": BitsAndBytesConfig(**settings), "device_map": {"": device}}
 
 
 def _tokens_per_second(trainer: Any, seconds: float, world_size: int) -> float:
