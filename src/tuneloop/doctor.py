@@ -61,17 +61,23 @@ def diagnose() -> list[Finding]:
             "pip install llama-cpp-python (compiles from source, ~11 minutes on 2 cores)",
         )
     )
-    findings.append(
-        _package(
-            "serving",
-            "vllm",
-            "GPU backend, optional",
-            "on a GPU machine: pip install 'tuneloop[vllm]' (see README, GPU install)",
-            optional=True,
-        )
-    )
+    findings.append(_vllm())
     findings.extend(_bases())
     return findings
+
+
+def _vllm() -> Finding:
+    """vLLM runs in its own interpreter (its own virtualenv, usually): found as ``--backend vllm`` finds it."""
+    from tuneloop.errors import TuneloopError
+    from tuneloop.serve.backends.vllm import INSTALL_HINT, find_vllm_python
+
+    try:
+        python = find_vllm_python()
+    except TuneloopError as exc:  # TUNELOOP_VLLM_PYTHON names no interpreter
+        return Finding("serving", "warn", f"vllm: {exc.message} ({exc.where})", INSTALL_HINT)
+    if python is None:
+        return Finding("serving", "warn", "vllm not found (vllm backend, optional)", INSTALL_HINT)
+    return Finding("serving", "ok", f"vllm backend runs {python} (checked to import vLLM when it starts)")
 
 
 def _database(url: str) -> Finding:

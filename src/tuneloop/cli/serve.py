@@ -49,6 +49,12 @@ def serve(
     ),
     tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", help="vllm: GPUs per replica."),
     pipeline_parallel_size: int = typer.Option(1, "--pipeline-parallel-size", help="vllm: pipeline stages."),
+    vllm_python: str | None = typer.Option(
+        None,
+        "--vllm-python",
+        help="vllm: the Python that runs vLLM (default: $TUNELOOP_VLLM_PYTHON, this Python if it has vllm, "
+        "else ./.venv-vllm/bin/python, made by `make vllm`).",
+    ),
     max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", help="Larger request bodies get 413."),
     audit_rate: float | None = typer.Option(
         None,
@@ -69,6 +75,7 @@ def serve(
     from tuneloop.serve.engine import build_engine
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per call to a backend's server (vLLM)
     keys = ServeKeys(auth.value)  # type: ignore[arg-type]  # the enum holds only the modes
     auth_status = keys.describe()  # reads the key table now: a store it cannot read fails before the model loads
     engine = build_engine(
@@ -84,10 +91,13 @@ def serve(
         max_batch_size=max_batch_size,
         tensor_parallel_size=tensor_parallel_size,
         pipeline_parallel_size=pipeline_parallel_size,
+        vllm_python=vllm_python,
     )
     for served in engine.preload():
         console.print(f"serving {served.id} (verified sha256:{served.version.content_hash[:12]})")
     console.print(f"base {engine.base.id} on {engine.backend_name}: http://{host}:{port}/v1 · {auth_status}")
+    if (log_path := getattr(engine.backend, "log_path", None)) is not None:  # vLLM's own server writes there
+        console.print(f"{engine.backend_name}'s output: {log_path}")
     if not _is_loopback(host) and not keys.requires_key():
         console.print(
             f"[yellow]warning:[/] listening on {host} without keys: anyone who can reach it can use it "

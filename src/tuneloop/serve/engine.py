@@ -6,10 +6,12 @@ request names, its integrity check, ``/v1/models``), so the demo, benchmarks and
 as the server. ``build_engine`` builds one as ``tuneloop serve`` does, the backend through the registry.
 
 - **Plan.** A request's parameters become generation settings (``Plan``), or a 400 naming the parameter.
-- **Queue.** Most backends run one generation at a time, so requests wait in one FIFO worker (fair: first
-  come, first served, whichever version they name). A batching backend (transformers, ``max_batch_size``
-  > 1) gets every admitted request at once and decodes them in FIFO batches, mixing versions. At most
-  ``max_queue`` requests are admitted (running + waiting); one more is refused with 429 and ``Retry-After``.
+- **Queue.** A backend that runs one generation at a time (llama.cpp; transformers with
+  ``max_batch_size`` 1) gets requests from one FIFO worker (fair: first come, first served, whichever
+  version they name). A concurrent backend (``concurrent`` True: transformers batching, vLLM) gets every
+  admitted request at once, each on its own worker, and schedules them itself (FIFO batches mixing
+  versions; vLLM's continuous batching). At most ``max_queue`` requests are admitted (running + waiting);
+  one more is refused with 429 and ``Retry-After``.
 - **Structured output.** A task version decodes under its task's output schema by default (llama.cpp's
   grammar, llguidance for transformers, vLLM's guided decoding); a request's
   ``response_format`` ``json_schema`` replaces it, ``json_object`` asks for the task schema (or any JSON
@@ -43,6 +45,7 @@ from tuneloop.serve.backends import (
     Generation,
     GenerationParams,
     Message,
+    takes_concurrent_calls,
 )
 from tuneloop.serve.errors import invalid_parameter
 from tuneloop.serve.grammar import ANY_JSON_OBJECT, Validation, check_schema, validate_answer
@@ -88,18 +91,19 @@ class ServeEngine:
         self.max_queue = max_queue
         self.retry_after_s = retry_after_s
         self.metrics = metrics or ServeMetrics()
-        # A batching backend (max_batch_size > 1) takes concurrent calls and gathers them itself: every
-        # admitted request gets a worker, so a waiting one is in the backend's queue, ready for the next batch.
-        self._batching = getattr(backend, "max_batch_size", 1) > 1
+        # A concurrent backend takes concurrent calls and schedules them itself: every admitted request gets
+        # a worker, so a waiting one is in the backend's own queue, ready for its next batch. It also loads
+        # adapters from its own threads, so their hash check goes with the adapter (Adapter.before_load).
+        self._concurrent = takes_concurrent_calls(backend)
         self.served_models = ServedModels(
             base,
             backend_name=self.backend_name,
-            batching=self._batching,
+            batching=self._concurrent,
             models=models,
             alias_refresh_s=alias_refresh_s,
             metrics=self.metrics,
         )
-        workers = max_queue if self._batching else 1
+        workers = max_queue if self._concurrent else 1
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tuneloop-generate")
         self._admitted = 0
         self._admitted_lock = threading.Lock()
@@ -140,8 +144,6 @@ class ServeEngine:
                 raise invalid_parameter(
                     f"must be between 0 and {MAX_TOP_LOGPROBS}, got {request.top_logprobs}", "top_logprobs"
                 )
-        if logprobs and self.backend_name == "vllm":
-            raise invalid_parameter("log probabilities are not supported by the vllm backend yet", "logprobs")
         defaults = served.decoding
         temperature = _number(request.temperature, defaults.get("temperature", 0.0), "temperature", 0.0, 2.0)
         top_p = _number(request.top_p, defaults.get("top_p", 1.0), "top_p", 0.0, 1.0)
@@ -546,11 +548,13 @@ def build_engine(
     alias_refresh_s: float = 1.0,
     max_batch_size: int = 8,
     llamacpp_weights: str = "native",
+    vllm_python: str | None = None,
 ) -> ServeEngine:
     """An engine as ``tuneloop serve`` builds it: the base (given, else the one the first ``--models``
     entry was trained on, else the bundled one), loaded once into the chosen backend. ``max_batch_size``:
     requests the transformers backend decodes together (1: one at a time). ``llamacpp_weights``: the GGUF
-    as it is (``native``) or its float rewrite (``f16``/``f32``, bases/widen.py)."""
+    as it is (``native``) or its float rewrite (``f16``/``f32``, bases/widen.py). ``vllm_python``: the
+    interpreter that runs vLLM (None: found as serve/backends/vllm.py says)."""
     from tuneloop.bases import DEFAULT_BASE, resolve_base
     from tuneloop.registry.versions import resolve_version
     from tuneloop.serve.backends import backend_options, get_backend
@@ -573,6 +577,7 @@ def build_engine(
         "max_batch_size": max_batch_size,
         "tensor_parallel_size": tensor_parallel_size,
         "pipeline_parallel_size": pipeline_parallel_size,
+        "python": vllm_python,
     }
     engine_backend = get_backend(backend, resolved_base, backend_options(backend, flags, strict=False))
     return ServeEngine(

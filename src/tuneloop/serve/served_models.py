@@ -56,7 +56,8 @@ class ServedModels:
     """The base a server loaded and the registered versions on it, resolved, verified and listed.
 
     ``backend_name`` decides what a version's adapter needs (llama.cpp: its GGUF LoRA export);
-    ``batching``: the backend loads adapters when a batch forms, so the hash check goes with the adapter
+    ``batching``: the backend runs concurrent calls and loads adapters from its own threads (when a batch
+    forms, or when vLLM is first asked for one), so the hash check goes with the adapter
     (``Adapter.before_load``) instead of running before each generation (:meth:`verify_unloaded`).
     """
 
@@ -174,14 +175,20 @@ class ServedModels:
                 gguf_path = ensure_gguf_lora(info)
             except TuneloopError as exc:
                 raise integrity_error(info.id, f"its adapter can't be exported for llama.cpp: {exc.message}") from None
-        # A batching backend loads an adapter when a batch forms, so it checks the files then (before_load);
+        # A batching (concurrent) backend loads an adapter when it needs it, so it checks the files then (before_load);
         # the others are checked right before their one generation (verify_unloaded).
         before_load = functools.partial(self.verify, info) if self.batching else None
         return ServedModel(
             id=info.id,
             base_id=info.base_id,
             version=info,
-            adapter=Adapter(id=info.id, peft_dir=info.adapter_path, gguf_path=gguf_path, before_load=before_load),
+            adapter=Adapter(
+                id=info.id,
+                peft_dir=info.adapter_path,
+                gguf_path=gguf_path,
+                content_hash=info.content_hash,
+                before_load=before_load,
+            ),
             task_schema=self._task_schema(info.task),
             decoding=dict(info.decoding),
         )

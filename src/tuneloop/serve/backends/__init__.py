@@ -1,7 +1,8 @@
 """Generation backends behind one small interface (``base.py``), and the one registry that builds them.
 
 ``get_backend(name, base, options)`` builds ``llamacpp`` (CPU), ``transformers`` (the reference, batching)
-or ``vllm`` (GPUs, ``vllm.py``), each from its own typed options (``options.py``; None: the defaults).
+or ``vllm`` (vLLM's own server, from its own virtualenv, on GPUs or CPUs: ``vllm.py``), each from its own
+typed options (``options.py``; None: the defaults).
 ``backend_options(name, values)`` turns a mapping (an eval's stored ``backend_options``, serve's flags)
 into those options. Engines are imported only when asked for, so choosing llama.cpp never imports torch
 and vice versa.
@@ -26,6 +27,7 @@ from tuneloop.serve.backends.base import (
     TokenLogprob,
     TokenRun,
     TokenStreamBackend,
+    takes_concurrent_calls,
 )
 from tuneloop.serve.backends.options import BackendOptions, LlamaCppOptions, TransformersOptions, VllmOptions
 
@@ -36,7 +38,7 @@ _BACKENDS: dict[str, tuple[str, str, type[Any]]] = {
     "vllm": ("tuneloop.serve.backends.vllm", "VllmBackend", VllmOptions),
 }
 BACKEND_NAMES = tuple(_BACKENDS)
-CPU_BACKEND_NAMES = ("llamacpp", "transformers")  # the backends that run without a GPU
+CPU_BACKEND_NAMES = ("llamacpp", "transformers")  # in-process backends (vllm runs as its own server)
 
 
 def options_type(name: str) -> type[Any]:
@@ -110,4 +112,5 @@ __all__ = [
     "engine_identity",
     "get_backend",
     "options_type",
+    "takes_concurrent_calls",
 ]

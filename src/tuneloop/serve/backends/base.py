@@ -26,7 +26,8 @@ class Adapter:
     """A fine-tune applied over the backend's base for one request (many adapters share one base).
 
     ``id`` is the resolved immutable version id (``task@3``), the key of each backend's adapter cache.
-    ``peft_dir`` is the PEFT adapter folder; ``gguf_path`` its GGUF LoRA export, which llama.cpp needs.
+    ``peft_dir`` is the PEFT adapter folder; ``gguf_path`` its GGUF LoRA export, which llama.cpp needs;
+    ``content_hash`` the registered version's hash (vLLM loads the adapter under it).
     ``before_load``, when set, is called right before a backend reads the adapter's files (first use, and
     again after its LRU evicted it) and may raise to refuse them: the server checks the content hash there,
     which a batching backend does only when a batch forms, long after the request arrived.
@@ -35,6 +36,7 @@ class Adapter:
     id: str
     peft_dir: Path
     gguf_path: Path | None = None
+    content_hash: str | None = None
     before_load: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
 
@@ -116,9 +118,10 @@ class Generation:
 @runtime_checkable
 class Backend(Protocol):
     """What the server, evals and relabeling call. Implementations are not safe to call concurrently
-    unless they say so; ``TokenStreamBackend`` serialises calls with a lock. A backend that batches says
-    so with ``max_batch_size`` above 1 (optional; read with ``getattr(backend, "max_batch_size", 1)``): it
-    is then safe to call from many threads, and decodes concurrent calls together."""
+    unless they say so with ``concurrent`` True (optional; read with ``takes_concurrent_calls``): they are
+    then safe to call from many threads and gain from it (they batch concurrent calls), so the server
+    hands them every admitted request at once. ``TokenStreamBackend`` serialises calls with a lock unless
+    its ``max_batch_size`` is above 1 (the transformers backend's batching)."""
 
     name: str
 
@@ -132,6 +135,22 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Free the engine's memory now rather than at garbage collection."""
+
+
+def takes_concurrent_calls(backend: Any) -> bool:
+    """A backend's ``concurrent`` (False when it doesn't say): whether the server runs its calls at once."""
+    return bool(getattr(backend, "concurrent", False))
+
+
+def delta_texts(deltas: Generator[Delta, None, Generation]) -> Generator[str, None, Generation]:
+    """The text of each delta of ``stream_deltas``, returning its finished ``Generation`` at the end."""
+    try:
+        while True:
+            yield next(deltas).text
+    except StopIteration as end:
+        return end.value
+    finally:
+        deltas.close()
 
 
 def chat_template_error(exc: Exception, base_id: str) -> TuneloopError:
@@ -221,6 +240,11 @@ class TokenStreamBackend(ABC):
         # One generation at a time: neither llama.cpp contexts nor a model's KV cache can be shared.
         self._lock = threading.Lock()
 
+    @property
+    def concurrent(self) -> bool:
+        """Whether to call it from many threads at once: when it gathers concurrent calls into batches."""
+        return self.max_batch_size > 1
+
     def _exclusive(self) -> AbstractContextManager[Any]:
         """Held around ``_start`` and the consumption of its pieces: the lock, unless the engine
         arbitrates between concurrent calls itself (a batching engine overrides this)."""
@@ -256,14 +280,7 @@ class TokenStreamBackend(ABC):
     ) -> Generator[str, None, Generation]:
         """Like ``stream``, and returns the finished ``Generation`` (text, counts, finish reason, timings)
         when exhausted: what a server needs for a stream's last chunk and usage."""
-        deltas = self.stream_deltas(messages, params, adapter)
-        try:
-            while True:
-                yield next(deltas).text
-        except StopIteration as end:
-            return end.value
-        finally:
-            deltas.close()
+        return (yield from delta_texts(self.stream_deltas(messages, params, adapter)))
 
     def stream_deltas(
         self, messages: list[Message], params: GenerationParams | None = None, adapter: Adapter | None = None

@@ -44,8 +44,10 @@ class TransformersOptions:
 
 @dataclass(frozen=True)
 class VllmOptions:
-    """vLLM: adapters on the GPU per batch (``--max-loras``), their largest rank, the parallelism, extra
-    arguments for vLLM's server, and how long its start may take."""
+    """vLLM: adapters kept loaded (LRU; also vLLM's ``--max-loras``, adapters per batch), their largest rank,
+    the parallelism, extra arguments for vLLM's server, how long its start may take, the interpreter that
+    runs it (None: found, see serve/backends/vllm.py) and where its output goes (None: a file under
+    ``$TUNELOOP_HOME/logs``)."""
 
     max_adapters: int = 8
     max_lora_rank: int = 64
@@ -53,6 +55,8 @@ class VllmOptions:
     pipeline_parallel_size: int = 1
     extra_args: tuple[str, ...] = ()
     startup_timeout_s: float = 600
+    python: str | None = None
+    log_path: Path | None = None
 
 
 BackendOptions = LlamaCppOptions | TransformersOptions | VllmOptions
