@@ -76,6 +76,10 @@ def main() -> None:
         max_length = max(len(e.input_ids) for e in encoded)
         cuda = torch.cuda.is_available()
         bf16 = bf16_is_fast("cuda" if cuda else "cpu")
+        # Both sides load the base in the dtype `tuneloop train` picks here (bf16 on most GPUs, fp32 on CPU).
+        dtype = "bfloat16" if cuda and bf16 else "float16" if cuda else "float32"
+        if dtype == "float16":
+            bf16 = False
         common = {
             "per_device_train_batch_size": 8,
             "gradient_accumulation_steps": 2,
@@ -85,6 +89,7 @@ def main() -> None:
             "warmup_steps": 0,
             "logging_steps": 1,
             "bf16": bf16,
+            "fp16": dtype == "float16",
             "use_cpu": not cuda,  # transformers refuses bf16 on CPU unless told the CPU is meant
             "gradient_checkpointing": False,
             "seed": 42,
@@ -96,7 +101,7 @@ def main() -> None:
         mean_tokens = sum(len(e.input_ids) for e in encoded) / examples
         print(
             f"model {args.random_llama or args.base}; {examples} examples, mean {mean_tokens:.0f} tokens, "
-            f"max {max_length}; {args.steps} steps x 16 examples; bf16={bf16}; "
+            f"max {max_length}; {args.steps} steps x 16 examples; weights {dtype}, bf16 autocast={bf16}; "
             f"torch threads {torch.get_num_threads()}; device {'cuda' if cuda else 'cpu'}",
             flush=True,
         )
@@ -105,9 +110,9 @@ def main() -> None:
         for round_index in range(args.rounds):
             for name in results:
                 if name == "tuneloop train":
-                    rate = run_tuneloop(work / f"run-{round_index}", base_dir, prepared.train_dir, common)
+                    rate = run_tuneloop(work / f"run-{round_index}", base_dir, prepared.train_dir, common, dtype)
                 else:
-                    rate = run_plain_trl(base_dir, rows, max_length, common)
+                    rate = run_plain_trl(base_dir, rows, max_length, common, dtype)
                 results[name].append(rate)
                 print(f"  round {round_index + 1}: {name:22s} {rate:8.1f} tokens/s", flush=True)
         plain = sum(results["plain TRL SFTTrainer"]) / args.rounds
@@ -122,6 +127,9 @@ def main() -> None:
                         "plain": results["plain TRL SFTTrainer"],
                         "tuneloop": results["tuneloop train"],
                         "ratio": ours / plain,
+                        "model": args.random_llama or args.base,
+                        "dtype": dtype,
+                        "device": "cuda" if cuda else "cpu",
                     }
                 )
             )
@@ -129,7 +137,9 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run_plain_trl(base_dir: Path, rows: list[dict[str, Any]], max_length: int, common: dict[str, Any]) -> float:
+def run_plain_trl(
+    base_dir: Path, rows: list[dict[str, Any]], max_length: int, common: dict[str, Any], dtype: str
+) -> float:
     """A plain TRL script: prompt-completion dataset, SFTTrainer's own tokenization and collator."""
     import torch
     from datasets import Dataset
@@ -139,7 +149,7 @@ def run_plain_trl(base_dir: Path, rows: list[dict[str, Any]], max_length: int, c
 
     dataset = Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows])
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=getattr(torch, dtype))
     out = Path(tempfile.mkdtemp(prefix="plain-trl-"))
     try:
         args = SFTConfig(output_dir=str(out), max_length=max_length, disable_tqdm=True, **common)
@@ -171,13 +181,20 @@ class TokenCounter:
         return batch
 
 
-def run_tuneloop(run_dir: Path, base_dir: Path, train_dir: Path, common: dict[str, Any]) -> float:
+def run_tuneloop(run_dir: Path, base_dir: Path, train_dir: Path, common: dict[str, Any], dtype: str) -> float:
     """The recipe `tuneloop train` launches, on its pre-tokenized data."""
     from tuneloop.train.recipe import RUN_FILE, run
 
     run_dir.mkdir(parents=True)
     sft = {k: v for k, v in common.items() if k not in ("report_to", "use_cpu")}  # the recipe sets these
-    spec = {"base_dir": str(base_dir), "train_dir": str(train_dir), "eval_dir": None, "sft": sft, "lora": LORA}
+    spec = {
+        "base_dir": str(base_dir),
+        "train_dir": str(train_dir),
+        "eval_dir": None,
+        "sft": sft,
+        "lora": LORA,
+        "config": {"dtype": dtype},
+    }
     (run_dir / RUN_FILE).write_text(json.dumps(spec))
     return float(run(run_dir)["tokens_per_second"])
 
