@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -79,6 +80,13 @@ def test_vllm_command_line_enables_lora_and_passes_parallelism_through() -> None
     assert "--max-loras 4" in joined and "--served-model-name base" in joined
     assert "--tensor-parallel-size 2" in joined and "--pipeline-parallel-size 3" in joined
     assert "--dtype" not in command  # on a GPU vLLM's defaults stand
+    # compact JSON under a schema: llguidance without free whitespace (vLLM reads it from its server config)
+    assert json.loads(command[command.index("--structured-outputs-config") + 1]) == {
+        "backend": "guidance",
+        "disable_any_whitespace": True,
+    }
+    own = vllm_command("/models/base", port=1, extra_args=['--structured-outputs-config={"backend": "xgrammar"}'])
+    assert own.count("--structured-outputs-config") == 0 and own[-1].endswith('"xgrammar"}')
     assert vllm_environment({})["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
 
 

@@ -187,7 +187,10 @@ def vllm_command(
     on_cpu: bool = False,
 ) -> list[str]:
     """The command line that starts vLLM's OpenAI server with runtime-loadable LoRA adapters. ``on_cpu``
-    adds ``--dtype float32`` unless ``extra_args`` choose a dtype."""
+    adds ``--dtype float32`` unless ``extra_args`` choose a dtype. Structured output goes through
+    llguidance (``guidance``, the engine our transformers backend uses too) with no free whitespace, unless
+    ``extra_args`` configure it: compact JSON, as the other backends' grammars write it. vLLM takes
+    ``disable_any_whitespace`` from the server's config only (per request it is ignored: seen with 0.32)."""
     command = [
         python or sys.executable,
         "-m",
@@ -213,7 +216,12 @@ def vllm_command(
     extra = list(extra_args or [])
     if on_cpu and not any(arg == "--dtype" or arg.startswith("--dtype=") for arg in extra):
         command += ["--dtype", "float32"]
+    if not any(arg.startswith("--structured-outputs-config") for arg in extra):
+        command += ["--structured-outputs-config", STRUCTURED_OUTPUTS]
     return command + extra
+
+
+STRUCTURED_OUTPUTS = json.dumps({"backend": "guidance", "disable_any_whitespace": True})
 
 
 def cpu_thread_binding(cpus: list[int], groups: int = 1) -> str:
@@ -498,10 +506,9 @@ class VllmBackend:
             body["logprobs"] = True
             body["top_logprobs"] = params.top_logprobs
         if params.json_schema is not None:
-            # vLLM's own form of response_format json_schema, which also takes disable_any_whitespace: compact
-            # JSON, as the other backends' grammars write it, rather than whatever whitespace the model likes
-            # (which a small model spends its max_tokens on).
-            body["structured_outputs"] = {"json": params.json_schema, "disable_any_whitespace": True}
+            # vLLM's own form of response_format json_schema; compact JSON (no whitespace for a small model to
+            # spend its max_tokens on) comes from the server's --structured-outputs-config (vllm_command).
+            body["structured_outputs"] = {"json": params.json_schema}
         return body
 
     def generate(
