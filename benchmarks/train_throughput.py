@@ -56,7 +56,7 @@ def main() -> None:
     from tuneloop.bases import resolve_base, transformers_dir
     from tuneloop.demo.synth import synthesize
     from tuneloop.task import load_task
-    from tuneloop.train.config import bf16_is_fast
+    from tuneloop.train.config import TrainConfig, bf16_is_fast, resolve_dtype
     from tuneloop.train.data import encode_rows, load_source, prepare
 
     work = Path(tempfile.mkdtemp(prefix="tuneloop-train-bench-"))
@@ -77,7 +77,7 @@ def main() -> None:
         cuda = torch.cuda.is_available()
         bf16 = bf16_is_fast("cuda" if cuda else "cpu")
         # Both sides load the base in the dtype `tuneloop train` picks here (bf16 on most GPUs, fp32 on CPU).
-        dtype = "bfloat16" if cuda and bf16 else "float16" if cuda else "float32"
+        dtype, _ = resolve_dtype(TrainConfig(), "cuda" if cuda else "cpu", bf16)
         if dtype == "float16":
             bf16 = False
         common = {

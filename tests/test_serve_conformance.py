@@ -12,7 +12,6 @@ installs it (there a missing vLLM fails).
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ import pytest
 
 from conftest import running_in_ci
 from test_serve import TASK, register_random_version, tamper, task_messages
+from test_serve_logprobs import assert_well_formed
 from tuneloop.registry.versions import ModelVersionInfo
 
 pytestmark = pytest.mark.slow
@@ -206,22 +206,10 @@ def test_a_stream_gives_the_whole_reply_in_chunks_with_usage(client) -> None:
     assert chunks[-1].usage.prompt_tokens == whole.usage.prompt_tokens > 0
 
 
-def assert_well_formed(content: list, text: str, top: int) -> None:
-    """Every token: a log probability (<= 0), its bytes, ``top`` alternatives best first; together the
-    tokens' bytes are the reply."""
-    assert content, "no tokens"
-    for item in content:
-        assert item.logprob <= 0 and math.isfinite(item.logprob)
-        assert len(item.top_logprobs) == top
-        alternatives = [alternative.logprob for alternative in item.top_logprobs]
-        assert alternatives == sorted(alternatives, reverse=True) and all(value <= 0 for value in alternatives)
-    assert b"".join(bytes(item.bytes) for item in content) == text.encode()
-
-
 def test_logprobs_come_back_in_openai_s_shape_whole_and_streamed(client) -> None:
     whole = ask(client, BASE, messages=CHAT, max_tokens=8, logprobs=True, top_logprobs=3)
     content = whole.choices[0].logprobs.content
-    assert_well_formed(content, whole.choices[0].message.content, 3)
+    assert_well_formed(content, whole.choices[0].message.content, 3, token_is_its_bytes=False)
     assert len(content) == whole.usage.completion_tokens == 8
     for item in content:  # greedy, no grammar: the chosen token is the model's first choice
         assert item.token == item.top_logprobs[0].token
