@@ -98,8 +98,8 @@ def main() -> None:
     from rich.console import Console
 
     from tuneloop.answers import parse_answer
+    from tuneloop.comparators import Verdict
     from tuneloop.evals.candidates import ModelSpec
-    from tuneloop.evals.comparators import Verdict
     from tuneloop.evals.runner import EvalOptions, run_eval
     from tuneloop.evals.scoring import score_record
     from tuneloop.evals.store import run_results

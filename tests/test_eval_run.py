@@ -370,3 +370,56 @@ def test_an_unreachable_endpoint_fails_after_bounded_retries(task: Task, data: P
     assert "3 attempts" in caught.value.message and "--resume" in (caught.value.hint or "")
     (run,) = list_runs()  # the run was stored (the data and model id were fine), and marked failed
     assert run.status == "failed"
+
+
+COPYING_TASK = """
+name: copied-receipts
+instructions: Answer with JSON only, with the keys shop, day and total, copied from the receipt.
+output_schema:
+  type: object
+  additionalProperties: false
+  required: [shop, day, total]
+  properties:
+    shop: {type: [string, "null"]}
+    day: {type: [string, "null"], format: date}
+    total: {type: [number, "null"]}
+fields:
+  shop: {compare: fuzzy, extract: verbatim}
+  day: {compare: date, extract: verbatim, formats: ["%d/%m/%Y"]}
+  total: {compare: number, extract: verbatim}
+decoding: {max_tokens: 40}
+"""
+RECEIPTS = [
+    ("KEDAI AH SENG\nDate: 03/04/2018 Inv 559412\nSUBTOTAL 9.00 TOTAL RM 9.54", ("KEDAI AH SENG", "2018-04-03", 9.54)),
+    ("SANYU STATIONERY\n19/10/2017 11:05\nTOTAL 28.15 CASH 50.00", ("SANYU STATIONERY", "2017-10-19", 28.15)),
+]
+
+
+@pytest.mark.slow
+def test_a_version_copies_values_from_each_examples_input(tuneloop_home: Path, tmp_path: Path) -> None:
+    from test_serve import register_random_version
+    from tuneloop.extraction import source_text, value_in_input
+
+    (tuneloop_home / "tasks").mkdir(exist_ok=True)
+    (tuneloop_home / "tasks" / "copied-receipts.yaml").write_text(COPYING_TASK, encoding="utf-8")
+    task = load_task("copied-receipts")
+    version = register_random_version(tmp_path / "made", 5, task_name=task.name)
+    rows = []
+    for index, (text, (shop, day, total)) in enumerate(RECEIPTS):
+        fields = {"shop": shop, "day": day, "total": total}
+        messages = [*task.build_messages({"text": text}), {"role": "assistant", "content": task.answer_json(fields)}]
+        rows.append({"id": f"receipt-{index}", "messages": messages})
+    data = tmp_path / "receipts.jsonl"
+    write_rows(data, rows)
+
+    constrained = run_eval(task, str(data), [version.id], EvalOptions(), console=quiet())
+    (model,) = constrained.models
+    assert model.summary.invented == 0 and model.summary.invalid_rate == 0
+    for result, row in zip(run_results(constrained.run_id), rows, strict=True):
+        answer = json.loads(result.output)
+        source = source_text(row["messages"][:-1])
+        assert all(value_in_input(task, name, answer[name], source) for name in task.field_names), answer
+
+    # --plain-schema decodes under the task's own schema: a different request, not the cached answer
+    plain = run_eval(task, str(data), [version.id], EvalOptions(constrain_values=False), console=quiet())
+    assert plain.models[0].cached == 0 and plain.models[0].results == 2

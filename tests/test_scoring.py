@@ -7,7 +7,7 @@ from datetime import date
 
 import pytest
 
-from tuneloop.evals.comparators import Verdict, compare_field, parse_date, parse_number
+from tuneloop.comparators import Verdict, compare_field, parse_date, parse_number
 from tuneloop.evals.scoring import clustered_wilson_interval, score_record, summarize
 from tuneloop.task import FieldSpec, load_task
 
@@ -108,3 +108,30 @@ def test_interval_widens_when_errors_cluster_in_records() -> None:
     assert (hi_c - lo_c) > 1.5 * (hi_s - lo_s)
     lo0, hi0 = clustered_wilson_interval([0] * 50, 6)
     assert lo0 == 0.0 and 0.0 < hi0 < 0.1  # zero errors still has an upper bound
+
+
+def test_a_wrong_copied_value_absent_from_the_input_is_invented() -> None:
+    from tuneloop.evals.scoring import score_record, summarize
+    from tuneloop.task import parse_task
+
+    task = parse_task(
+        """name: t
+instructions: x
+output_schema:
+  type: object
+  properties: {shop: {type: [string, "null"]}, total: {type: [number, "null"]}}
+fields:
+  shop: {compare: exact, extract: verbatim}
+  total: {compare: number}
+""",
+        "t.yaml",
+    )
+    source = "KEDAI AH SENG total 9.54 cash 10.00"
+    gold = {"shop": "KEDAI AH SENG", "total": 9.54}
+    copied_wrong = score_record(task, "a", '{"shop": "AH SENG", "total": 9.54}', gold, source)
+    invented = score_record(task, "b", '{"shop": "AH SENG SDN BHD", "total": 7.0}', gold, source)
+    assert copied_wrong.verdicts["shop"] is Verdict.WRONG  # a span of the input, just the wrong one
+    assert invented.verdicts["shop"] is Verdict.INVENTED and invented.verdicts["total"] is Verdict.WRONG  # not copied
+    assert score_record(task, "c", '{"shop": "AH SENG SDN BHD", "total": 9.54}', gold).verdicts["shop"] is Verdict.WRONG
+    summary = summarize(task, [copied_wrong, invented])
+    assert summary.invented == 1 and summary.field_error_rate == 3 / 4

@@ -61,15 +61,15 @@ def write_random_lora(folder: Path, seed: int, *, strength: float = 0.02, layers
 
 
 def register_random_version(
-    folder: Path, seed: int, *, base_weights_hash: str | None = None, **lora: float
+    folder: Path, seed: int, *, base_weights_hash: str | None = None, task_name: str = TASK, **lora: float
 ) -> ModelVersionInfo:
     from tuneloop.bases import DEFAULT_BASE
     from tuneloop.registry.versions import register_version
     from tuneloop.task import load_task
 
-    task = load_task(TASK)
+    task = load_task(task_name)
     info, _ = register_version(
-        TASK,
+        task_name,
         write_random_lora(folder / f"lora-{seed}", seed, **lora),
         base_id=DEFAULT_BASE,
         base_weights_hash=base_weights_hash,

@@ -182,6 +182,71 @@ def test_answers_hold_to_the_task_schema_and_to_a_request_schema(client) -> None
     assert isinstance(answer["bright"], bool) and picked.model_extra["tuneloop"]["schema_valid"] is True
 
 
+# A task whose fields are copied from the input (extraction.py): every backend decodes them under the
+# request's own input, so whatever a model samples, each value is one the receipt holds.
+COPY_TASK = """
+name: copied-receipts
+instructions: Answer with JSON only, with the keys shop, address, code, day and total, copied from the receipt.
+output_schema:
+  type: object
+  additionalProperties: false
+  required: [shop, address, code, day, total]
+  properties:
+    shop: {type: [string, "null"]}
+    address: {type: [string, "null"]}
+    code: {type: [string, "null"], pattern: "^[0-9]{4}$"}
+    day: {type: [string, "null"], format: date}
+    total: {type: [number, "null"]}
+extraction: {whitespace: collapse, case: any}
+fields:
+  shop: {compare: fuzzy, extract: verbatim}
+  address: {compare: fuzzy, extract: spans}
+  code: {compare: exact, extract: verbatim}
+  day: {compare: date, extract: verbatim, formats: ["%d/%m/%Y", "%d %b %Y"]}
+  total: {compare: number, extract: verbatim}
+decoding: {temperature: 0.0, max_tokens: 90}
+"""
+RECEIPT = (
+    "SANYU STATIONERY SHOP\nNO. 31G&33G, JALAN SETIA INDAH X ,U13/X\n40170 SETIA ALAM\nTel: 03-3362 4137\n"
+    'Date: 19/10/2017 11:05:42  Card "GOLD" exp 3 Mar 2019\nItem 2 x 4.50 9.00\nGST 6% 0.54\nTOTAL RM 9.54\n'
+    "CASH 10.00 CHANGE 0.46\nTHANK YOU PLEASE COME AGAIN"
+)
+
+
+@pytest.fixture(scope="module")
+def copying_version(module_home: Path) -> ModelVersionInfo:
+    from tuneloop.bases import DEFAULT_BASE, base_weights_hash, resolve_base
+
+    (module_home / "tasks").mkdir(exist_ok=True)
+    (module_home / "tasks" / "copied-receipts.yaml").write_text(COPY_TASK, encoding="utf-8")
+    with home_set_to(module_home):
+        weights = base_weights_hash(resolve_base(DEFAULT_BASE))
+        # strong enough to move the base off its habits, so the samples wander over the receipt
+        return register_random_version(
+            module_home / "copying", 7, base_weights_hash=weights, task_name="copied-receipts", strength=0.05
+        )
+
+
+def test_copied_fields_hold_only_values_of_the_request_input(client, copying_version) -> None:
+    from tuneloop.extraction import value_in_input
+    from tuneloop.task import load_task
+
+    task = load_task("copied-receipts")
+    messages = task.build_messages({"text": RECEIPT})
+    answers = []
+    for seed in range(4):  # sampled at temperature 1: the grammar, not the model's habits, keeps the values
+        reply = ask(client, copying_version.id, messages=messages, temperature=1.0, seed=seed, max_tokens=90)
+        if reply.choices[0].finish_reason != "stop":
+            continue  # cut by max_tokens inside a value: nothing to judge
+        answer = json.loads(reply.choices[0].message.content)
+        answers.append(answer)
+        for name in task.field_names:
+            assert value_in_input(task, name, answer[name], RECEIPT), (name, answer[name])
+        assert answer["day"] in (None, "2017-10-19", "2019-03-03")  # found in the print, written in ISO
+        assert answer["total"] is None or format(answer["total"], "g") in RECEIPT  # a number printed there
+    assert answers, "no sampled answer finished within max_tokens"
+
+
 # --- streaming, logprobs, stop, seed -----------------------------------------------------------------
 
 

@@ -46,6 +46,57 @@ class FieldSpec(_Strict):
     relative_tolerance: float = Field(default=0.0, ge=0, description="number: tolerance as a share of gold")
     threshold: float = Field(default=0.9, gt=0, le=1, description="fuzzy: minimum similarity in (0, 1]")
     values: list[str] | None = Field(default=None, description="enum: the allowed values")
+    extract: Literal["verbatim", "spans"] | None = Field(
+        default=None,
+        description="the value is copied from the input: one span (verbatim) or several joined by spaces (spans)",
+    )
+    formats: list[str] | None = Field(
+        default=None, description="date: the strftime formats the input prints dates in, most likely first"
+    )
+    canonical: str | None = Field(default=None, description="date: the strftime form the answer writes a date in")
+
+    @field_validator("formats")
+    @classmethod
+    def _date_formats(cls, formats: list[str] | None) -> list[str] | None:
+        if formats is not None:
+            if not formats:
+                raise ValueError("formats is empty: list the strftime formats dates are printed in")
+            for fmt in formats:
+                _check_date_format(fmt)
+        return formats
+
+    @field_validator("canonical")
+    @classmethod
+    def _canonical_format(cls, fmt: str | None) -> str | None:
+        if fmt is not None:
+            _check_date_format(fmt)
+        return fmt
+
+
+def _check_date_format(fmt: str) -> None:
+    """A strftime format that writes a whole date (day, month, year) and only directives we can find in text."""
+    from tuneloop.comparators import DATE_DIRECTIVES
+
+    directives = re.findall(r"%(.)", fmt)
+    unknown = sorted({d for d in directives if d not in DATE_DIRECTIVES})
+    if unknown:
+        raise ValueError(f"{fmt!r} uses %{', %'.join(unknown)}; date formats may use %{', %'.join(DATE_DIRECTIVES)}")
+    has = set(directives)
+    if not ({"d"} & has and {"m", "b", "B"} & has and {"Y", "y"} & has):
+        raise ValueError(
+            f"{fmt!r} is not a whole date: it needs a day (%d), a month (%m/%b/%B) and a year (%Y/%y)"
+        )
+
+
+class Extraction(_Strict):
+    """How an extractive field's value is matched against its input (``fields.X.extract``)."""
+
+    whitespace: Literal["collapse", "exact"] = Field(
+        default="collapse", description="collapse: any run of whitespace (line breaks too) reads as one space"
+    )
+    case: Literal["exact", "any"] = Field(
+        default="exact", description="any: a span may also be written in lower, UPPER or Title case"
+    )
 
 
 class FieldCheck(_Strict):
@@ -137,6 +188,7 @@ class Task(_Strict):
     audit_sample_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     requirements: Requirements = Field(default_factory=Requirements)
     decoding: Decoding = Field(default_factory=Decoding)
+    extraction: Extraction = Field(default_factory=Extraction)
 
     @field_validator("input")
     @classmethod
@@ -315,6 +367,9 @@ def _cross_reference_problems(task: Task) -> list[tuple[tuple[Any, ...], str]]:
             problems.append(
                 (("fields", field, "compare"), "enum comparison needs values: [...] or an enum in the schema")
             )
+    for field, spec in task.fields.items():
+        if field in known:
+            problems.extend(_extraction_problems(field, spec, task.output_schema["properties"][field]))
     for index, check in enumerate(task.checks):
         if isinstance(check, FieldCheck) and check.field not in known:
             problems.append((("checks", index, "field"), f"{check.field!r} is not a property of output_schema"))
@@ -322,6 +377,27 @@ def _cross_reference_problems(task: Task) -> list[tuple[tuple[Any, ...], str]]:
             unknown = sorted(checks.rule_names(check.rule) - set(known))
             if unknown:
                 problems.append((("checks", index, "rule"), f"the rule names unknown field(s) {', '.join(unknown)}"))
+    return problems
+
+
+def _extraction_problems(field: str, spec: FieldSpec, prop: Any) -> list[tuple[tuple[Any, ...], str]]:
+    """extract/formats/canonical only where they mean something: copyable scalars, date fields."""
+    problems: list[tuple[tuple[Any, ...], str]] = []
+    kinds = prop.get("type") if isinstance(prop, dict) else None
+    kinds = {kinds} if isinstance(kinds, str) else set(kinds or [])
+    if spec.extract and (not kinds or kinds - {"string", "number", "integer", "null"}):
+        problems.append(
+            (("fields", field, "extract"), "only a string, number or integer field can be copied from the input")
+        )
+    if spec.extract == "spans" and kinds - {"string", "null"}:
+        problems.append((("fields", field, "extract"), "spans joins pieces of text: the field must be a string"))
+    for key in ("formats", "canonical"):
+        if getattr(spec, key) is not None and spec.compare != "date":
+            problems.append((("fields", field, key), f"{key} is for dates: set compare: date on this field"))
+    if spec.canonical and isinstance(prop, dict) and prop.get("format") == "date" and spec.canonical != "%Y-%m-%d":
+        problems.append(
+            (("fields", field, "canonical"), "the schema says format: date (ISO), so canonical must be %Y-%m-%d")
+        )
     return problems
 
 

@@ -12,6 +12,9 @@ def demo(
     documents: int = typer.Option(600, "--documents", "-n", help="Synthetic documents to generate."),
     eval_documents: int = typer.Option(20, "--eval", help="Test documents to run each model on."),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic data."),
+    task: str = typer.Option(
+        "liability-extraction", "--task", help="The synthetic task: liability-extraction or receipt-extraction."
+    ),
     model: list[str] = typer.Option([], "--model", help="Also evaluate this model (e.g. openai/gpt-4o-mini)."),
     fine_tune: bool = typer.Option(True, "--fine-tune/--no-fine-tune", help="Fine-tune, compare, promote, serve."),
 ) -> None:
@@ -19,5 +22,11 @@ def demo(
     from tuneloop.demo.run import run_demo
 
     run_demo(
-        out_dir=out, n_documents=documents, n_eval=eval_documents, seed=seed, extra_models=model, fine_tune=fine_tune
+        out_dir=out,
+        n_documents=documents,
+        n_eval=eval_documents,
+        seed=seed,
+        extra_models=model,
+        fine_tune=fine_tune,
+        task_name=task,
     )

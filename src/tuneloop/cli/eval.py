@@ -54,6 +54,11 @@ def run(
     max_tokens: int | None = typer.Option(None, "--max-tokens", min=1, help="Override the task's decoding.max_tokens."),
     volume: str | None = typer.Option(None, "--volume", help="State cost per month at this volume, e.g. 16000000/day."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Ask the models again even for answers already stored."),
+    plain_schema: bool = typer.Option(
+        False,
+        "--plain-schema",
+        help="Decode local models under the task's output schema only: extractive fields and formats unconstrained.",
+    ),
     no_stream: bool = typer.Option(
         False, "--no-stream", help="Don't stream endpoint answers (no time to first token)."
     ),
@@ -82,6 +87,7 @@ def run(
                 max_tokens=max_tokens,
                 use_cache=not no_cache,
                 stream=not no_stream,
+                constrain_values=not plain_schema,
                 requests_per_day=parse_volume(volume) if volume else None,
             )
             local_options = {"weights": llamacpp_weights} if llamacpp_weights != "native" else {}

@@ -4,4 +4,6 @@
   stages' library calls.
 - ``synth/``: the demo task's document generator (loan-servicer letters, statements, emails... with their
   verified answers), also behind ``tuneloop data synth``. Importing it does not import the flow's stages.
+- ``receipts/``: the receipt-extraction task's generator (noisy OCR receipts); ``generators.py`` picks a
+  task's generator for ``data synth --task`` and ``demo --task``.
 """

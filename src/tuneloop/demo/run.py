@@ -26,7 +26,7 @@ from rich.console import Console
 
 from tuneloop.config import get_settings
 from tuneloop.data.jsonl import write_rows
-from tuneloop.demo.synth import synthesize_with_progress
+from tuneloop.demo.generators import synthesize_with_progress, synthesizer_for
 from tuneloop.evals.candidates import ModelSpec
 from tuneloop.evals.report import print_report, write_html, write_json
 from tuneloop.evals.results import EvalReport
@@ -34,9 +34,9 @@ from tuneloop.evals.runner import EvalOptions, run_eval
 from tuneloop.task import Task, load_task
 from tuneloop.train.config import TrainConfig
 
-DEMO_TASK = "liability-extraction"
+DEMO_TASK = "liability-extraction"  # the default; `tuneloop demo --task` picks another task with a generator
 DEMO_BASE = "smollm2-135m-instruct"
-DEMO_DATASET = "liability-extraction-demo"
+DEMO_DATASET = f"{DEMO_TASK}-demo"
 # The production volume the seed story states costs at (16M extractions a day).
 DEMO_REQUESTS_PER_DAY = 16_000_000
 # One epoch, short enough for a laptop CPU; the rest (batch, learning rate...) is `tuneloop train`'s own choice.
@@ -53,18 +53,21 @@ def run_demo(
     fine_tune: bool = True,
     n_captured: int = 12,
     console: Console | None = None,
+    task_name: str = DEMO_TASK,
 ) -> EvalReport:
     console = console or Console()
-    task = load_task(DEMO_TASK)
+    task = load_task(task_name)
+    synthesizer_for(task.name)  # a task without a generator fails here, before anything is written
+    dataset = f"{task.name}-demo"
     out_dir = out_dir or get_settings().home / "demo"
     out_dir.mkdir(parents=True, exist_ok=True)
 
     console.rule("[bold]1. Synthetic data")
     rows = synthesize_with_progress(task, n_documents, seed, console=console)
-    data_path = out_dir / f"{DEMO_TASK}.jsonl"
+    data_path = out_dir / f"{task.name}.jsonl"
     write_rows(data_path, rows)
     test_rows = [r for r in rows if r["metadata"]["split"] == "test"]
-    test_path = out_dir / f"{DEMO_TASK}.test.jsonl"
+    test_path = out_dir / f"{task.name}.test.jsonl"
     write_rows(test_path, test_rows)
     console.print(
         f"wrote {len(rows)} documents to {data_path} ({len(rows) - len(test_rows)} train, {len(test_rows)} test; "
@@ -80,12 +83,12 @@ def run_demo(
 
     console.rule("[bold]3. Capture: demo traffic through the gateway, a dataset from the logs, relabel")
     train_rows = [r for r in rows if r["metadata"]["split"] == "train"]
-    capture_demo(task, data_path, train_rows[:n_captured], console)
+    capture_demo(task, data_path, train_rows[:n_captured], console, dataset=dataset)
 
-    console.rule(f"[bold]4. Fine-tune: LoRA on dataset {DEMO_DATASET}")
+    console.rule(f"[bold]4. Fine-tune: LoRA on dataset {dataset}")
     from tuneloop.train import train
 
-    result = train(task, f"dataset:{DEMO_DATASET}", DEMO_BASE, TrainConfig(sft=dict(DEMO_SCHEDULE)), console=console)
+    result = train(task, f"dataset:{dataset}", DEMO_BASE, TrainConfig(sft=dict(DEMO_SCHEDULE)), console=console)
     version = result.version
     console.print(
         f"registered [bold]{version.id}[/] (sha256:{version.content_hash[:12]}…) in {result.seconds:.0f} s "
@@ -103,9 +106,11 @@ def run_demo(
     return report
 
 
-def capture_demo(task: Task, data_path: Path, rows: Sequence[dict[str, Any]], console: Console) -> None:
+def capture_demo(
+    task: Task, data_path: Path, rows: Sequence[dict[str, Any]], console: Console, *, dataset: str = DEMO_DATASET
+) -> None:
     """The capture half of the loop on loopback: ``tuneloop serve`` (the base) behind ``tuneloop gateway``,
-    ``rows`` sent through the gateway with the openai client, then a dataset from the logged calls."""
+    ``rows`` sent through the gateway with the openai client, then dataset ``dataset`` from the logged calls."""
     from openai import OpenAI
 
     from tuneloop.capture.config import GatewayConfig, Route
@@ -117,8 +122,8 @@ def capture_demo(task: Task, data_path: Path, rows: Sequence[dict[str, Any]], co
     from tuneloop.store.logs import LogFilter
     from tuneloop.upstreams import Upstream
 
-    imported = import_jsonl(data_path, DEMO_DATASET, task=task.name, provenance="human")
-    console.print(f"dataset {DEMO_DATASET}: {imported.added} human-verified entries imported from {data_path.name}")
+    imported = import_jsonl(data_path, dataset, task=task.name, provenance="human")
+    console.print(f"dataset {dataset}: {imported.added} human-verified entries imported from {data_path.name}")
 
     # Loopback only, for the demo's own calls: no key, like the demo's gateway. With `auth: auto` a home where
     # someone ran `tuneloop keys create` (as the demo suggests) would refuse the gateway's keyless calls.
@@ -156,9 +161,9 @@ def capture_demo(task: Task, data_path: Path, rows: Sequence[dict[str, Any]], co
         f"{len(rows)} calls logged; {escalated} answers failed the task's checks and went to the review queue"
     )
 
-    added = dataset_from_logs(DEMO_DATASET, LogFilter(metadata={"task": task.name, "source": "demo"}), task=task.name)
+    added = dataset_from_logs(dataset, LogFilter(metadata={"task": task.name, "source": "demo"}), task=task.name)
     console.print(
-        f"from the logs: {added.added} entries added to {DEMO_DATASET} (provenance 'log', linked to their requests)"
+        f"from the logs: {added.added} entries added to {dataset} (provenance 'log', linked to their requests)"
     )
     teacher = default_teacher()
     if teacher is None:
@@ -167,7 +172,7 @@ def capture_demo(task: Task, data_path: Path, rows: Sequence[dict[str, Any]], co
             "labels stand in for the teacher's, and outrank the logged answers when the dataset is resolved"
         )
     else:
-        outcome = relabel(DEMO_DATASET, teacher, console=console)
+        outcome = relabel(dataset, teacher, console=console)
         console.print(
             f"relabelled with {teacher}: {outcome.asked} asked, {outcome.kept} kept, {len(outcome.failing)} failing "
             f"the task's checks (kept out of training), {outcome.skipped_human} human-verified left as they are"

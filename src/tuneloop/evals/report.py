@@ -162,7 +162,7 @@ def verdict_table(report: EvalReport) -> Table:
 def quality_table(report: EvalReport) -> Table:
     table = Table(title="quality", title_justify="left", box=box.SIMPLE_HEAD)
     _model_column(table, report)
-    for heading in ("exact match", "invalid", "halluc.", "misses", "checks failed"):
+    for heading in ("exact match", "invalid", "halluc.", "invented", "misses", "checks failed"):
         table.add_column(heading, justify="right")
     for model in report.models:
         summary = model.summary
@@ -171,6 +171,7 @@ def quality_table(report: EvalReport) -> Table:
             pct(summary.exact_match_rate, 0),
             pct(summary.invalid_rate, 0),
             str(summary.hallucinations),
+            str(summary.invented),
             str(summary.misses),
             pct(summary.check_failure_rate, 0),
         )

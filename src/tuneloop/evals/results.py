@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from tuneloop.comparators import Verdict
 from tuneloop.cost import monthly_cost
-from tuneloop.evals.comparators import Verdict
 from tuneloop.evals.latency import LatencyStats, latency_stats
 from tuneloop.evals.scoring import RecordScore, Summary, summarize_fields
 from tuneloop.evals.store import RunInfo, StoredResult

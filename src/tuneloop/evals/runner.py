@@ -50,6 +50,7 @@ from tuneloop.evals.store import (
     mark_run,
     run_results,
 )
+from tuneloop.extraction import decoding_schema, source_text
 from tuneloop.generation import GenerationParams
 from tuneloop.progress import progress_bar
 from tuneloop.task import Task, load_task
@@ -67,6 +68,9 @@ class EvalOptions:
     use_cache: bool = True
     stream: bool = True  # stream endpoint answers, which is how time to first token is measured
     requests_per_day: float | None = None  # the volume that monthly cost is stated at
+    # Local models decode extractive fields and formats under their per-input constraints (extraction.py);
+    # False decodes under the task's plain output schema (the comparison benchmarks make).
+    constrain_values: bool = True
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -255,9 +259,8 @@ def _run_model(
     on_result: ResultCallback | None,
 ) -> None:
     writer.flush()  # results of a previous model must be visible to the resume check below
-    if model.structured:
-        params = replace(params, json_schema=task.output_schema)
-    keys = {example.id: cache_key(model.identity, example.prompt, params) for example in examples}
+    per_example = {example.id: _structured(task, model, example, params, options) for example in examples}
+    keys = {example.id: cache_key(model.identity, example.prompt, per_example[example.id]) for example in examples}
     already = {result.example_id for result in run_results(run_id, model.label)}  # when resuming
     todo = [example for example in examples if example.id not in already]
     cached = cached_answers(keys[example.id] for example in todo) if options.use_cache else {}
@@ -291,9 +294,21 @@ def _run_model(
                 if on_result:
                     on_result(model.label, stored)
 
-            _ask(task, model, generator, fresh, keys, params, options.concurrency, finished)
+            _ask(task, model, generator, fresh, keys, per_example, options.concurrency, finished)
     finally:
         generator.close()
+
+
+def _structured(
+    task: Task, model: Candidate, example: Example, params: GenerationParams, options: EvalOptions
+) -> GenerationParams:
+    """An example's decoding settings: a local model decodes under the task's schema, narrowed to the
+    example's input where the task's fields copy values or enforce formats (the same rule as serving)."""
+    if not model.structured:
+        return params
+    if not options.constrain_values:
+        return replace(params, json_schema=task.output_schema)
+    return replace(params, json_schema=decoding_schema(task, source_text(example.prompt)))
 
 
 def _ask(
@@ -302,7 +317,7 @@ def _ask(
     generator: Generator,
     examples: list[Example],
     keys: dict[str, str],
-    params: GenerationParams,
+    params: dict[str, GenerationParams],
     concurrency: int,
     finished: Callable[[StoredResult], None],
 ) -> None:
@@ -316,7 +331,7 @@ def _ask(
     def submit_next() -> None:
         example = next(queue, None)
         if example is not None:
-            in_flight[pool.submit(generator.complete, example.prompt, params, stop)] = example
+            in_flight[pool.submit(generator.complete, example.prompt, params[example.id], stop)] = example
 
     try:
         # Submitting as slots free up (not all at once) keeps Ctrl-C from leaving a long queue behind.
@@ -384,7 +399,7 @@ def _from_cache(task: Task, example: Example, model: Candidate, answer: StoredRe
 def _scored(
     task: Task, example: Example, label: str, output: str | None, error: str | None, *, cache_key_value: str | None
 ) -> StoredResult:
-    score = score_record(task, example.id, output, example.gold)
+    score = score_record(task, example.id, output, example.gold, source_text(example.prompt))
     return StoredResult(
         example_id=example.id,
         model=label,

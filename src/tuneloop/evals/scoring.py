@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tuneloop.answers import parse_answer
-from tuneloop.evals.comparators import Verdict, compare_field
+from tuneloop.comparators import Verdict, compare_field
+from tuneloop.extraction import value_in_input
 from tuneloop.task import Task
 
 
@@ -34,8 +35,14 @@ class RecordScore:
         return self.errors == 0
 
 
-def score_record(task: Task, example_id: str, output: str | None, gold: dict[str, Any]) -> RecordScore:
-    """Score one output; ``output=None`` (no prediction) counts as invalid."""
+def score_record(
+    task: Task, example_id: str, output: str | None, gold: dict[str, Any], source: str | None = None
+) -> RecordScore:
+    """Score one output; ``output=None`` (no prediction) counts as invalid.
+
+    With ``source`` (the example's input text), a wrong value of an extractive field that the input does
+    not hold is counted as *invented* rather than wrong: the error constrained decoding rules out.
+    """
     if output is None:
         answer, reason = None, "no prediction for this example"
     else:
@@ -43,6 +50,11 @@ def score_record(task: Task, example_id: str, output: str | None, gold: dict[str
     if answer is None:
         return RecordScore(example_id, {f: Verdict.INVALID for f in task.field_names}, False, reason)
     verdicts = {f: compare_field(task.field_spec(f), answer.get(f), gold.get(f)) for f in task.field_names}
+    if source is not None:
+        for name, verdict in verdicts.items():
+            copied = task.field_spec(name).extract is not None
+            if copied and verdict.is_error and not value_in_input(task, name, answer.get(name), source):
+                verdicts[name] = Verdict.INVENTED
     return RecordScore(example_id, verdicts, True, None, answer, task.run_checks(answer))
 
 
@@ -59,6 +71,7 @@ class Summary:
     hallucinations: int
     misses: int
     check_failure_rate: float
+    invented: int = 0  # wrong values of extractive fields that their input does not hold
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +84,7 @@ class Summary:
             "hallucinations": self.hallucinations,
             "misses": self.misses,
             "check_failure_rate": self.check_failure_rate,
+            "invented": self.invented,
         }
 
 
@@ -97,6 +111,7 @@ def summarize_fields(fields: list[str], scores: list[RecordScore]) -> Summary:
         hallucinations=sum(v is Verdict.HALLUCINATION for v in every),
         misses=sum(v is Verdict.MISS for v in every),
         check_failure_rate=sum(bool(s.check_failures) for s in scores if s.valid) / n,
+        invented=sum(v is Verdict.INVENTED for v in every),
     )
 
 

@@ -254,7 +254,7 @@ def _corrections(session: Any, rows: list[Any]) -> tuple[set[int], set[str]]:
 
 
 def _add(spec: Task, sample: _Sample, row: Any, corrected: bool) -> None:
-    from tuneloop.evals.comparators import parse_date
+    from tuneloop.comparators import parse_date
     from tuneloop.review.policy import answer_text, check_answer
 
     response = row.response if isinstance(row.response, dict) else {}

@@ -118,7 +118,7 @@ def shadow_replay(
         if own_engine:
             engine.close()
 
-    from tuneloop.evals.comparators import compare_field
+    from tuneloop.comparators import compare_field
     from tuneloop.review.policy import answer_text, check_answer
 
     agree_counts = dict.fromkeys(spec.field_names, 0)

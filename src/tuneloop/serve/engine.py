@@ -13,7 +13,8 @@ as the server. ``build_engine`` builds one as ``tuneloop serve`` does, the backe
   versions; vLLM's continuous batching). At most ``max_queue`` requests are admitted (running + waiting);
   one more is refused with 429 and ``Retry-After``.
 - **Structured output.** A task version decodes under its task's output schema by default (llama.cpp's
-  grammar, llguidance for transformers, vLLM's guided decoding); a request's
+  grammar, llguidance for transformers, vLLM's guided decoding), its extractive fields held to values of
+  the request's own input and its date/number formats enforced (``extraction.py``); a request's
   ``response_format`` ``json_schema`` replaces it, ``json_object`` asks for the task schema (or any JSON
   object on a base), ``text`` turns it off. The answer is always validated afterwards; a violation is
   reported in the response (``tuneloop.schema_valid`` / ``schema_errors``) and counted, never hidden.
@@ -161,6 +162,7 @@ class ServeEngine:
         if request.seed is not None and not 0 <= request.seed < 2**63:
             raise invalid_parameter("seed must be a non-negative 64-bit integer", "seed")
         schema = self._schema_for(request.response_format, served)
+        messages = _messages(request)
         if schema is not None and self.backend_name in ("llamacpp", "transformers"):
             from tuneloop.serve.grammar import llama_grammar, llguidance_grammar
 
@@ -175,11 +177,11 @@ class ServeEngine:
             top_p=top_p,
             stop=stop or None,
             seed=request.seed,
-            json_schema=schema,
+            json_schema=_decoding_schema(schema, served, messages),
             logprobs=logprobs,
             top_logprobs=top_logprobs,
         )
-        return Plan(served, _messages(request), params, schema)
+        return Plan(served, messages, params, schema)
 
     def _schema_for(self, response_format: dict[str, Any] | None, served: ServedModel) -> dict[str, Any] | None:
         if response_format is None:
@@ -459,6 +461,16 @@ def _completion(
 def _logprobs(tokens: list[Any] | None) -> dict[str, Any]:
     """OpenAI's ``choices[].logprobs``: ``{"content": [{token, logprob, bytes, top_logprobs}], "refusal"}``."""
     return {"content": [token.openai() for token in tokens or []], "refusal": None}
+
+
+def _decoding_schema(schema: dict[str, Any] | None, served: ServedModel, messages: list[Message]) -> Any:
+    """What generation is held to: under the task's own schema, its extractive fields narrowed to this
+    request's input and its formats enforced (``extraction.decoding_schema``); a request's schema as given."""
+    if schema is None or served.task is None or schema is not served.task.output_schema:
+        return schema
+    from tuneloop.extraction import decoding_schema, source_text
+
+    return decoding_schema(served.task, source_text(messages))
 
 
 def _messages(request: ChatCompletionRequest) -> list[Message]:

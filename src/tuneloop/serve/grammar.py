@@ -23,16 +23,18 @@ import ctypes
 import functools
 import json
 import re
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
 
 from tuneloop.errors import TuneloopError
+from tuneloop.extraction import SPAN_KEYWORD, case_variants
 
 # Bumped when a schema's grammar changes in either engine, so cached eval answers decoded under the old one
 # are not reused (evals/store.py). 2: transformers decodes under the GBNF llama.cpp gets.
-GRAMMAR_REVISION = 2
+GRAMMAR_REVISION = 3
 
 # What every structural position may hold: nothing or one space (see the module docstring).
 STRICT_SPACE_RULE = '" "?'
@@ -41,19 +43,24 @@ STRICT_SPACE_RULE = '" "?'
 _UNCONSTRAINED_KEYWORDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
 
 
-def json_schema_gbnf(schema: dict[str, Any]) -> str:
-    """GBNF for JSON documents matching ``schema``, with strict whitespace; properties in schema order."""
-    from llama_cpp.llama_grammar import SchemaConverter
+def json_schema_gbnf(schema: dict[str, Any], *, spans: str = "automaton") -> str:
+    """GBNF for JSON documents matching ``schema``, with strict whitespace; properties in schema order.
 
+    A sub-schema carrying ``x-tuneloop-span`` (``extraction.decoding_schema``) becomes a JSON string holding a
+    span of its text: with ``spans="automaton"`` as the text's suffix automaton written as GBNF rules (one rule
+    per state; llama.cpp parses 6k of them in ~15 ms), with ``spans="placeholder"`` as a placeholder literal
+    that ``llguidance_grammar`` replaces with llguidance's own substring lexeme (its GBNF front end takes
+    seconds over thousands of rules, its substring lexeme milliseconds). Both accept the same strings.
+    """
+    return _convert(schema, spans)[0]
+
+
+def _convert(schema: dict[str, Any], spans: str) -> tuple[str, dict[str, list[str]]]:
+    """The GBNF, and the span placeholders it holds (placeholder literal → the texts it stands for)."""
     if not isinstance(schema, dict):
         raise TuneloopError("a JSON schema must be an object", where="response_format.json_schema.schema")
     properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
-    converter = SchemaConverter(
-        prop_order={name: index for index, name in enumerate(properties)},
-        allow_fetch=False,
-        dotall=False,
-        raw_pattern=False,
-    )
+    converter = _Converter(prop_order={name: index for index, name in enumerate(properties)}, spans=spans)
     try:
         resolved = converter.resolve_refs(_split_type_lists(schema), "request")
         converter.visit(resolved, "")
@@ -71,7 +78,102 @@ def json_schema_gbnf(schema: dict[str, Any]) -> str:
             f"this JSON schema can't be turned into a grammar: {exc}", where="response_format.json_schema.schema"
         ) from None
     converter._rules["space"] = STRICT_SPACE_RULE  # pin it, whatever this llama-cpp-python version defaults to
-    return converter.format_grammar()
+    return converter.format_grammar(), converter.placeholders
+
+
+def _converter_class() -> type:
+    from llama_cpp.llama_grammar import SchemaConverter
+
+    class Converter(SchemaConverter):
+        """llama-cpp-python's converter, plus span sub-schemas (see ``json_schema_gbnf``)."""
+
+        def __init__(self, *, prop_order: dict[str, int], spans: str) -> None:
+            super().__init__(prop_order=prop_order, allow_fetch=False, dotall=False, raw_pattern=False)
+            self.span_mode = spans
+            self.placeholders: dict[str, list[str]] = {}  # placeholder literal → the span's texts (escaped)
+            self.automata: dict[str, str] = {}  # text → its automaton's root rule (fields over one input share it)
+
+        def visit(self, schema: Any, name: str) -> str:
+            span = schema.get(SPAN_KEYWORD) if isinstance(schema, dict) else None
+            if not isinstance(span, dict):
+                return super().visit(schema, name)
+            rule_name = name or "root"
+            texts = [json.dumps(text, ensure_ascii=False)[1:-1] for text in _span_texts(span)]
+            if self.span_mode == "placeholder":
+                placeholder = f"tlspan-{uuid.uuid4().hex}"
+                self.placeholders[placeholder] = texts
+                piece = self._add_rule(f"{rule_name}-span", _gbnf_literal(placeholder))
+            else:
+                piece = self._add_span_automata(f"{rule_name}-span", texts)
+            joined = f'{piece} (" " {piece})*' if span.get("join") else piece
+            return self._add_rule(rule_name, f'"\\"" {joined} "\\"" space')
+
+        def _add_span_automata(self, name: str, texts: list[str]) -> str:
+            roots = []
+            for text in texts:
+                if text not in self.automata:
+                    self.automata[text] = _add_automaton(self, f"span{len(self.automata)}", text)
+                roots.append(self.automata[text])
+            return self._add_rule(name, " | ".join(roots))
+
+    return Converter
+
+
+def _Converter(**kwargs: Any) -> Any:
+    return _converter_class()(**kwargs)
+
+
+def _span_texts(span: dict[str, Any]) -> list[str]:
+    text = str(span.get("text", ""))
+    return case_variants(text) if span.get("case") == "any" else [text]
+
+
+def _gbnf_literal(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _add_automaton(converter: Any, name: str, text: str) -> str:
+    """Rules accepting exactly the non-empty substrings of ``text``: its suffix automaton, one rule per state
+    (every state accepts: any prefix of a substring is one). Returns the root rule's name."""
+    edges = suffix_automaton(text)
+    for state in range(len(edges) - 1, -1, -1):
+        alternatives = " | ".join(f"{_gbnf_literal(char)} {name}-{target}" for char, target in edges[state].items())
+        optional = f"({alternatives})?" if alternatives else '""'  # every state but the start may stop here
+        body = alternatives if state == 0 else optional
+        converter._rules[f"{name}-{state}" if state else name] = body
+    return name
+
+
+def suffix_automaton(text: str) -> list[dict[str, int]]:
+    """The transitions of ``text``'s suffix automaton (state 0 the start): a DFA of at most 2n states whose
+    paths from the start spell exactly the substrings of ``text``."""
+    length, link, edges = [0], [-1], [{}]
+    last = 0
+    for char in text:
+        current = len(length)
+        length.append(length[last] + 1)
+        link.append(0)
+        edges.append({})
+        state = last
+        while state != -1 and char not in edges[state]:
+            edges[state][char] = current
+            state = link[state]
+        if state != -1:
+            target = edges[state][char]
+            if length[state] + 1 == length[target]:
+                link[current] = target
+            else:  # split: a clone of target that stops at this shorter length
+                clone = len(length)
+                length.append(length[state] + 1)
+                link.append(link[target])
+                edges.append(dict(edges[target]))
+                while state != -1 and edges[state].get(char) == target:
+                    edges[state][char] = clone
+                    state = link[state]
+                link[target] = clone
+                link[current] = clone
+        last = current
+    return edges
 
 
 def _split_type_lists(schema: Any) -> Any:
@@ -149,15 +251,42 @@ def _llguidance_grammar_for(canonical_schema: str) -> str:
     from llguidance import LLMatcher, grammar_from
 
     where = "response_format.json_schema.schema"
-    gbnf = json_schema_gbnf(json.loads(canonical_schema))
     try:
-        grammar = grammar_from("gbnf", gbnf)
+        grammar = grammar_from("lark", llguidance_lark(json.loads(canonical_schema)))
     except ValueError as exc:
         raise TuneloopError(f"this JSON schema can't be turned into a grammar: {exc}", where=where) from None
     is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar)
     if is_error:
         raise TuneloopError(f"this JSON schema can't be turned into a grammar: {messages[0]}", where=where)
     return grammar
+
+
+def llguidance_lark(schema: dict[str, Any]) -> str:
+    """The schema's grammar in llguidance's Lark: the GBNF llama.cpp gets, converted by llguidance's own
+    converter, with each span placeholder replaced by a substring lexeme over the same text(s)."""
+    from llguidance.gbnf_to_lark import GbnfToLarkError, gbnf_to_lark
+
+    gbnf, placeholders = _convert(schema, "placeholder")
+    try:
+        lark = gbnf_to_lark(gbnf)
+    except GbnfToLarkError as exc:
+        raise TuneloopError(
+            f"this JSON schema can't be turned into a grammar: {exc}", where="response_format"
+        ) from None
+    for placeholder, texts in placeholders.items():
+        lexemes = " | ".join("%regex " + json.dumps({"substring_chars": text}) for text in texts)
+        # substring lexemes take the empty string too; the automaton does not (a copied value has a character)
+        lark = lark.replace(_gbnf_literal(placeholder), f"(({lexemes}) & /(.|\\n)+/)")
+    return lark
+
+
+def schema_has_spans(schema: Any) -> bool:
+    """Whether a schema holds a span sub-schema (``x-tuneloop-span``): its grammar is per request."""
+    if isinstance(schema, dict):
+        return SPAN_KEYWORD in schema or any(schema_has_spans(value) for value in schema.values())
+    if isinstance(schema, list):
+        return any(schema_has_spans(item) for item in schema)
+    return False
 
 
 ANY_JSON_OBJECT: dict[str, Any] = {"type": "object"}

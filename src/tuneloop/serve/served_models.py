@@ -31,6 +31,7 @@ from tuneloop.registry.versions import ModelVersionInfo
 from tuneloop.serve.backends import Adapter
 from tuneloop.serve.errors import integrity_error, model_not_found
 from tuneloop.serve.metrics import ServeMetrics
+from tuneloop.task import Task
 
 log = logging.getLogger("tuneloop.serve")
 
@@ -43,8 +44,13 @@ class ServedModel:
     base_id: str
     version: ModelVersionInfo | None = None
     adapter: Adapter | None = None
-    task_schema: dict[str, Any] | None = None
+    task: Task | None = None  # the version's task spec (None for a base, or a task this machine lacks)
     decoding: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def task_schema(self) -> dict[str, Any] | None:
+        """The schema a version decodes under by default: its task's output schema."""
+        return self.task.output_schema if self.task is not None else None
 
     @property
     def fingerprint(self) -> str:
@@ -90,7 +96,7 @@ class ServedModels:
         self._served: dict[str, ServedModel] = {}  # content hash → ready ServedModel
         self._resolve_lock = threading.Lock()
         self._base_weights_hash: str | None = None
-        self._task_schemas: dict[str, dict[str, Any] | None] = {}
+        self._tasks: dict[str, Task | None] = {}
 
     def preload(self) -> list[ServedModel]:
         """Resolve, verify and export every ``--models`` entry now, so a bad one fails at startup."""
@@ -189,7 +195,7 @@ class ServedModels:
                 content_hash=info.content_hash,
                 before_load=before_load,
             ),
-            task_schema=self._task_schema(info.task),
+            task=self._task(info.task),
             decoding=dict(info.decoding),
         )
 
@@ -220,16 +226,16 @@ class ServedModels:
             self._base_weights_hash = base_weights_hash(self.base)
         return self._base_weights_hash
 
-    def _task_schema(self, task_name: str) -> dict[str, Any] | None:
-        if task_name not in self._task_schemas:
+    def _task(self, task_name: str) -> Task | None:
+        if task_name not in self._tasks:
             from tuneloop.task import load_task
 
             try:
-                self._task_schemas[task_name] = load_task(task_name).output_schema
+                self._tasks[task_name] = load_task(task_name)
             except TuneloopError:
                 log.warning("task %s has no spec here; its versions decode without a schema", task_name)
-                self._task_schemas[task_name] = None
-        return self._task_schemas[task_name]
+                self._tasks[task_name] = None
+        return self._tasks[task_name]
 
     def list_models(self) -> list[dict[str, Any]]:
         """``/v1/models``: the base, and every registered version on it (with its aliases)."""

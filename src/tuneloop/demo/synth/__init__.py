@@ -17,21 +17,21 @@ sets (lower-cased, every digit run masked as ``#``) have Jaccard similarity >= 0
 that differ only in their numbers are near-copies. Documents are grouped by shared skeleton and
 by chains of near-copies, and whole groups are assigned to a split: no test document shares a
 skeleton with, or is a near-copy of, any train document. Exact duplicate texts are never emitted.
+
+``check_arguments``, ``unique_documents`` and ``dataset_row`` are shared with the other generators
+(``demo/receipts``); ``tuneloop.demo.generators`` picks the generator for a task.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
-
-from rich.console import Console
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from tuneloop.demo.synth.doc import FIELD_NAMES
-from tuneloop.demo.synth.generate import STYLES, Document, generate_document
+from tuneloop.demo.synth.generate import STYLES, generate_document
 from tuneloop.demo.synth.split import NEAR_COPY_THRESHOLD, assign_splits, jaccard, near_copy_pairs, shingles
 from tuneloop.errors import TuneloopError
-from tuneloop.progress import progress_bar
 
 if TYPE_CHECKING:
     from tuneloop.task import Task
@@ -43,10 +43,13 @@ __all__ = [
     "NEAR_COPY_THRESHOLD",
     "STYLE_NAMES",
     "SUPPORTED_TASK",
+    "check_arguments",
+    "dataset_row",
     "jaccard",
     "near_copy_pairs",
     "shingles",
     "synthesize",
+    "unique_documents",
 ]
 
 
@@ -63,27 +66,31 @@ def synthesize(
     ``metadata`` holds the gold ``fields``, the ``split`` ("train"/"test") and the ``style``.
     ``on_progress(done, n)`` is called as documents are generated.
     """
-    _check_arguments(task, n, test_fraction)
-    documents = _unique_documents(n, seed, on_progress)
+    check_arguments(task, n, test_fraction, task_name=SUPPORTED_TASK, field_names=FIELD_NAMES)
+    documents = unique_documents(generate_document, n, seed, on_progress)
     splits = assign_splits(
         [d.text for d in documents], [d.skeleton for d in documents], [d.style for d in documents], test_fraction, seed
     )
-    return [_row(task, document, split) for document, split in zip(documents, splits, strict=True)]
+    return [
+        dataset_row(task, d.text, d.fields, {"split": split, "style": d.style})
+        for d, split in zip(documents, splits, strict=True)
+    ]
 
 
-def _check_arguments(task: Task, n: int, test_fraction: float) -> None:
-    if task.name != SUPPORTED_TASK:
+def check_arguments(task: Task, n: int, test_fraction: float, *, task_name: str, field_names: Sequence[str]) -> None:
+    """Refuse a task the generator was not written for, and out-of-range ``n`` / ``test_fraction``."""
+    if task.name != task_name:
         raise TuneloopError(
-            f"the synthetic generator only supports the `{SUPPORTED_TASK}` task, not `{task.name}`",
+            f"this generator writes documents for the `{task_name}` task, not `{task.name}`",
             where="--task",
             hint="other tasks need real data: OpenAI chat JSONL or captured traffic",
         )
-    missing = sorted(set(FIELD_NAMES) - set(task.field_names))
+    missing = sorted(set(field_names) - set(task.field_names))
     if missing:
         raise TuneloopError(
             f"task `{task.name}` lacks the field(s) {', '.join(missing)} that the generator fills",
             where="--task",
-            hint="use the packaged liability-extraction task spec",
+            hint=f"use the packaged {task_name} task spec",
         )
     if n < 1:
         raise TuneloopError(f"-n must be at least 1, got {n}", where="-n")
@@ -91,12 +98,23 @@ def _check_arguments(task: Task, n: int, test_fraction: float) -> None:
         raise TuneloopError(f"--test-fraction must be in [0, 1), got {test_fraction}", where="--test-fraction")
 
 
-def _unique_documents(n: int, seed: int, on_progress: Callable[[int, int], None] | None) -> list[Document]:
-    documents: list[Document] = []
+class _HasText(Protocol):
+    @property
+    def text(self) -> str: ...
+
+
+D = TypeVar("D", bound=_HasText)
+
+
+def unique_documents(
+    generate: Callable[[int, int], D], n: int, seed: int, on_progress: Callable[[int, int], None] | None
+) -> list[D]:
+    """The first ``n`` documents ``generate(seed, index)`` gives for index 0, 1, ..., exact duplicates skipped."""
+    documents: list[D] = []
     seen: set[str] = set()
     index = 0
     while len(documents) < n:
-        document = generate_document(seed, index)
+        document = generate(seed, index)
         index += 1
         if document.text in seen:  # exact duplicates are skipped; the next index replaces them
             continue
@@ -107,31 +125,11 @@ def _unique_documents(n: int, seed: int, on_progress: Callable[[int, int], None]
     return documents
 
 
-def _row(task: Task, document: Document, split: str) -> dict[str, Any]:
-    fields = {name: document.fields.get(name) for name in task.field_names}
-    messages = [
-        *task.build_messages({"text": document.text}),
-        {"role": "assistant", "content": task.answer_json(fields)},
-    ]
-    digest = hashlib.sha256(document.text.encode()).hexdigest()[:16]
-    return {
-        "id": f"synth-{digest}",
-        "messages": messages,
-        "metadata": {"fields": fields, "split": split, "style": document.style},
-    }
-
-
-def synthesize_with_progress(
-    task: Task, n: int, seed: int, test_fraction: float = 0.2, console: Console | None = None
-) -> list[dict[str, Any]]:
-    """``synthesize`` under a progress bar (count, rate, ETA)."""
-    with progress_bar(console, unit="doc") as progress:
-        bar = progress.add_task("synthesizing", total=n)
-
-        def advance(done: int, total: int) -> None:
-            if done % 50 == 0 or done == total:  # rich redraws are not free; a few per second is plenty
-                progress.update(bar, completed=done)
-            if done == total:  # the split that follows has no count to show; say what is running
-                progress.update(bar, description="near-copy check and split")
-
-        return synthesize(task, n, seed, test_fraction, on_progress=advance)
+def dataset_row(
+    task: Task, text: str, fields: dict[str, Any], metadata: dict[str, Any], *, prefix: str = "synth"
+) -> dict[str, Any]:
+    """A chat row whose assistant turn is the task's canonical JSON of ``fields`` (in ``metadata.fields`` too)."""
+    answer = {name: fields.get(name) for name in task.field_names}
+    messages = [*task.build_messages({"text": text}), {"role": "assistant", "content": task.answer_json(answer)}]
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return {"id": f"{prefix}-{digest}", "messages": messages, "metadata": {"fields": answer, **metadata}}

@@ -60,6 +60,7 @@ from tuneloop.serve.backends.base import (
     delta_texts,
 )
 from tuneloop.serve.backends.options import VllmOptions
+from tuneloop.serve.grammar import llguidance_lark, schema_has_spans
 
 log = logging.getLogger("tuneloop.serve")
 
@@ -505,7 +506,11 @@ class VllmBackend:
         if params.logprobs:
             body["logprobs"] = True
             body["top_logprobs"] = params.top_logprobs
-        if params.json_schema is not None:
+        if params.json_schema is not None and schema_has_spans(params.json_schema):
+            # Values copied from the input: JSON Schema has no word for "a span of this text", so vLLM gets the
+            # grammar our transformers backend decodes under (llguidance Lark, vLLM's guidance backend).
+            body["structured_outputs"] = {"grammar": llguidance_lark(params.json_schema)}
+        elif params.json_schema is not None:
             # vLLM's own form of response_format json_schema; compact JSON (no whitespace for a small model to
             # spend its max_tokens on) comes from the server's --structured-outputs-config (vllm_command).
             body["structured_outputs"] = {"json": params.json_schema}

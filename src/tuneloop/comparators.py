@@ -2,13 +2,15 @@
 
 Each field of a task has one comparator (``exact``, ``number``, ``date``, ``fuzzy``, ``enum``, ``list``),
 declared in the task spec or inferred from the output schema (``Task.field_spec``). Both null is correct;
-a value where the gold is null is a *hallucination*; null where the gold has a value is a *miss*.
+a value where the gold is null is a *hallucination*; null where the gold has a value is a *miss*; a wrong
+value of an extractive field that its input does not hold is *invented* (``evals/scoring.py`` decides it).
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 from datetime import date, datetime
 from difflib import SequenceMatcher
 from enum import StrEnum
@@ -23,6 +25,7 @@ class Verdict(StrEnum):
     HALLUCINATION = "hallucination"  # a value where the gold is null
     MISS = "miss"  # null where the gold has a value
     INVALID = "invalid"  # the whole output was not valid JSON for the schema
+    INVENTED = "invented"  # a wrong value of a field copied from the input (extract) that its input does not hold
 
     @property
     def is_error(self) -> bool:
@@ -62,33 +65,49 @@ def parse_number(value: Any) -> float | None:
     return -number if negative else number
 
 
-_DATE_FORMATS = (
+DEFAULT_DATE_FORMATS = (
     "%Y-%m-%d", "%Y/%m/%d", "%m/%d/%Y", "%m/%d/%y", "%m-%d-%Y", "%m-%d-%y", "%m.%d.%Y",
-    "%B %d %Y", "%b %d %Y", "%d %B %Y", "%d %b %Y", "%B %d", "%Y%m%d",
+    "%B %d %Y", "%b %d %Y", "%d %B %Y", "%d %b %Y", "%Y%m%d",
 )  # fmt: skip
+# The strftime directives a task's date formats may use (each one findable in text: extraction.py).
+DATE_DIRECTIVES = ("d", "m", "b", "B", "Y", "y")
 _ORDINAL = re.compile(r"(?<=\d)(st|nd|rd|th)\b", re.IGNORECASE)
 
 
-def parse_date(value: Any) -> date | None:
-    """A date from ISO, US numeric (``04/15/2026``, ``4/15/26``) or written (``April 15th, 2026``) forms."""
+def parse_date(value: Any, formats: Sequence[str] | None = None) -> date | None:
+    """A date from ISO, US numeric (``04/15/2026``, ``4/15/26``) or written (``April 15th, 2026``) forms.
+
+    ``formats`` (a task field's ``formats``) are tried first and win: "03/04/2018" is 3 April under
+    ``%d/%m/%Y``, while the defaults read it American. ISO is always understood (it is the canonical form).
+    """
     if isinstance(value, datetime):
         return value.date()
     if isinstance(value, date):
         return value
     if not isinstance(value, str):
         return None
-    text = _ORDINAL.sub("", value.strip()).replace(",", " ").replace(".", " ").strip()
+    text = _ORDINAL.sub("", value.strip()).replace(",", " ").strip()
     text = " ".join(text.split())
     if re.fullmatch(r"\d{4}-\d{2}-\d{2}T.*", text):
         text = text[:10]
-    for fmt in _DATE_FORMATS:
-        try:
-            parsed = datetime.strptime(text, fmt.replace(".", " ") if "." in fmt else fmt)
-        except ValueError:
-            continue
-        if "%Y" not in fmt and "%y" not in fmt:
-            return None  # a date without a year cannot equal a gold date
-        return parsed.date()
+    candidates = [*(formats or ()), "%Y-%m-%d"] if formats else DEFAULT_DATE_FORMATS
+    for fmt in candidates:
+        parsed = _strptime(text, fmt)
+        if parsed is not None:
+            return parsed
+    return None
+
+
+def _strptime(text: str, fmt: str) -> date | None:
+    """``text`` read with ``fmt``, a comma in the format read as the space it became, ``Sept.`` as ``Sep``."""
+    fmt = " ".join(fmt.replace(",", " ").split())
+    for attempt in (text, text.replace(".", " ").strip(), re.sub(r"(?i)\b([a-z]{3})[a-z]*\.?", r"\1", text)):
+        attempt = " ".join(attempt.split())
+        for form in (fmt, fmt.replace(".", " ")):
+            try:
+                return datetime.strptime(attempt, form).date()
+            except ValueError:
+                continue
     return None
 
 
@@ -105,7 +124,7 @@ def _same(spec: FieldSpec, predicted: Any, gold: Any) -> bool:
                 return False
             return abs(p - g) <= max(spec.tolerance, spec.relative_tolerance * abs(g)) + 1e-9
         case "date":
-            p, g = parse_date(predicted), parse_date(gold)
+            p, g = parse_date(predicted, spec.formats), parse_date(gold, spec.formats)
             return p is not None and p == g
         case "fuzzy":
             return similarity(str(predicted), str(gold)) >= spec.threshold
