@@ -6,7 +6,8 @@
    ``$TUNELOOP_HOME/runs/<task>/<time>-<fingerprint>/`` with ``run.json`` and the tokenized splits.
 3. Launch the recipe (``launch.py``): in this process, or under ``accelerate launch``.
 4. Plot the loss curve, optionally merge the adapter into full weights, and register the version
-   (``tuneloop.registry.versions``): same files as an existing version give that version back.
+   (``tuneloop.registry.versions``): same files as an existing version give that version back. The adapter
+   registered is the one the recipe kept: the lowest validation field error (``selection.py``), else the last.
 
 ``resume=True`` finds the newest unfinished run of the task with the same data, base and config and continues
 it from its last checkpoint (or only registers it, if training had finished).
@@ -118,10 +119,17 @@ def train(
     else:
         run_dir = _new_run_dir(spec.name, fingerprint)
         prepared = prepare(
-            encoded, run_dir / "data", validation_fraction=resolved.validation_fraction, seed=resolved.sft["seed"]
+            encoded,
+            run_dir / "data",
+            validation_fraction=resolved.validation_fraction,
+            seed=resolved.sft["seed"],
+            value_weight=resolved.value_weight,
+            prompts_from=(source.rows, tokenizer) if resolved.field_error_rows else None,
         )
         run_spec = {
             "task": spec.name,
+            "task_spec": spec.model_dump(mode="json"),  # the recipe scores validation answers with it
+            "validation_prompts": str(prepared.prompts_file) if prepared.prompts_file else None,
             "base": resolved_base.id,
             "base_dir": str(base_dir),
             "train_dir": str(prepared.train_dir),
@@ -157,6 +165,7 @@ def train(
             + f" at lr {resolved.sft['learning_rate']:g}, "
             f"LoRA r={resolved.lora['r']} on {resolved.lora['target_modules']}, "
             f"base in {precision(resolved.to_dict())}"
+            + (f", value tokens weighted x{resolved.value_weight:g}" if resolved.value_weight != 1.0 else "")
         )
         say(f"run folder: {run_dir}")
     run_spec = json.loads((run_dir / RUN_FILE).read_text())
@@ -187,6 +196,12 @@ def train(
         )
 
     # 4. The loss curve, merged weights on request, and the registry.
+    if kept := result.get("kept"):
+        say(
+            f"kept the adapter of step {kept['step']} of {result.get('step')}: field error "
+            f"{kept['field_error']:.1%} on {kept['rows']} validation rows"
+            + (f", validation loss {kept['eval_loss']:.4f}" if kept.get("eval_loss") is not None else "")
+        )
     adapter_dir = run_dir / "adapter"
     history = json.loads((run_dir / "log_history.json").read_text())
     curve = plot_loss_curve(history, run_dir / "loss_curve.png", title=f"{spec.name} on {resolved_base.id}")
@@ -198,6 +213,7 @@ def train(
         extra["merged"] = merge_adapter(base_dir, adapter_dir, run_dir / "merged")
     metrics = {
         **result.get("metrics", {}),
+        **({"kept_step": kept["step"], "kept_field_error": kept["field_error"]} if kept else {}),
         "train_seconds": result.get("seconds"),
         "tokens_per_second": result.get("tokens_per_second"),
         "world_size": result.get("world_size"),

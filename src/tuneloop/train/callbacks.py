@@ -19,7 +19,8 @@ from tuneloop.train.trainer import RunMonitor
 
 
 class RichProgressCallback(TrainerCallback):
-    """``training ━━━━━━━  120/300  40%  0.3 step/s  0:06:40 eta 0:10:00`` with loss, val loss and tokens/s."""
+    """``training ━━━━━━━  120/300  40%  0.3 step/s  0:06:40 eta 0:10:00`` with loss, val loss, the validation
+    field error and tokens/s."""
 
     def __init__(self, monitor: RunMonitor, console: Console | None = None, world_size: int = 1) -> None:
         self.monitor = monitor
@@ -29,6 +30,7 @@ class RichProgressCallback(TrainerCallback):
         self.bar = None
         self.loss: float | None = None
         self.eval_loss: float | None = None
+        self.field_error: float | None = None
         self._started = 0.0
         self._tokens_at_start = 0
 
@@ -51,6 +53,8 @@ class RichProgressCallback(TrainerCallback):
             parts.append(f"loss {self.loss:.3f}")
         if self.eval_loss is not None:
             parts.append(f"val {self.eval_loss:.3f}")
+        if self.field_error is not None:
+            parts.append(f"field err {self.field_error:.1%}")
         if elapsed > 0 and tokens:
             parts.append(f"{tokens / elapsed:,.0f} tok/s")
         self.progress.update(self.bar, completed=state.global_step, description="  ".join(parts))
@@ -61,6 +65,8 @@ class RichProgressCallback(TrainerCallback):
             self.loss = float(logs["loss"])
         if "eval_loss" in logs:
             self.eval_loss = float(logs["eval_loss"])
+        if "eval_field_error" in logs:
+            self.field_error = float(logs["eval_field_error"])
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         if self.progress is not None:

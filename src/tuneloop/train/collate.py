@@ -6,6 +6,9 @@ so no example attends to another. When the examples start with the same tokens (
 which every example of a task shares) and none of those is trained on, the prefix is written once and each
 example contributes only its remainder; ``shared_prefix_length`` tells the attention to let every remainder
 see the prefix. The result is exactly that of running the examples one by one (see ``attention.py``).
+
+Examples that carry ``loss_weights`` (training under ``value_weight``, ``weights.py``) get a ``loss_weights``
+row beside ``labels``, position for position.
 """
 
 from __future__ import annotations
@@ -54,16 +57,20 @@ class PaddingFreeCollator:
         flat_labels: list[int] = [IGNORE_INDEX] * prefix
         positions: list[int] = list(range(prefix))
         bounds = [0, prefix] if prefix else [0]
-        for example_ids, example_labels in zip(ids, labels, strict=True):
+        weighted = "loss_weights" in examples[0]
+        flat_weights: list[float] = [1.0] * prefix  # the prefix holds no label, so its weights never count
+        for example, example_ids, example_labels in zip(examples, ids, labels, strict=True):
             start = len(flat_ids)
             flat_ids += example_ids[prefix:]
             flat_labels += example_labels[prefix:]
+            if weighted:
+                flat_weights += list(example["loss_weights"])[prefix:]
             flat_labels[start] = IGNORE_INDEX  # never predicted from the previous segment's last token
             positions += range(prefix, len(example_ids))
             bounds.append(len(flat_ids))
         cu_seq_lens = torch.tensor(bounds, dtype=torch.int32)
         longest = int(cu_seq_lens.diff().max())
-        return {
+        batch: dict[str, Any] = {
             "input_ids": torch.tensor([flat_ids], dtype=torch.long),
             "labels": torch.tensor([flat_labels], dtype=torch.long),
             "position_ids": torch.tensor([positions], dtype=torch.long),
@@ -74,3 +81,6 @@ class PaddingFreeCollator:
             "shared_prefix_length": prefix,
             "example_tokens": sum(len(example) for example in ids),
         }
+        if weighted:
+            batch["loss_weights"] = torch.tensor([flat_weights], dtype=torch.float32)
+        return batch

@@ -12,6 +12,9 @@ rendered for ``messages[:k+1]`` runs through the turn's end-of-turn token. The c
 answer; tokens that start inside that span are labelled. This works for any template whose renderings
 are prefixes of one another (ChatML, Llama 3, Gemma, Mistral, ...), and is refused with a clear error for
 one that is not.
+
+Each labelled token is also marked when it lies inside one of the answer's JSON values (``weights.py``):
+under ``value_weight`` the training split carries a loss weight per token from that mark.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from tuneloop.bases import end_of_turn_token
 from tuneloop.data.jsonl import read_rows
 from tuneloop.errors import TuneloopError
+from tuneloop.train.weights import answer_value_spans, loss_weights, overlapping_tokens
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -33,6 +37,7 @@ if TYPE_CHECKING:
 IGNORE_INDEX = -100
 DATASET_PREFIX = "dataset:"
 MAX_PROBLEMS_SHOWN = 5
+PROMPTS_FILE = "validation_prompts.jsonl"
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,7 @@ class SourceData:
 class Encoded:
     input_ids: list[int]
     labels: list[int]
+    value_mask: list[bool]  # per token: labelled and inside one of the answer's JSON values (weights.py)
 
     @property
     def trained_tokens(self) -> int:
@@ -71,6 +77,7 @@ class PreparedData:
     eval_examples: int
     train_tokens: int
     longest: int
+    prompts_file: Path | None = None  # the validation rows' prompts and answers (validation_prompts)
     stats: dict[str, Any] = field(default_factory=dict)
 
 
@@ -142,6 +149,7 @@ def encode_conversation(tokenizer: PreTrainedTokenizerBase, messages: list[dict[
     full = _render(tokenizer, messages, add_generation_prompt=False)
     eot = end_of_turn_token(tokenizer) or tokenizer.eos_token
     spans: list[tuple[int, int]] = []
+    values: list[tuple[int, int]] = []  # the answers' JSON values (weights.py), as characters of ``full``
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
@@ -157,6 +165,7 @@ def encode_conversation(tokenizer: PreTrainedTokenizerBase, messages: list[dict[
         if eot and (found := turn.rfind(eot)) >= 0:
             end = len(before) + found + len(eot)
         spans.append((len(before), end))
+        values += answer_value_spans(full, message["content"], len(before), end)
     encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     input_ids = list(encoded["input_ids"])
     labels = [IGNORE_INDEX] * len(input_ids)
@@ -166,7 +175,9 @@ def encode_conversation(tokenizer: PreTrainedTokenizerBase, messages: list[dict[
             span_index += 1
         if span_index < len(spans) and spans[span_index][0] <= start < spans[span_index][1]:
             labels[position] = input_ids[position]
-    return Encoded(input_ids, labels)
+    in_values = overlapping_tokens(list(encoded["offset_mapping"]), values)
+    value_mask = [is_value and label != IGNORE_INDEX for is_value, label in zip(in_values, labels, strict=True)]
+    return Encoded(input_ids, labels, value_mask)
 
 
 def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], *, add_generation_prompt: bool) -> str:
@@ -246,12 +257,18 @@ def split_validation(count: int, fraction: float, seed: int) -> tuple[list[int],
     return [i for i in range(count) if i not in chosen], held_back
 
 
-def save_encoded(items: list[Encoded], directory: Path) -> None:
+def save_encoded(items: list[Encoded], directory: Path, value_weight: float = 1.0) -> None:
+    """A ``datasets`` folder of ``input_ids`` and ``labels``, and ``loss_weights`` under a value weight
+    other than 1 (without the column the trainer takes the plain token mean, exactly as before it existed)."""
     from datasets import Dataset
 
-    Dataset.from_dict(
-        {"input_ids": [item.input_ids for item in items], "labels": [item.labels for item in items]}
-    ).save_to_disk(str(directory))
+    columns: dict[str, list[Any]] = {
+        "input_ids": [item.input_ids for item in items],
+        "labels": [item.labels for item in items],
+    }
+    if value_weight != 1.0:
+        columns["loss_weights"] = [loss_weights(item.value_mask, value_weight) for item in items]
+    Dataset.from_dict(columns).save_to_disk(str(directory))
 
 
 def load_encoded(directory: Path):  # -> datasets.Dataset
@@ -260,18 +277,49 @@ def load_encoded(directory: Path):  # -> datasets.Dataset
     return load_from_disk(str(directory))
 
 
-def prepare(encoded: list[Encoded], out_dir: Path, *, validation_fraction: float, seed: int) -> PreparedData:
-    """Hold back the validation share and save both splits under ``out_dir`` (train/, validation/)."""
+def validation_prompts(rows: list[SourceRow], tokenizer: PreTrainedTokenizerBase) -> list[dict[str, Any]]:
+    """What a model is asked for each row (its chat up to the last answer, with the generation prompt, as
+    serving tokenizes it) and the answer it should give: for the field error during training."""
+    prompts = []
+    for row in rows:
+        prompt = _render(tokenizer, row.messages[:-1], add_generation_prompt=True)
+        prompt_ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        prompts.append({"where": row.where, "prompt_ids": prompt_ids, "answer": row.messages[-1]["content"]})
+    return prompts
+
+
+def prepare(
+    encoded: list[Encoded],
+    out_dir: Path,
+    *,
+    validation_fraction: float,
+    seed: int,
+    value_weight: float = 1.0,
+    prompts_from: tuple[list[SourceRow], PreTrainedTokenizerBase] | None = None,
+) -> PreparedData:
+    """Hold back the validation share and save both splits under ``out_dir`` (train/, validation/).
+
+    The training split carries the loss weights of ``value_weight``; the validation split never does, so
+    the validation loss is the plain token mean whatever the weight (runs compare on it). With
+    ``prompts_from`` (the rows ``encoded`` came from, and the tokenizer), the validation rows' prompts and
+    answers are saved too (``validation_prompts.jsonl``), for the field error of ``selection.py``.
+    """
     train_idx, eval_idx = split_validation(len(encoded), validation_fraction, seed)
     train_items = [encoded[i] for i in train_idx]
     eval_items = [encoded[i] for i in eval_idx]
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_encoded(train_items, out_dir / "train")
-    eval_dir = None
+    save_encoded(train_items, out_dir / "train", value_weight)
+    eval_dir = prompts_file = None
     if eval_items:
         eval_dir = out_dir / "validation"
         save_encoded(eval_items, eval_dir)
+        if prompts_from is not None:
+            rows, tokenizer = prompts_from
+            prompts_file = out_dir / PROMPTS_FILE
+            lines = validation_prompts([rows[i] for i in eval_idx], tokenizer)
+            prompts_file.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
     lengths = [len(item.input_ids) for item in encoded]
+    value_tokens = sum(sum(item.value_mask) for item in encoded)
     return PreparedData(
         train_dir=out_dir / "train",
         eval_dir=eval_dir,
@@ -279,8 +327,10 @@ def prepare(encoded: list[Encoded], out_dir: Path, *, validation_fraction: float
         eval_examples=len(eval_items),
         train_tokens=sum(len(item.input_ids) for item in train_items),
         longest=max(lengths),
+        prompts_file=prompts_file,
         stats={
             "mean_tokens": sum(lengths) / len(lengths),
             "mean_trained_tokens": sum(item.trained_tokens for item in encoded) / len(encoded),
+            "value_token_share": value_tokens / max(1, sum(item.trained_tokens for item in encoded)),
         },
     )

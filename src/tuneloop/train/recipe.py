@@ -7,8 +7,10 @@ folders beside it, written by ``train()`` before launching, so every process tra
 none tokenizes. It writes, from the main process only:
 
     RUN_DIR/checkpoints/checkpoint-N/   (Trainer checkpoints, the last 2 kept; ``--resume`` continues from one)
-    RUN_DIR/adapter/                    (the PEFT adapter: adapter_config.json, adapter_model.safetensors,
-                                         tokenizer files and chat template)
+    RUN_DIR/best_adapter/               (the adapter of the evaluation with the lowest field error, kept.json)
+    RUN_DIR/adapter/                    (the PEFT adapter registered: that best one, else the last; with
+                                         adapter_config.json, adapter_model.safetensors, tokenizer files and
+                                         chat template)
     RUN_DIR/log_history.json            (every logged loss, validation loss, learning rate)
     RUN_DIR/result.json                 (finished | diverged | failed, with the step and the metrics)
 """
@@ -17,8 +19,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +45,7 @@ def run(run_dir: Path) -> dict[str, Any]:
     from tuneloop.train.collate import PaddingFreeCollator
     from tuneloop.train.config import lora_arguments, sft_arguments
     from tuneloop.train.data import load_encoded
+    from tuneloop.train.selection import BEST_DIR, KEPT_FILE, KeepBestAdapter
     from tuneloop.train.trainer import TuneloopSFTTrainer
 
     spec = json.loads((run_dir / RUN_FILE).read_text())
@@ -80,6 +85,8 @@ def run(run_dir: Path) -> dict[str, Any]:
     train_dataset = load_encoded(Path(spec["train_dir"]))
     eval_dataset = load_encoded(Path(spec["eval_dir"])) if spec.get("eval_dir") else None
 
+    # 4. The field error at each evaluation, and the adapter it picks (selection.py).
+    probe = field_error_probe(spec, tokenizer)
     trainer = TuneloopSFTTrainer(
         model=model,
         args=args,
@@ -89,22 +96,27 @@ def run(run_dir: Path) -> dict[str, Any]:
         data_collator=PaddingFreeCollator(),  # one row per micro-batch, no padding, no cross-example attention
         peft_config=lora_arguments(spec["lora"]),
         loraplus_lr_ratio=config.get("loraplus_lr_ratio"),  # LoRA+ when set
+        field_error=probe,
     )
+    keeper = KeepBestAdapter(run_dir) if probe is not None else None
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     guard = NonFiniteLossGuard(trainer.monitor)
     progress = RichProgressCallback(trainer.monitor, world_size=args.world_size)
     trainer.add_callback(progress)
-    trainer.add_callback(guard)
+    if keeper is not None:
+        trainer.add_callback(keeper)
+    trainer.add_callback(guard)  # last: a diverged step cancels the evaluation the keeper may have asked for
 
-    # 4. Train, from the last checkpoint when resuming.
+    # 5. Train, from the last checkpoint when resuming.
     checkpoint = get_last_checkpoint(args.output_dir) if spec.get("resume_from_checkpoint") else None
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
     finally:
         progress.close()  # also after Ctrl-C or a crash: leave the terminal clean
 
-    # 5. Save (main process only): the adapter and tokenizer, the loss history, the outcome.
+    # 6. Save (main process only): the adapter kept (the best by field error, else the last) and the
+    #    tokenizer, the loss history, the outcome.
     result: dict[str, Any] = {"status": "finished", "step": trainer.state.global_step, "resumed_from": checkpoint}
     history = trainer.state.log_history
     if guard.diverged_at is not None:
@@ -119,7 +131,14 @@ def run(run_dir: Path) -> dict[str, Any]:
         state_dict = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
         if trainer.is_world_process_zero():
             adapter_dir = run_dir / "adapter"
-            trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(adapter_dir), state_dict=state_dict)
+            kept = keeper.best if keeper is not None else None
+            if kept is not None:
+                shutil.rmtree(adapter_dir, ignore_errors=True)
+                shutil.copytree(run_dir / BEST_DIR, adapter_dir, ignore=shutil.ignore_patterns(KEPT_FILE))
+                result["kept"] = {**asdict(kept), "rows": len(probe.rows)}
+            else:
+                model_to_save = trainer.accelerator.unwrap_model(trainer.model)
+                model_to_save.save_pretrained(str(adapter_dir), state_dict=state_dict)
             tokenizer.save_pretrained(str(adapter_dir))
     if trainer.is_world_process_zero():
         result["seconds"] = time.perf_counter() - started
@@ -130,6 +149,27 @@ def run(run_dir: Path) -> dict[str, Any]:
         (run_dir / "log_history.json").write_text(json.dumps(history, indent=1))
         (run_dir / RESULT_FILE).write_text(json.dumps(result, indent=1))
     return result
+
+
+def field_error_probe(spec: dict[str, Any], tokenizer: Any) -> Any:
+    """The ``FieldErrorProbe`` over the run's first ``field_error_rows`` validation rows, or None when off.
+
+    Not under FSDP or DeepSpeed: there the processes may hold shards of the weights, so generating on the
+    main process alone would wait for the others forever; the last adapter is kept there, as with
+    ``field_error_rows: 0``.
+    """
+    from tuneloop.task import Task
+    from tuneloop.train.selection import FieldErrorProbe, load_validation_rows
+
+    limit = spec.get("config", {}).get("field_error_rows", 0)
+    prompts = spec.get("validation_prompts")
+    if not limit or not prompts or not spec.get("task_spec"):
+        return None
+    if _under_fsdp() or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        print("field error: not measured with sharded weights (FSDP, DeepSpeed); the last adapter is kept")
+        return None
+    rows = load_validation_rows(Path(prompts), limit)
+    return FieldErrorProbe(Task.model_validate(spec["task_spec"]), tokenizer, rows)
 
 
 def quantized_loading(quantization: str | None, dtype: Any, device: Any) -> dict[str, Any]:
@@ -152,10 +192,14 @@ def quantized_loading(quantization: str | None, dtype: Any, device: Any) -> dict
             "bnb_4bit_use_double_quant": True,
             "bnb_4bit_compute_dtype": dtype,
         }
-        if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":  # set by `accelerate launch` for FSDP
+        if _under_fsdp():
             settings["bnb_4bit_quant_storage"] = dtype
     # Each process quantizes onto its own device (under accelerate: this process's GPU).
     return {"quantization_config": BitsAndBytesConfig(**settings), "device_map": {"": device}}
+
+
+def _under_fsdp() -> bool:
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"  # set by `accelerate launch` for FSDP
 
 
 def _tokens_per_second(trainer: Any, seconds: float, world_size: int) -> float:
@@ -166,11 +210,14 @@ def _tokens_per_second(trainer: Any, seconds: float, world_size: int) -> float:
 def _final_metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
     train = [h for h in history if "loss" in h]
     evals = [h for h in history if "eval_loss" in h]
+    fields = [h for h in history if "eval_field_error" in h]
     summary = next((h for h in reversed(history) if "train_runtime" in h), {})
     return {
         "train_loss": train[-1]["loss"] if train else None,
         "eval_loss": evals[-1]["eval_loss"] if evals else None,
         "best_eval_loss": min(h["eval_loss"] for h in evals) if evals else None,
+        "eval_field_error": fields[-1]["eval_field_error"] if fields else None,
+        "best_eval_field_error": min(h["eval_field_error"] for h in fields) if fields else None,
         "train_runtime_s": summary.get("train_runtime"),
         "steps": summary.get("step") or (history[-1].get("step") if history else 0),
         "epochs": summary.get("epoch"),
