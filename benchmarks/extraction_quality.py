@@ -18,6 +18,8 @@ import argparse
 import io
 import json
 import os
+import statistics
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,8 +30,8 @@ from rich.table import Table
 from tuneloop.evals.examples import load_examples
 from tuneloop.evals.results import EvalReport
 from tuneloop.evals.runner import EvalOptions, run_eval
-from tuneloop.extraction import gold_coverage, source_text
-from tuneloop.task import load_task
+from tuneloop.extraction import decoding_schema, gold_coverage, source_text
+from tuneloop.task import Task, load_task
 
 
 def main() -> None:
@@ -51,14 +53,17 @@ def main() -> None:
         "gold_reachable": {name: {"reachable": hit, "of": total} for name, (hit, total) in coverage.items()},
         "models": [],
     }
+    figures["grammar_ms"] = grammar_timings(task, [source_text(example.prompt) for example in examples])
     table = Table(title=f"{task.name}: {len(examples)} test examples", title_justify="left")
-    for heading in ("model", "decoding", "field error (95% CI)", "per field", "invented", "halluc.", "invalid"):
+    headings = ("model", "decoding", "field error (95% CI)", "per field", "invented", "halluc.", "invalid", "p50 ms")
+    for heading in headings:
         table.add_column(heading, justify="left" if heading in ("model", "decoding", "per field") else "right")
     for model in args.model:
         for constrained in (True, False):
             options = EvalOptions(limit=args.limit, constrain_values=constrained)
             report: EvalReport = run_eval(task, args.data, [model], options, console=Console(file=io.StringIO()))
-            summary = report.models[0].summary
+            summary, latency = report.models[0].summary, report.models[0].latency
+            p50 = latency.p50_ms if latency else None
             low, high = summary.field_error_ci95
             decoding = "values from input" if constrained else "plain schema"
             per_field = " ".join(f"{name} {rate:.0%}" for name, rate in summary.per_field.items())
@@ -70,6 +75,7 @@ def main() -> None:
                 str(summary.invented),
                 str(summary.hallucinations),
                 f"{summary.invalid_rate:.1%}",
+                f"{p50:.0f}" if p50 else "—",
             )
             figures["models"].append(
                 {"model": model, "decoding": decoding, "eval_run": report.run_id, **summary.to_dict()}
@@ -77,8 +83,31 @@ def main() -> None:
     console.print(table)
     reach = ", ".join(f"{name} {hit}/{total}" for name, (hit, total) in coverage.items())
     console.print(f"gold values a constrained decoder can write: {reach or 'no extractive fields'}")
+    timing = figures["grammar_ms"]
+    console.print(
+        f"per request, median over the examples: decoding schema {timing['schema']:.1f} ms; llama.cpp grammar "
+        f"(GBNF build + parse) {timing['gbnf']:.1f} ms; llguidance (Lark + compile) {timing['llguidance']:.1f} ms"
+    )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2), encoding="utf-8")
+
+
+def grammar_timings(task: Task, texts: list[str]) -> dict[str, float]:
+    """Median per-request cost of the constraint: the decoding schema, and each engine's grammar from it."""
+    from tuneloop.serve.grammar import gbnf_parses, json_schema_gbnf, llguidance_grammar
+
+    spent: dict[str, list[float]] = {"schema": [], "gbnf": [], "llguidance": []}
+    for text in texts:
+        started = time.perf_counter()
+        schema = decoding_schema(task, text)
+        spent["schema"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        assert gbnf_parses(json_schema_gbnf(schema))
+        spent["gbnf"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        llguidance_grammar(schema)
+        spent["llguidance"].append(time.perf_counter() - started)
+    return {name: statistics.median(values) * 1000 if values else 0.0 for name, values in spent.items()}
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def show(
     console.print(f"[bold]{task.name}[/]  {task.description}")
     console.print(f"instructions: {task.instructions}")
     console.print(f"input template: {task.input!r}")
-    fields = Table("field", "type", "compare", "details", title="fields")
+    fields = Table("field", "type", "compare", "details", "copied from the input", title="fields")
     for name in task.field_names:
         spec, prop = task.field_spec(name), task.output_schema["properties"][name]
         details = {
@@ -44,8 +44,14 @@ def show(
             "fuzzy": f"threshold {spec.threshold:g}",
             "enum": ", ".join(spec.values or prop.get("enum", [])),
         }.get(spec.compare, "")
-        fields.add_row(name, json.dumps(prop.get("type")), spec.compare, details)
+        if spec.formats or spec.canonical:
+            details = ", ".join(filter(None, [details, "formats " + " | ".join(spec.formats or ["default"])]))
+            details += f" → {spec.canonical}" if spec.canonical else ""
+        copied = spec.extract or ""
+        fields.add_row(name, json.dumps(prop.get("type")), spec.compare, details, copied)
     console.print(fields)
+    if any(task.field_spec(name).extract for name in task.field_names):
+        console.print(f"extraction: whitespace {task.extraction.whitespace}, case {task.extraction.case}")
     rules = Table("check", title="checks")
     for check in task.checks:
         if isinstance(check, FieldCheck | RuleCheck):
