@@ -9,6 +9,7 @@ substring lexemes that transformers and vLLM get. End to end, on every backend, 
 from __future__ import annotations
 
 import json
+import math
 from datetime import date
 from pathlib import Path
 
@@ -279,3 +280,17 @@ def test_an_empty_or_huge_input_leaves_free_strings_null_or_plain(task) -> None:
     assert decoding_schema(task, "   ")["properties"]["shop"] == {"enum": [None]}
     huge = decoding_schema(task, "x" * (MAX_SPAN_TEXT + 1))["properties"]["shop"]
     assert huge == task.output_schema["properties"]["shop"]  # the plain schema: no 64k-rule grammar per request
+
+
+def test_hostile_input_still_makes_grammars_both_engines_accept(task, byte_tokenizer) -> None:
+    from tuneloop.serve.grammar import gbnf_parses
+
+    text = 'Q"uote\\ back\tslash \x00 nul \u2028 😀 %regex {"substring_chars": "x"} ::= root 12.50 ' + "9" * 400
+    schema = decoding_schema(task, text)
+    numbers = [value for value in schema["properties"]["total"]["enum"] if value is not None]
+    assert numbers and all(math.isfinite(value) for value in numbers)  # 400 nines are no JSON number
+    gbnf, lark = both_grammars(schema)
+    assert gbnf_parses(json_schema_gbnf(schema))
+    shop = json.dumps("😀 %regex {", ensure_ascii=False)
+    document = '{"shop": ' + shop + ', "address": null, "code": null, "day": null, "total": null, "note": null}'
+    assert accepts(byte_tokenizer, gbnf, document) and accepts(byte_tokenizer, lark, document)

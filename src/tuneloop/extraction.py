@@ -25,6 +25,7 @@ rule applied after the fact, for scoring answers of any model (an API model's in
 from __future__ import annotations
 
 import calendar
+import math
 import re
 from collections.abc import Iterable, Sequence
 from datetime import date
@@ -194,7 +195,7 @@ def find_numbers(text: str) -> list[tuple[str, float]]:
     for match in _NUMBER.finditer(text):
         printed = match.group(0)
         value = parse_number(printed)
-        if value is None:
+        if value is None or not math.isfinite(value):  # 400 digits in a row parse to infinity: not JSON
             continue
         found.append((printed, value))
         if match.start() > 0 and text[match.start() - 1] == "-":

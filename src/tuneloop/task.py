@@ -83,9 +83,7 @@ def _check_date_format(fmt: str) -> None:
         raise ValueError(f"{fmt!r} uses %{', %'.join(unknown)}; date formats may use %{', %'.join(DATE_DIRECTIVES)}")
     has = set(directives)
     if not ({"d"} & has and {"m", "b", "B"} & has and {"Y", "y"} & has):
-        raise ValueError(
-            f"{fmt!r} is not a whole date: it needs a day (%d), a month (%m/%b/%B) and a year (%Y/%y)"
-        )
+        raise ValueError(f"{fmt!r} is not a whole date: it needs a day (%d), a month (%m/%b/%B) and a year (%Y/%y)")
 
 
 class Extraction(_Strict):
