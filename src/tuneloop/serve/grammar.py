@@ -24,6 +24,7 @@ import functools
 import json
 import re
 import uuid
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +57,8 @@ def json_schema_gbnf(schema: dict[str, Any], *, spans: str = "automaton") -> str
 
 
 def _convert(schema: dict[str, Any], spans: str) -> tuple[str, dict[str, list[str]]]:
-    """The GBNF, and the span placeholders it holds (placeholder literal → the texts it stands for)."""
+    """The GBNF, and the span placeholders it holds (placeholder literal → the texts it stands for, each as
+    its JSON units: see ``json_units``)."""
     if not isinstance(schema, dict):
         raise TuneloopError("a JSON schema must be an object", where="response_format.json_schema.schema")
     properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
@@ -90,7 +92,7 @@ def _converter_class() -> type:
         def __init__(self, *, prop_order: dict[str, int], spans: str) -> None:
             super().__init__(prop_order=prop_order, allow_fetch=False, dotall=False, raw_pattern=False)
             self.span_mode = spans
-            self.placeholders: dict[str, list[str]] = {}  # placeholder literal → the span's texts (escaped)
+            self.placeholders: dict[str, list[list[str]]] = {}  # placeholder literal → the span's texts (units)
             self.automata: dict[str, str] = {}  # text → its automaton's root rule (fields over one input share it)
 
         def visit(self, schema: Any, name: str) -> str:
@@ -98,7 +100,7 @@ def _converter_class() -> type:
             if not isinstance(span, dict):
                 return super().visit(schema, name)
             rule_name = name or "root"
-            texts = [json.dumps(text, ensure_ascii=False)[1:-1] for text in _span_texts(span)]
+            texts = [json_units(text) for text in _span_texts(span)]
             if self.span_mode == "placeholder":
                 placeholder = f"tlspan-{uuid.uuid4().hex}"
                 self.placeholders[placeholder] = texts
@@ -108,12 +110,13 @@ def _converter_class() -> type:
             joined = f'{piece} (" " {piece})*' if span.get("join") else piece
             return self._add_rule(rule_name, f'"\\"" {joined} "\\"" space')
 
-        def _add_span_automata(self, name: str, texts: list[str]) -> str:
+        def _add_span_automata(self, name: str, texts: list[list[str]]) -> str:
             roots = []
-            for text in texts:
-                if text not in self.automata:
-                    self.automata[text] = _add_automaton(self, f"span{len(self.automata)}", text)
-                roots.append(self.automata[text])
+            for units in texts:
+                key = "".join(units)
+                if key not in self.automata:
+                    self.automata[key] = _add_automaton(self, f"span{len(self.automata)}", units)
+                roots.append(self.automata[key])
             return self._add_rule(name, " | ".join(roots))
 
     return Converter
@@ -132,24 +135,31 @@ def _gbnf_literal(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _add_automaton(converter: Any, name: str, text: str) -> str:
-    """Rules accepting exactly the non-empty substrings of ``text``: its suffix automaton, one rule per state
-    (every state accepts: any prefix of a substring is one). Returns the root rule's name."""
-    edges = suffix_automaton(text)
+def _add_automaton(converter: Any, name: str, units: list[str]) -> str:
+    """Rules accepting exactly the non-empty runs of consecutive ``units`` (the text's JSON units): their
+    suffix automaton, one rule per state (every state accepts: any prefix of a run is one). Returns the
+    root rule's name."""
+    edges = suffix_automaton(units)
     for state in range(len(edges) - 1, -1, -1):
-        alternatives = " | ".join(f"{_gbnf_literal(char)} {name}-{target}" for char, target in edges[state].items())
+        alternatives = " | ".join(f"{_gbnf_literal(unit)} {name}-{target}" for unit, target in edges[state].items())
         optional = f"({alternatives})?" if alternatives else '""'  # every state but the start may stop here
         body = alternatives if state == 0 else optional
         converter._rules[f"{name}-{state}" if state else name] = body
     return name
 
 
-def suffix_automaton(text: str) -> list[dict[str, int]]:
+def json_units(text: str) -> list[str]:
+    """``text`` as it is written inside a JSON string, one unit per character: ``a``, ``\\"``, ``\\n``,
+    ``\\u0000``. A copied value is a run of whole units, so it never starts or ends inside an escape."""
+    return [json.dumps(char, ensure_ascii=False)[1:-1] for char in text]
+
+
+def suffix_automaton(text: Sequence[Hashable]) -> list[dict[Any, int]]:
     """The transitions of ``text``'s suffix automaton (state 0 the start): a DFA of at most 2n states whose
     paths from the start spell exactly the substrings of ``text``."""
     length, link, edges = [0], [-1], [{}]
     last = 0
-    for char in text:
+    for char in text:  # characters, or any symbols (JSON units)
         current = len(length)
         length.append(length[last] + 1)
         link.append(0)
@@ -274,7 +284,8 @@ def llguidance_lark(schema: dict[str, Any]) -> str:
             f"this JSON schema can't be turned into a grammar: {exc}", where="response_format"
         ) from None
     for placeholder, texts in placeholders.items():
-        lexemes = " | ".join("%regex " + json.dumps({"substring_chars": text}) for text in texts)
+        # substring_chunks: runs of whole chunks, so a span never starts or ends inside an escape (\" \\ \n)
+        lexemes = " | ".join("%regex " + json.dumps({"substring_chunks": units}) for units in texts)
         # substring lexemes take the empty string too; the automaton does not (a copied value has a character)
         lark = lark.replace(_gbnf_literal(placeholder), f"(({lexemes}) & /(.|\\n)+/)")
     return lark
