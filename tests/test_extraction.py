@@ -295,3 +295,11 @@ def test_hostile_input_still_makes_grammars_both_engines_accept(task, byte_token
     shop = json.dumps("😀 %regex {", ensure_ascii=False)
     document = '{"shop": ' + shop + ', "address": null, "code": null, "day": null, "total": null, "note": null}'
     assert accepts(byte_tokenizer, gbnf, document) and accepts(byte_tokenizer, lark, document)
+
+
+def test_a_number_field_with_more_numbers_than_an_enum_holds_keeps_its_plain_schema(task) -> None:
+    from tuneloop.extraction import MAX_CANDIDATES
+
+    text = " ".join(str(number) for number in range(MAX_CANDIDATES + 5))
+    assert decoding_schema(task, text)["properties"]["total"] == task.output_schema["properties"]["total"]
+    assert value_in_input(task, "total", 12.5, text)  # nothing was constrained, so nothing is invented

@@ -122,6 +122,8 @@ def constrained_property(task: Task, name: str, text: str) -> dict[str, Any]:
         pattern = _format_pattern(task, name)
         return {**prop, "pattern": pattern} if pattern and "pattern" not in prop else prop
     candidates = field_candidates(task, name, text)
+    if candidates is None and "string" not in types:
+        return prop  # more numbers than an enum can usefully hold: the plain schema
     if candidates is None:  # a free string: any span of the input
         if len(text) > MAX_SPAN_TEXT:
             return prop
@@ -170,7 +172,7 @@ def value_in_input(task: Task, name: str, value: Any, text: str) -> bool:
             return any(isinstance(c, int | float) and abs(c - value) < 1e-9 for c in candidates)
         return value in candidates
     if not isinstance(value, str):
-        return False
+        return not _types(task.output_schema["properties"][name]) & {"string"}  # unconstrained: too many numbers
     pieces = [value] if spec.extract != "spans" else value.split(" ")
     return all(_is_span(piece, normalised, task.extraction.case) for piece in pieces if piece)
 
