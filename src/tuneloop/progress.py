@@ -1,4 +1,4 @@
-"""One look for long work: a rich progress bar with count, rate and ETA."""
+"""One look for long work: a rich progress bar with count (or bytes), rate and ETA."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import threading
 from rich.console import Console
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     ProgressColumn,
@@ -15,6 +16,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 from rich.text import Text
 
@@ -91,4 +93,21 @@ def progress_bar(
         # rich estimates speed (and so the ETA) from the last 30 s by default: no ETA at all for steps
         # slower than that, as training steps on a CPU are.
         speed_estimate_period=600,
+    )
+
+
+def download_bar(console: Console | None = None, transient: bool = False, log_every: float = 30.0) -> Progress:
+    """The same look for bytes: done / total in kB–GB, the transfer rate and the ETA."""
+    return LoggedProgress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TaskProgressColumn(),
+        TransferSpeedColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=transient,
+        log_every=log_every,
     )

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import jsonschema
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -29,6 +30,7 @@ from pydantic import (
 from tuneloop import checks
 from tuneloop.config import get_settings
 from tuneloop.errors import TuneloopError
+from tuneloop.licenses import check_license_id
 
 TASK_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 COMPARATORS = ("exact", "number", "date", "fuzzy", "enum", "list")
@@ -173,6 +175,10 @@ class Decoding(_Strict):
     max_tokens: int = Field(default=256, gt=0, le=32768)
 
 
+def _license_id(text: str) -> str:
+    return check_license_id(text)
+
+
 class Task(_Strict):
     name: str = Field(pattern=TASK_NAME_PATTERN)
     description: str = ""
@@ -187,6 +193,8 @@ class Task(_Strict):
     requirements: Requirements = Field(default_factory=Requirements)
     decoding: Decoding = Field(default_factory=Decoding)
     extraction: Extraction = Field(default_factory=Extraction)
+    # The licenses a base may have for a version of this task to be promoted (None: any); lowercase ids.
+    licenses: list[Annotated[str, AfterValidator(_license_id)]] | None = None
 
     @field_validator("input")
     @classmethod
@@ -205,6 +213,15 @@ class Task(_Strict):
         if not schema["properties"]:
             raise ValueError("properties is empty: name at least one output field")
         return schema
+
+    @field_validator("licenses")
+    @classmethod
+    def _license_ids(cls, licenses: list[str] | None) -> list[str] | None:
+        if licenses is None:
+            return None
+        if not licenses:
+            raise ValueError("an empty list allows no base at all; leave `licenses` out to allow any license")
+        return list(dict.fromkeys(licenses))
 
     @field_validator("on_check_failure")
     @classmethod
@@ -473,6 +490,11 @@ def load_task_named(name: str) -> Task:
             hint="name a task of $TUNELOOP_HOME/tasks or a packaged one",
         )
     return parse_task(*_find_named_task(name))
+
+
+def named_task_source(name: str) -> str:
+    """Where ``load_task_named(name)`` reads the task from: its file, or ``<tuneloop>/tasks/NAME.yaml``."""
+    return _find_named_task(name)[1]
 
 
 def _find_named_task(ref: str) -> tuple[str, str]:

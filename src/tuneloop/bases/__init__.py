@@ -18,7 +18,7 @@ from tuneloop.bases.loading import (
     transformers_dir,
 )
 from tuneloop.bases.resolve import BUNDLED_BASES, DEFAULT_BASE, Base, BaseKind, known_base_names, resolve_base
-from tuneloop.bases.weights import base_weights_hash, weight_files
+from tuneloop.bases.weights import base_weights_hash, known_weights_hash, weight_files
 
 __all__ = [
     "BUNDLED_BASES",
@@ -35,6 +35,7 @@ __all__ = [
     "end_of_turn_token",
     "is_conversion_cached",
     "known_base_names",
+    "known_weights_hash",
     "list_bases",
     "load_llamacpp",
     "load_transformers",

@@ -6,8 +6,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuneloop.bases.assembly import assembled_path, chunked_file, find_assembled
 from tuneloop.bases.loading import is_conversion_cached
-from tuneloop.bases.resolve import BUNDLED_BASES, HF_PREFIX, Base, BaseKind, resolve_base
+from tuneloop.bases.resolve import BUNDLED_BASES, HF_PREFIX, Base, BaseKind, BundledBase, resolve_base
 from tuneloop.bases.weights import weight_files
 from tuneloop.errors import TuneloopError
 
@@ -25,6 +26,7 @@ class BaseInfo:
     description: str = ""
     license: str = ""
     problem: str = ""  # why it is not available, with the fix
+    note: str = ""  # e.g. a chunked bundled base not assembled yet (path is where it will be)
 
 
 def describe_base(base: Base, *, cache_dir: Path | None = None) -> BaseInfo:
@@ -45,6 +47,9 @@ def list_bases(*, cache_dir: Path | None = None, include_hf_cache: bool = True) 
     rows: list[BaseInfo] = []
     for bundled in BUNDLED_BASES.values():
         try:
+            if bundled.chunked and find_assembled(bundled, cache_dir=cache_dir) is None:
+                rows.append(_not_assembled_yet(bundled, cache_dir))  # listing must not write a few hundred MB
+                continue
             rows.append(describe_base(resolve_base(bundled.id), cache_dir=cache_dir))
         except TuneloopError as exc:
             rows.append(
@@ -58,29 +63,53 @@ def list_bases(*, cache_dir: Path | None = None, include_hf_cache: bool = True) 
                 )
             )
     if include_hf_cache:
-        for repo_id in _causal_lms_in_hf_cache():
+        for name in _causal_lms_in_hf_cache():
             try:
-                rows.append(describe_base(resolve_base(HF_PREFIX + repo_id), cache_dir=cache_dir))
+                rows.append(describe_base(resolve_base(name), cache_dir=cache_dir))
             except TuneloopError:
                 continue  # an incomplete snapshot (e.g. only config files): not a usable base
     return rows
 
 
+def _not_assembled_yet(bundled: BundledBase, cache_dir: Path | None) -> BaseInfo:
+    source = chunked_file(bundled)
+    return BaseInfo(
+        id=bundled.id,
+        kind="bundled",
+        available=True,
+        path=assembled_path(bundled, source.sha256, cache_dir=cache_dir),
+        size_bytes=source.size,
+        conversion_cached=False,
+        description=bundled.description,
+        license=bundled.license,
+        note="installed; assembled from its chunk packages on first use (a few seconds, once)",
+    )
+
+
 def _causal_lms_in_hf_cache() -> list[str]:
-    from huggingface_hub import scan_cache_dir
+    """Base names of the causal LMs in the HF cache: ``hf:org/name`` for its main branch, and
+    ``hf:org/name@ref`` (or ``@<commit>``) for other revisions pulled."""
+    from huggingface_hub import constants, scan_cache_dir
     from huggingface_hub.errors import CacheNotFound
 
     try:
-        cache = scan_cache_dir()
+        # The cache resolve_base reads (constants.HF_HUB_CACHE, read now): scan_cache_dir's default is its
+        # own copy of that constant, taken when huggingface_hub was first imported.
+        cache = scan_cache_dir(constants.HF_HUB_CACHE)
     except CacheNotFound:
         return []
     found = []
     for repo in cache.repos:
         if repo.repo_type != "model":
             continue
-        latest = max(repo.revisions, key=lambda revision: revision.last_modified, default=None)
-        if latest is not None and _is_causal_lm(latest.snapshot_path):
-            found.append(repo.repo_id)
+        for revision in sorted(repo.revisions, key=lambda revision: revision.last_modified, reverse=True):
+            if not _is_causal_lm(revision.snapshot_path):
+                continue
+            if "main" in revision.refs:
+                found.append(HF_PREFIX + repo.repo_id)
+            else:
+                pin = sorted(revision.refs)[0] if revision.refs else revision.commit_hash[:12]
+                found.append(f"{HF_PREFIX}{repo.repo_id}@{pin}")
     return sorted(found)
 
 

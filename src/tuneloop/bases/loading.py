@@ -8,10 +8,10 @@ loads read the safetensors in seconds instead of re-dequantizing the GGUF (~20 s
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import platform
-import re
 import shutil
 import tempfile
 import time
@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuneloop.bases.resolve import Base
+from tuneloop.bases.resolve import Base, slug
 from tuneloop.bases.weights import base_weights_hash
 from tuneloop.config import get_settings
 from tuneloop.errors import TuneloopError
@@ -43,8 +43,11 @@ def conversion_dir(base: Base, *, cache_dir: Path | None = None) -> Path:
     if base.gguf_path is None:
         raise ValueError(f"{base.id} is already in HF format; it needs no conversion")
     root = (cache_dir or get_settings().cache_dir) / "bases"
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", base.id).strip("-.")[-80:] or "base"
-    return root / slug / base_weights_hash(base, cache_dir=cache_dir)[:16]
+    name = base_weights_hash(base, cache_dir=cache_dir)[:16]
+    if base.chat_template is not None:
+        # The catalog's template is saved with the tokenizer: another template is another conversion.
+        name += "-t" + hashlib.sha256(base.chat_template.encode()).hexdigest()[:8]
+    return root / slug(base.id) / name
 
 
 def is_conversion_cached(base: Base, *, cache_dir: Path | None = None) -> bool:
@@ -185,6 +188,8 @@ def _convert_gguf(base: Base, target: Path, weights_sha256: str, progress: Progr
         with _quiet_transformers():
             progress(f"reading the tokenizer from {filename}")
             tokenizer = AutoTokenizer.from_pretrained(source_dir, gguf_file=filename, local_files_only=True)
+            if base.chat_template is not None:
+                tokenizer.chat_template = base.chat_template  # the catalog's, for a GGUF that carries none
             progress(f"dequantizing {filename} to float32")
             # The GGUF reader draws its own tqdm bar on stderr, which no transformers setting turns off.
             with contextlib.redirect_stderr(io.StringIO()):

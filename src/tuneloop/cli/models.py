@@ -42,7 +42,14 @@ def list_command(task: str | None = typer.Option(None, "--task", help="Only this
 @app.command("show")
 def show_command(model: str = typer.Argument(..., help="task@N, task@sha256:<hex> or task@alias.")) -> None:
     """One version: base, hash, data, config, metrics, loss curve, and whether its files still match."""
-    from tuneloop.registry.versions import aliases_of, resolve_version, verify_version
+    from tuneloop.registry.versions import (
+        aliases_of,
+        resolve_version,
+        verify_version,
+        version_base_commit,
+        version_base_license,
+    )
+    from tuneloop.terminal import plain
 
     info = resolve_version(model, verify=False)
     try:
@@ -61,8 +68,12 @@ def show_command(model: str = typer.Argument(..., help="task@N, task@sha256:<hex
     aliases = aliases_of(info)
     if aliases:
         table.add_row("aliases", ", ".join(f"{info.task}@{alias}" for alias in aliases))
-    table.add_row("base", info.base_id)
+    table.add_row("base", plain(info.base_id))
     table.add_row("base weights", f"sha256:{info.base_weights_hash}" if info.base_weights_hash else "-")
+    table.add_row("base license", plain(version_base_license(info).describe()))
+    if info.base_id.startswith("hf:"):
+        commit = version_base_commit(info)
+        table.add_row("base commit", commit or "- (not recorded: registered before tuneloop recorded commits)")
     table.add_row("created", info.created_at.isoformat(timespec="seconds") if info.created_at else "-")
     table.add_row("data", info.dataset_ref or "-")
     if data:

@@ -31,11 +31,40 @@ def serve(
     port: int = typer.Option(8000, "--port", help="Port to listen on."),
     backend: str = typer.Option("llamacpp", "--backend", help="llamacpp (CPU), transformers (reference) or vllm."),
     models: str | None = typer.Option(
-        None, "--models", help="Comma-separated models to serve and check at startup, e.g. T@prod,T@3."
+        None,
+        "--models",
+        help="Comma-separated models to check, load and pin at startup, e.g. T@prod,T@3 "
+        "(every other base and version is served too, loaded on demand).",
     ),
-    base: str | None = typer.Option(None, "--base", help="Base model (default: the one the --models were trained on)."),
-    max_adapters: int = typer.Option(8, "--max-adapters", help="Adapters kept loaded (LRU)."),
+    base: str | None = typer.Option(
+        None,
+        "--base",
+        help="The default base, loaded and pinned at startup (default: the one the --models were trained on, "
+        "else the bundled one, loaded but evictable).",
+    ),
+    memory_budget: str | None = typer.Option(
+        None,
+        "--memory-budget",
+        help="Memory the hot bases may take, e.g. 12GiB; the least recently used idle base is unloaded to make "
+        "room (default: 80%% of the machine's memory).",
+    ),
+    warm: str | None = typer.Option(
+        None, "--warm", help="Comma-separated bases to prepare and read into the page cache now, without loading."
+    ),
+    bases: str | None = typer.Option(
+        None,
+        "--bases",
+        help="Comma-separated base paths clients may name (bundled bases, the HF cache and the bases of "
+        "registered versions always can).",
+    ),
+    max_adapters: int = typer.Option(8, "--max-adapters", help="Adapters kept loaded per base (LRU)."),
     max_queue: int = typer.Option(16, "--max-queue", help="Requests admitted at once; more get 429."),
+    max_queue_per_model: int | None = typer.Option(
+        None,
+        "--max-queue-per-model",
+        help="Places in the queue one model may hold, so a burst for it leaves room for others "
+        "(default: --max-queue minus a quarter).",
+    ),
     threads: int | None = typer.Option(None, "--threads", help="llama.cpp threads (default: half the cores)."),
     n_ctx: int = typer.Option(2048, "--n-ctx", help="llama.cpp context window."),
     llamacpp_weights: str = typer.Option(
@@ -73,6 +102,7 @@ def serve(
     from tuneloop.serve.app import create_app
     from tuneloop.serve.auth import ServeKeys
     from tuneloop.serve.engine import build_engine
+    from tuneloop.serve.pool import parse_bytes
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per call to a backend's server (vLLM)
@@ -80,10 +110,14 @@ def serve(
     auth_status = keys.describe()  # reads the key table now: a store it cannot read fails before the model loads
     engine = build_engine(
         backend=backend,
-        models=[name.strip() for name in (models or "").split(",") if name.strip()],
+        models=_names(models),
         base=base,
+        memory_budget=parse_bytes(memory_budget) if memory_budget else None,
+        warm=_names(warm),
+        bases=_names(bases),
         max_adapters=max_adapters,
         max_queue=max_queue,
+        max_queue_per_model=max_queue_per_model,
         threads=threads,
         n_ctx=n_ctx,
         llamacpp_weights=llamacpp_weights,
@@ -95,8 +129,11 @@ def serve(
     )
     for served in engine.preload():
         console.print(f"serving {served.id} (verified sha256:{served.version.content_hash[:12]})")
-    console.print(f"base {engine.base.id} on {engine.backend_name}: http://{host}:{port}/v1 · {auth_status}")
-    if (log_path := getattr(engine.backend, "log_path", None)) is not None:  # vLLM's own server writes there
+    console.print(
+        f"default base {engine.base.id} on {engine.backend_name}: http://{host}:{port}/v1 · {auth_status} · "
+        f"every base and version is served (memory budget {engine.pool.memory_budget / 1024**3:.1f} GiB)"
+    )
+    if (log_path := getattr(engine.pool.slot(engine.base).backend, "log_path", None)) is not None:  # vLLM's server
         console.print(f"{engine.backend_name}'s output: {log_path}")
     if not _is_loopback(host) and not keys.requires_key():
         console.print(
@@ -111,6 +148,10 @@ def serve(
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
         engine.close()
+
+
+def _names(text: str | None) -> list[str]:
+    return [name.strip() for name in (text or "").split(",") if name.strip()]
 
 
 def _is_loopback(host: str) -> bool:

@@ -61,6 +61,7 @@ def show(
     console.print(rules)
     console.print(f"on_check_failure: {task.on_check_failure}")
     console.print(f"requirements: {task.requirements.model_dump(exclude_none=True)}")
+    console.print(f"licenses: {', '.join(task.licenses) if task.licenses else 'any (no licenses: set)'}")
 
 
 @app.command("list")

@@ -96,6 +96,8 @@ class Candidate:
     # Decodes under the task's output schema, as `tuneloop serve` answers for a task version by default;
     # the eval measures the version as it will be served.
     structured: bool = False
+    base: str | None = None  # a local model's base id
+    license: str | None = None  # its base's license as written (bases/licenses.py); None for an endpoint
 
     def load(self) -> Generator:
         return self.loader()
@@ -109,6 +111,8 @@ class Candidate:
             "kind": self.kind,
             "structured": self.structured,
             "cost_basis": self.cost.description,
+            "base": self.base,
+            "license": self.license,
         }
 
 
@@ -142,6 +146,7 @@ def _version_candidate(ref: VersionRef, spec: ModelSpec, prices: PriceTable) -> 
     registry verifies the version's files against that hash when resolving.
     """
     from tuneloop.registry import resolve_version as resolve_registered
+    from tuneloop.registry.versions import version_base_license
 
     info = resolve_registered(ref)
     base = resolve_base(info.base_id)
@@ -165,6 +170,8 @@ def _version_candidate(ref: VersionRef, spec: ModelSpec, prices: PriceTable) -> 
         one_at_a_time=True,
         loader=load,
         structured=True,
+        base=info.base_id,
+        license=version_base_license(info).text,
     )
 
 
@@ -202,6 +209,8 @@ def _base_candidate(spec: ModelSpec, base: Base, prices: PriceTable) -> Candidat
         cost=machine_cost_basis(prices),
         one_at_a_time=True,
         loader=lambda: LocalGenerator(get_backend(backend_name, base, options)),
+        base=base.id,
+        license=base.license,
     )
 
 

@@ -131,6 +131,9 @@ def verdict_table(report: EvalReport) -> Table:
         box=box.SIMPLE_HEAD,
     )
     _model_column(table, report)
+    licensed = any(model.license for model in report.models)
+    if licensed:
+        table.add_column("base license", overflow="fold")
     table.add_column("error (95% CI)", justify="right", no_wrap=True)
     if report.mode == "run":
         table.add_column("p95 ms", justify="right")
@@ -147,7 +150,10 @@ def verdict_table(report: EvalReport) -> Table:
             passed = model.verdict.checks.get(requirement)
             return Text(f"{text} {mark(passed)}", style={True: "green", False: "red", None: "yellow"}[passed])
 
-        row: list[str | Text] = [Text(model.name), judged_cell("max_error_rate", error_with_interval(model))]
+        row: list[str | Text] = [Text(model.name)]
+        if licensed:
+            row.append(Text(model.license or "—"))
+        row.append(judged_cell("max_error_rate", error_with_interval(model)))
         if report.mode == "run":
             row.append(judged_cell("max_p95_latency_ms", number_ms(model.latency.p95_ms if model.latency else None)))
             row.append(judged_cell("max_cost_per_1k_requests_usd", usd(model.cost_per_1k_usd)))
@@ -254,6 +260,7 @@ def write_html(report: EvalReport, path: Path) -> None:
         mark=mark,
         plots={name: base64.b64encode(png).decode("ascii") for name, png in plots.items()},
         small_sample=report.n < SMALL_SAMPLE,
+        licensed=any(model.license for model in report.models),
     )
     _write_atomic(path, html)
 

@@ -18,6 +18,7 @@ from tuneloop.evals.latency import LatencyStats, latency_stats
 from tuneloop.evals.scoring import RecordScore, Summary, summarize_fields
 from tuneloop.evals.store import RunInfo, StoredResult
 from tuneloop.evals.verdict import RequirementsVerdict, judge
+from tuneloop.licenses import normalize_license
 from tuneloop.task import Requirements
 
 JSON_SCHEMA_VERSION = "tuneloop.eval-report/1"
@@ -39,6 +40,12 @@ class ModelResult:
     failed_requests: int
     verdict: RequirementsVerdict
     latencies_ms: list[float] = field(default_factory=list, repr=False)  # for the latency CDF
+    base: str | None = None  # a local model's base (None for an endpoint, or a run recorded before bases were)
+    license: str | None = None  # that base's license as written
+
+    @property
+    def license_id(self) -> str | None:
+        return normalize_license(self.license) if self.license is not None else None
 
     def to_dict(self) -> dict[str, Any]:
         summary = self.summary.to_dict()
@@ -47,6 +54,9 @@ class ModelResult:
             "name": self.name,
             "kind": self.kind,
             "identity": self.identity,
+            "base": self.base,
+            "license": self.license,
+            "license_id": self.license_id,
             "n": self.results,
             **summary,
             "latency_ms": self.latency.to_dict() if self.latency else None,
@@ -184,4 +194,6 @@ def _model_result(
             error_only=mode == "score",
         ),
         latencies_ms=[result.latency_ms for result in answered if result.latency_ms is not None],
+        base=model.get("base"),
+        license=model.get("license"),
     )

@@ -4,12 +4,17 @@ llama.cpp computes ``W x + scale * (alpha / rank) * B (A x)`` with the adapter's
 base tensor they modify (``blk.0.attn_q.weight.lora_a`` / ``.lora_b``). Three details matter for the result
 to equal PEFT's:
 
-- names: the ``gguf`` package's tensor-name map turns HF names (``model.layers.0.self_attn.q_proj``) into
-  GGUF ones (``blk.0.attn_q``), so we map no names by hand;
+- names: the ``gguf`` package's tensor-name map of the base's llama.cpp architecture turns HF names
+  (``model.layers.0.self_attn.q_proj``) into GGUF ones (``blk.0.attn_q``), so we map no names by hand;
 - Llama's q and k projections are stored permuted in GGUF (rotary halves interleaved); since the update is
-  ``B @ A``, permuting the rows of ``B`` permutes the update the same way;
+  ``B @ A``, permuting the rows of ``B`` permutes the update the same way. Only Llama-style architectures
+  are permuted (llama.cpp's ``convert_hf_to_gguf.py`` does it in ``LlamaModel.modify_tensors``); Gemma 3's
+  linear weights are stored as HF has them;
 - scaling: PEFT scales by ``lora_alpha / r`` (or ``/ sqrt(r)`` with rsLoRA); we write the alpha that makes
   llama.cpp's ``alpha / rank`` equal that scale.
+
+``ARCHITECTURES`` lists the architectures this is verified for (tests/test_gguf_lora.py compares llama.cpp's
+logit change with PEFT's on each bundled base); any other is refused, naming the fix.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import json
 import math
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
@@ -26,9 +32,38 @@ from safetensors.numpy import load_file
 
 from tuneloop.errors import TuneloopError
 
-# The HF model types whose GGUF layout we know; q/k permutation is Llama's rotary layout.
-_ARCHITECTURES = {"llama": gguf.MODEL_ARCH.LLAMA, "mistral": gguf.MODEL_ARCH.LLAMA}
+
+@dataclass(frozen=True)
+class Architecture:
+    """How llama.cpp stores a model type: its GGUF architecture, and whether q/k rows are permuted."""
+
+    gguf_arch: gguf.MODEL_ARCH
+    permute_qk: bool
+
+
+# HF ``model_type`` (or a GGUF file's ``general.architecture``, which base_hf_config passes for GGUF bases)
+# → llama.cpp's layout. Gemma 3's text model is ``gemma3_text`` in HF, ``gemma3`` in GGUF.
+ARCHITECTURES: dict[str, Architecture] = {
+    "llama": Architecture(gguf.MODEL_ARCH.LLAMA, permute_qk=True),
+    "mistral": Architecture(gguf.MODEL_ARCH.LLAMA, permute_qk=True),
+    "gemma3": Architecture(gguf.MODEL_ARCH.GEMMA3, permute_qk=False),
+    "gemma3_text": Architecture(gguf.MODEL_ARCH.GEMMA3, permute_qk=False),
+}
 _PEFT_PREFIX = "base_model.model."
+
+
+def architecture_of(base_config: dict, *, where: str | None = None) -> Architecture:
+    """The layout of the base's model type, or a TuneloopError naming it, the supported ones and the fix."""
+    model_type = base_config.get("model_type")
+    found = ARCHITECTURES.get(model_type) if isinstance(model_type, str) else None
+    if found is None:
+        raise TuneloopError(
+            f"the llama.cpp LoRA export supports {', '.join(ARCHITECTURES)} models, and this base is "
+            f"{model_type!r}: serve this version with the transformers backend",
+            where=where,
+            hint="serve it with --backend transformers (the PEFT adapter needs no export)",
+        )
+    return found
 
 
 def _permute_rows(weight: np.ndarray, n_head: int) -> np.ndarray:
@@ -52,12 +87,7 @@ def export_gguf_lora(adapter_dir: Path, base_config: dict, out_path: Path) -> Pa
         raise TuneloopError(f"only LoRA adapters can be exported, not {adapter_config.get('peft_type')}")
     if adapter_config.get("use_dora"):
         raise TuneloopError("DoRA adapters cannot be applied by llama.cpp", where=str(config_path))
-    model_type = base_config.get("model_type")
-    if model_type not in _ARCHITECTURES:
-        raise TuneloopError(
-            f"GGUF LoRA export knows {', '.join(_ARCHITECTURES)} models, not {model_type!r}",
-            hint="serve this version with the transformers backend",
-        )
+    architecture = architecture_of(base_config, where=str(adapter_dir))
     n_layers = base_config["num_hidden_layers"]
     n_head = base_config["num_attention_heads"]
     n_head_kv = base_config.get("num_key_value_heads") or n_head
@@ -70,7 +100,7 @@ def export_gguf_lora(adapter_dir: Path, base_config: dict, out_path: Path) -> Pa
     if rank_pattern or alpha_pattern:
         raise TuneloopError("per-module rank or alpha patterns cannot be expressed in one GGUF alpha")
 
-    names = gguf.get_tensor_name_map(_ARCHITECTURES[model_type], n_layers)
+    names = gguf.get_tensor_name_map(architecture.gguf_arch, n_layers)
     tensors = load_file(str(weights_path))
     pairs: dict[str, dict[str, np.ndarray]] = {}
     for key, value in tensors.items():
@@ -91,7 +121,7 @@ def export_gguf_lora(adapter_dir: Path, base_config: dict, out_path: Path) -> Pa
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", dir=writer_dir)
     os.close(fd)
     try:
-        writer = gguf.GGUFWriter(tmp_name, gguf.MODEL_ARCH_NAMES[_ARCHITECTURES[model_type]])
+        writer = gguf.GGUFWriter(tmp_name, gguf.MODEL_ARCH_NAMES[architecture.gguf_arch])
         writer.add_type(gguf.GGUFType.ADAPTER)
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
@@ -102,9 +132,9 @@ def export_gguf_lora(adapter_dir: Path, base_config: dict, out_path: Path) -> Pa
             if gguf_name is None:
                 raise TuneloopError(f"no GGUF tensor corresponds to {module}", where=str(weights_path))
             lora_a, lora_b = ab["a"], ab["b"]
-            if module.endswith("q_proj"):
+            if architecture.permute_qk and module.endswith("q_proj"):
                 lora_b = _permute_rows(lora_b, n_head)
-            elif module.endswith("k_proj"):
+            elif architecture.permute_qk and module.endswith("k_proj"):
                 lora_b = _permute_rows(lora_b, n_head_kv)
             writer.add_tensor(f"{gguf_name}.lora_a", np.ascontiguousarray(lora_a))
             writer.add_tensor(f"{gguf_name}.lora_b", np.ascontiguousarray(lora_b))

@@ -7,6 +7,10 @@ effect without a restart.
 
 Rollback moves the alias back to where its last move came from (the ``from`` of the latest event);
 rolling back twice therefore returns to the version that was rolled back.
+
+Promotion also holds the task's ``licenses:`` (task.py): a version whose base's license is not listed is
+refused, and nothing moves. The task is the one ``load_task_named`` finds ($TUNELOOP_HOME/tasks, then the
+packaged ones), as at serve time; a rollback returns to a version that was allowed when it was promoted.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 
 from tuneloop.errors import TuneloopError
+from tuneloop.licenses import license_allowed
 from tuneloop.registry.ids import ALIAS_PATTERN
-from tuneloop.registry.versions import resolve_version, verify_version
+from tuneloop.registry.versions import ModelVersionInfo, resolve_version, verify_version, version_base_license
+from tuneloop.task import Task, TaskSpecError, load_task_named, named_task_source
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -43,7 +49,8 @@ class AliasMove:
 def promote(task: str, version: str, alias: str, actor: str | None = None, reason: str | None = None) -> AliasMove:
     """Point ``task@alias`` at ``version`` (``task@N``, ``task@sha256:…``, or another alias's target).
 
-    The version's files are verified first: a tampered version is never promoted.
+    The version's files are verified first: a tampered version is never promoted; nor one whose base's
+    license the task's ``licenses:`` does not list.
     """
     from tuneloop.store import session_scope
     from tuneloop.store.models import ModelVersion
@@ -54,11 +61,48 @@ def promote(task: str, version: str, alias: str, actor: str | None = None, reaso
     if info.task != task:
         raise TuneloopError(f"{info.id} is a version of {info.task}, not {task}", where=f"{task}@{alias}")
     verify_version(info)
+    check_license(info, alias)
     with session_scope() as session:
         target_id = session.scalar(
             sa.select(ModelVersion.id).where(ModelVersion.task == task, ModelVersion.version == info.version)
         )
         return _move(session, task, alias, target_id, actor, reason)
+
+
+def allowed_licenses(task: str) -> list[str] | None:
+    """The license ids the task's ``licenses:`` allows for its versions' bases; None: any."""
+    spec = _task_spec(task)
+    return spec.licenses if spec is not None else None
+
+
+def check_license(info: ModelVersionInfo, alias: str = "prod") -> None:
+    """Refuse (TuneloopError, with the fix) a version whose base's license its task does not allow."""
+    allowed = allowed_licenses(info.task)
+    if allowed is None:
+        return
+    found = version_base_license(info)
+    if license_allowed(found.id, allowed):
+        return
+    written = found.text if found.text == found.id else f"{found.text!r} ({found.id})"
+    raise TuneloopError(
+        f"{info.id} is built on {info.base_id}, whose license is {written}; task {info.task} allows only "
+        f"{', '.join(allowed)}, so it cannot become {info.task}@{alias}",
+        where=f"{named_task_source(info.task)}: licenses",
+        hint=(
+            f"if {found.id}'s terms suit this use, add {found.id} to the task's licenses; otherwise promote a "
+            "version trained on a base whose license is allowed (`tuneloop bases list` shows each base's license)"
+        ),
+    )
+
+
+def _task_spec(task: str) -> Task | None:
+    """The task's spec as load_task_named finds it; None when there is none (no licenses to hold)."""
+    try:
+        return load_task_named(task)
+    except TaskSpecError:
+        raise  # a broken spec is reported, never read as "no restriction"
+    except TuneloopError:
+        return None
 
 
 def rollback(task: str, alias: str, actor: str | None = None, reason: str | None = None) -> AliasMove:

@@ -34,6 +34,7 @@ from sqlalchemy.exc import IntegrityError
 
 from tuneloop.config import get_settings
 from tuneloop.errors import TuneloopError
+from tuneloop.licenses import UNKNOWN_LICENSE, License, normalize_license
 from tuneloop.registry.ids import VersionRef, parse_model_id
 
 METADATA_FILE = "tuneloop.json"
@@ -180,6 +181,48 @@ def content_hash(identity: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+# --- the base a version was trained on ------------------------------------------------------------
+
+
+def base_record(base_id: str) -> dict[str, Any] | None:
+    """What a version records of its base beside the weights hash: its license and (hf: bases) its commit.
+    None when the base does not resolve here (a version registered from elsewhere)."""
+    from tuneloop.bases import resolve_base
+
+    try:
+        base = resolve_base(base_id)
+    except TuneloopError:
+        return None
+    return {
+        "license": base.license,
+        "license_id": base.license_id,
+        "license_source": base.license_source,
+        "commit": base.commit,
+        "format": base.format,
+    }
+
+
+def version_base_license(info: ModelVersionInfo) -> License:
+    """The license of the base ``info`` was trained on: as recorded at registration, else as the base says now."""
+    recorded = info.config.get("base") or {}
+    if isinstance(recorded.get("license"), str):
+        text = recorded["license"]
+        return License(text=text, id=normalize_license(text), source=recorded.get("license_source") or "catalog")
+    record = base_record(info.base_id)
+    if record is None:
+        return UNKNOWN_LICENSE
+    return License(text=record["license"], id=record["license_id"], source=record["license_source"])
+
+
+def version_base_commit(info: ModelVersionInfo) -> str | None:
+    """The Hub commit of an hf: base: as recorded at registration, else pinned in its id (``@<40 hex>``)."""
+    recorded = (info.config.get("base") or {}).get("commit")
+    if isinstance(recorded, str):
+        return recorded
+    _, _, revision = info.base_id.partition("@")
+    return revision if info.base_id.startswith("hf:") and len(revision) == 40 else None
+
+
 # --- registering ---------------------------------------------------------------------------------
 
 
@@ -211,6 +254,9 @@ def register_version(
     from tuneloop.store.models import ModelVersion
 
     chat_template = read_chat_template(adapter_dir)
+    config = dict(config or {})
+    if "base" not in config and (record := base_record(base_id)) is not None:
+        config["base"] = record  # not part of the hash: the weights hash already pins the base
     identity = build_identity(
         adapter_dir,
         base_id=base_id,

@@ -146,11 +146,15 @@ def create_app(
             mode = review.stream_mode(served.id, request)
             if mode != "buffered":
                 check = functools.partial(_check_streamed, review, request) if mode == "live" else None
-                served, events = await engine.stream(body, review=check)
+                served, events, load_s = await engine.stream(body, review=check)
                 return StreamingResponse(
                     events,
                     media_type="text/event-stream",
-                    headers={"X-Tuneloop-Model": served.id, "Cache-Control": "no-cache"},
+                    headers={
+                        "X-Tuneloop-Model": served.id,
+                        "X-Tuneloop-Load-Ms": f"{load_s * 1000:.1f}",
+                        "Cache-Control": "no-cache",
+                    },
                 )
         completion = await engine.complete(body)
         outcome = await review.apply(
@@ -161,7 +165,13 @@ def create_app(
         )
         if outcome.error is not None:
             raise outcome.error
-        headers = {"X-Tuneloop-Model": outcome.completion["model"], **outcome.headers}
+        headers = {
+            "X-Tuneloop-Model": outcome.completion["model"],
+            # What this request waited for its base to load (0 when it was hot): from its own answer, even
+            # when a fallback answered.
+            "X-Tuneloop-Load-Ms": f"{(completion.get('tuneloop') or {}).get('load_ms', 0.0):.1f}",
+            **outcome.headers,
+        }
         if body.stream:  # buffered: checked whole, now sent as the stream the client asked for
             sse = completion_sse(outcome.completion, include_usage=body.include_usage)
             return Response(sse, media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"})

@@ -25,12 +25,13 @@ as the server. ``build_engine`` builds one as ``tuneloop serve`` does, the backe
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import logging
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -39,18 +40,11 @@ from tuneloop.bases import Base
 from tuneloop.errors import TuneloopError
 from tuneloop.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, OpenAIError, sse_event
 from tuneloop.registry.ids import BaseRef, VersionRef, parse_model_id
-from tuneloop.serve.backends import (
-    MAX_TOP_LOGPROBS,
-    Backend,
-    Delta,
-    Generation,
-    GenerationParams,
-    Message,
-    takes_concurrent_calls,
-)
+from tuneloop.serve.backends import MAX_TOP_LOGPROBS, Backend, Delta, Generation, GenerationParams, Message
 from tuneloop.serve.errors import invalid_parameter
 from tuneloop.serve.grammar import ANY_JSON_OBJECT, Validation, check_schema, validate_answer
 from tuneloop.serve.metrics import ServeMetrics
+from tuneloop.serve.pool import BaseSlot, ModelPool
 from tuneloop.serve.served_models import ServedModel, ServedModels
 
 log = logging.getLogger("tuneloop.serve")
@@ -72,53 +66,70 @@ class Plan:
 
 
 class ServeEngine:
-    """Many versions over one loaded base, behind one backend."""
+    """Every base of a pool and the versions on them, behind one request path."""
 
     def __init__(
         self,
-        backend: Backend,
-        base: Base,
+        pool: ModelPool,
+        default_base: Base,
         *,
         models: list[str] | None = None,
         max_queue: int = 16,
+        max_queue_per_model: int | None = None,
         alias_refresh_s: float = 1.0,
         retry_after_s: int = 1,
         metrics: ServeMetrics | None = None,
-        backend_name: str | None = None,
     ) -> None:
-        self.backend = backend
-        self.base = base
-        self.backend_name = backend_name or getattr(backend, "name", "llamacpp")
+        self.pool = pool
+        self.base = default_base
+        self.backend_name = pool.backend_name
         self.max_queue = max_queue
+        # A model may hold at most this many places, so a burst for one leaves room for the others.
+        self.max_queue_per_model = max_queue_per_model or max(1, max_queue - max_queue // 4)
         self.retry_after_s = retry_after_s
         self.metrics = metrics or ServeMetrics()
-        # A concurrent backend takes concurrent calls and schedules them itself: every admitted request gets
-        # a worker, so a waiting one is in the backend's own queue, ready for its next batch. It also loads
-        # adapters from its own threads, so their hash check goes with the adapter (Adapter.before_load).
-        self._concurrent = takes_concurrent_calls(backend)
-        self.served_models = ServedModels(
-            base,
-            backend_name=self.backend_name,
-            batching=self._concurrent,
-            models=models,
-            alias_refresh_s=alias_refresh_s,
-            metrics=self.metrics,
-        )
-        workers = max_queue if self._concurrent else 1
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tuneloop-generate")
+        self.served_models = ServedModels(pool, models=models, alias_refresh_s=alias_refresh_s, metrics=self.metrics)
+        pool.on_load = self._loaded
+        pool.on_evict = self._evicted
         self._admitted = 0
+        self._admitted_by_model: dict[str, int] = {}
         self._admitted_lock = threading.Lock()
 
-    # --- the models served (served_models.py) ---------------------------------------------------
+    def _loaded(self, slot: BaseSlot, load_s: float) -> None:
+        self.served_models.forget_base(slot.id)  # its versions are checked against its files again
+        self.metrics.observe_base_load(slot.id, load_s)
+        self._publish_states()
+
+    def _evicted(self, slot: BaseSlot) -> None:
+        self.metrics.base_evictions.labels(slot.id).inc()
+        self._publish_states()
+
+    def _publish_states(self) -> None:
+        for slot in self.pool.slots():
+            self.metrics.set_base_state(slot.id, slot.state)
+
+    # --- the models served (served_models.py, pool.py) ---------------------------------------------
 
     @property
     def models(self) -> list[str]:
         """The ``--models`` it was started for (see ``ServedModels``)."""
         return self.served_models.models
 
+    @property
+    def backend(self) -> Backend:
+        """The default base's engine (loaded now if it was evicted)."""
+        slot = self.pool.slot(self.base)
+        with self.pool.lease(slot) as lease:
+            return lease.backend
+
     def preload(self) -> list[ServedModel]:
-        """``ServedModels.preload``: every ``--models`` entry, ready (a bad one fails at startup)."""
-        return self.served_models.preload()
+        """``ServedModels.preload``: every ``--models`` entry, ready, its base loaded and pinned."""
+        try:
+            ready = self.served_models.preload()
+        except OpenAIError as exc:  # at startup, said as the CLI says errors (no traceback)
+            raise TuneloopError(exc.message, where="--models") from None
+        self._publish_states()
+        return ready
 
     def resolve(self, name: str) -> ServedModel:
         """``ServedModels.resolve``: the model a request names, verified, or a 404/409."""
@@ -163,10 +174,10 @@ class ServeEngine:
             raise invalid_parameter("seed must be a non-negative 64-bit integer", "seed")
         schema = self._schema_for(request.response_format, served)
         messages = _messages(request)
-        if schema is not None and self.backend_name in ("llamacpp", "transformers"):
+        if schema is not None and served.engine in ("llamacpp", "transformers"):
             from tuneloop.serve.grammar import llama_grammar, llguidance_grammar
 
-            grammar = llama_grammar if self.backend_name == "llamacpp" else llguidance_grammar
+            grammar = llama_grammar if served.engine == "llamacpp" else llguidance_grammar
             try:
                 grammar(schema)  # built (and cached) now, so a schema the engine can't express is a 400
             except TuneloopError as exc:
@@ -203,55 +214,94 @@ class ServeEngine:
 
     @contextmanager
     def admitted(self, model: str) -> Iterator[None]:
-        """Hold one of ``max_queue`` places; 429 with Retry-After when none is free."""
+        """Hold one of ``max_queue`` places (at most ``max_queue_per_model`` of them for one model);
+        429 with Retry-After when none is free."""
         with self._admitted_lock:
-            if self._admitted >= self.max_queue:
+            held = self._admitted_by_model.get(model, 0)
+            if self._admitted >= self.max_queue or held >= self.max_queue_per_model:
                 self.metrics.queue_rejections.inc()
+                why = (
+                    f"the server's queue is full ({self.max_queue} requests)"
+                    if self._admitted >= self.max_queue
+                    else f"{model} holds its share of the server's queue ({self.max_queue_per_model} requests)"
+                )
                 raise OpenAIError(
                     429,
-                    f"the server's queue is full ({self.max_queue} requests); retry after {self.retry_after_s} s",
+                    f"{why}; retry after {self.retry_after_s} s",
                     code="queue_full",
                     headers={"Retry-After": str(self.retry_after_s)},
                 )
             self._admitted += 1
+            self._admitted_by_model[model] = held + 1
             self.metrics.queue_depth.set(self._admitted)
         try:
             yield
         finally:
             with self._admitted_lock:
                 self._admitted -= 1
+                left = self._admitted_by_model[model] - 1
+                if left:
+                    self._admitted_by_model[model] = left
+                else:
+                    del self._admitted_by_model[model]
                 self.metrics.queue_depth.set(self._admitted)
 
-    def _ensure_loaded(self, served: ServedModel) -> None:
-        """Right before generating (in the worker): re-verify a version the backend doesn't hold."""
-        self.served_models.verify_unloaded(served, getattr(self.backend, "loaded_adapters", None))
+    async def _start_leased(
+        self, served: ServedModel, work: Callable[[Backend], Any]
+    ) -> tuple[concurrent.futures.Future[Any], float]:
+        """``work(backend)`` queued on the worker of ``served``'s base, the base held hot (loaded first when
+        it isn't: other bases' requests go on meanwhile) until the work ends. Returns the work's future
+        and the seconds spent loading the base."""
+        slot = self.pool.slot(self.served_models.base_of(served))
+        holding = self.pool.lease(slot)
+        acquiring = asyncio.ensure_future(asyncio.to_thread(holding.__enter__))
+        try:
+            lease = await asyncio.shield(acquiring)
+        except asyncio.CancelledError:  # the client left while the base loaded: let go once it is held
 
-    def _generate(self, plan: Plan) -> Generation:
-        self._ensure_loaded(plan.served)
-        return self.backend.generate(plan.messages, plan.params, adapter=plan.served.adapter)
+            def release(done: asyncio.Future[Any]) -> None:
+                if not done.cancelled() and done.exception() is None:
+                    holding.__exit__(None, None, None)
+
+            acquiring.add_done_callback(release)
+            raise
+        try:
+            future = lease.slot.submit(served.id, functools.partial(work, lease.backend))
+        except BaseException:
+            holding.__exit__(None, None, None)
+            raise
+        # Released when the work ends (or is cancelled before it starts), not when the caller stops waiting:
+        # a base must not be evicted under a generation.
+        future.add_done_callback(lambda _: holding.__exit__(None, None, None))
+        return future, lease.load_s
 
     async def complete(self, request: ChatCompletionRequest) -> dict[str, Any]:
         """A whole ``chat.completion`` (as a dict, ``model`` = the resolved version)."""
         served = await asyncio.to_thread(self.resolve, request.model)
         plan = self.plan(request, served)
-        loop = asyncio.get_running_loop()
         with self.admitted(served.id):
             admitted_at = time.perf_counter()
+
+            def generate(backend: Backend) -> Generation:
+                return backend.generate(plan.messages, plan.params, adapter=plan.served.adapter)
+
             try:
-                generation = await loop.run_in_executor(self._executor, self._generate, plan)
+                future, load_s = await self._start_leased(served, generate)
+                generation = await asyncio.wrap_future(future)
             except TuneloopError as exc:
                 raise invalid_parameter(str(exc), "messages") from None
         latency_s = time.perf_counter() - admitted_at
         validation = validate_answer(generation.text, plan.schema) if plan.schema is not None else None
-        self._record(plan, generation, latency_s, validation, request)
-        extension = _extension(plan, request, validation, latency_s, generation)
+        self._record(plan, generation, latency_s, validation, request, load_s=load_s)
+        extension = _extension(plan, request, validation, latency_s, generation, load_s)
         return _completion(plan, generation, extension, _completion_id(), int(time.time()))
 
     async def stream(
         self, request: ChatCompletionRequest, review: StreamReview | None = None
-    ) -> tuple[ServedModel, AsyncIterator[bytes]]:
-        """Server-sent events of ``chat.completion.chunk``s. Errors before the first token are raised here,
-        so the HTTP layer can still answer with a status; later ones end the stream with an error event.
+    ) -> tuple[ServedModel, AsyncIterator[bytes], float]:
+        """Server-sent events of ``chat.completion.chunk``s, with the model that answers and the seconds its
+        base took to load. Errors before the first token are raised here, so the HTTP layer can still
+        answer with a status; later ones end the stream with an error event.
 
         ``review`` sees the whole answer once generated, before the finish chunk, and returns it with the
         ``tuneloop`` fields that chunk carries (the checks' result); an OpenAIError it raises is sent as
@@ -268,10 +318,9 @@ class ServeEngine:
         def push(kind: str, value: Any) -> None:
             loop.call_soon_threadsafe(events.put_nowait, (kind, value))
 
-        def work() -> None:
+        def work(backend: Backend) -> None:
             try:
-                self._ensure_loaded(served)
-                deltas = _stream_generation(self.backend, plan)
+                deltas = _stream_generation(backend, plan)
                 while True:
                     if cancelled.is_set():
                         deltas.close()  # the client went away: stop the engine
@@ -284,8 +333,8 @@ class ServeEngine:
             except BaseException as exc:
                 push("error", exc)
 
-        loop.run_in_executor(self._executor, work)
         try:
+            _, load_s = await self._start_leased(served, work)  # the work reports through events
             first = await events.get()
         except BaseException:
             cancelled.set()
@@ -333,8 +382,8 @@ class ServeEngine:
                 generation: Generation = value
                 latency_s = time.perf_counter() - admitted_at
                 validation = validate_answer(generation.text, plan.schema) if plan.schema is not None else None
-                self._record(plan, generation, latency_s, validation, request, streamed=True)
-                extension = _extension(plan, request, validation, latency_s, generation)
+                self._record(plan, generation, latency_s, validation, request, streamed=True, load_s=load_s)
+                extension = _extension(plan, request, validation, latency_s, generation, load_s)
                 if review is not None:
                     try:
                         whole = _completion(plan, generation, extension, completion_id, created)
@@ -354,7 +403,7 @@ class ServeEngine:
                 cancelled.set()
                 admission.__exit__(None, None, None)
 
-        return served, sse()
+        return served, sse(), load_s
 
     def _record(
         self,
@@ -365,10 +414,11 @@ class ServeEngine:
         request: ChatCompletionRequest,
         *,
         streamed: bool = False,
+        load_s: float = 0.0,
     ) -> None:
         served = plan.served
-        queue_s = latency_s - generation.latency_ms / 1000
-        first_token_s = None if generation.ttft_ms is None else queue_s + generation.ttft_ms / 1000
+        queue_s = latency_s - generation.latency_ms / 1000 - load_s
+        first_token_s = None if generation.ttft_ms is None else load_s + queue_s + generation.ttft_ms / 1000
         self.metrics.observe_success(
             served.id,
             latency_s=latency_s,
@@ -380,7 +430,8 @@ class ServeEngine:
             self.metrics.schema_violations.labels(served.id).inc()
             log.warning("%s answered outside its schema: %s", served.id, "; ".join(validation.errors[:3]))
         log.info(
-            "chat.completion model=%s requested=%s stream=%s tokens=%d+%d latency_ms=%.1f queue_ms=%.1f schema=%s",
+            "chat.completion model=%s requested=%s stream=%s tokens=%d+%d latency_ms=%.1f queue_ms=%.1f "
+            "load_ms=%.1f schema=%s",
             served.id,
             request.model,
             streamed,
@@ -388,21 +439,37 @@ class ServeEngine:
             generation.completion_tokens,
             latency_s * 1000,
             queue_s * 1000,
+            load_s * 1000,
             "-" if validation is None else ("valid" if validation.valid else "INVALID"),
         )
 
     def health(self) -> dict[str, Any]:
+        default = self.pool.slot(self.base)
         return {
             "status": "ok",
             "backend": self.backend_name,
             "base": self.base.id,
-            "queue": {"admitted": self._admitted, "max": self.max_queue},
-            "loaded_adapters": list(getattr(self.backend, "loaded_adapters", [])),
+            "queue": {"admitted": self._admitted, "max": self.max_queue, "max_per_model": self.max_queue_per_model},
+            "loaded_adapters": list(getattr(default.backend, "loaded_adapters", [])),
+            "memory": {"budget_bytes": self.pool.memory_budget, "hot_bytes": self.pool.hot_bytes()},
+            "bases": {
+                slot.id: {
+                    "state": slot.state,
+                    "engine": slot.backend_name,
+                    "pinned": slot.pinned,
+                    "in_flight": slot.in_flight,
+                    "memory_bytes": slot.footprint_bytes,
+                    "loads": slot.loads,
+                    "last_load_s": None if slot.last_load_s is None else round(slot.last_load_s, 3),
+                    "loaded_adapters": list(getattr(slot.backend, "loaded_adapters", [])),
+                    **({"error": slot.error} if slot.error else {}),
+                }
+                for slot in self.pool.slots()
+            },
         }
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
-        self.backend.close()
+        self.pool.close()
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -525,15 +592,18 @@ def _extension(
     validation: Validation | None,
     latency_s: float,
     generation: Generation,
+    load_s: float = 0.0,
 ) -> dict[str, Any]:
     """tuneloop's own fields on a response: the resolved version, and what validation found."""
     served = plan.served
     extension: dict[str, Any] = {
         "model": served.id,
         "requested_model": request.model,
+        "base": served.base_id,
         "content_hash": f"sha256:{served.version.content_hash}" if served.version else None,
         "latency_ms": round(latency_s * 1000, 2),
-        "queue_ms": round(latency_s * 1000 - generation.latency_ms, 2),
+        "queue_ms": round(latency_s * 1000 - generation.latency_ms - load_s * 1000, 2),
+        "load_ms": round(load_s * 1000, 2),
     }
     if validation is not None:
         extension["schema_valid"] = validation.valid
@@ -552,6 +622,7 @@ def build_engine(
     base: str | None = None,
     max_adapters: int = 8,
     max_queue: int = 16,
+    max_queue_per_model: int | None = None,
     threads: int | None = None,
     n_ctx: int = 2048,
     device: str = "cpu",
@@ -561,25 +632,34 @@ def build_engine(
     max_batch_size: int = 8,
     llamacpp_weights: str = "native",
     vllm_python: str | None = None,
+    memory_budget: int | None = None,
+    warm: list[str] | None = None,
+    bases: list[str] | None = None,
+    load_default: bool = True,
 ) -> ServeEngine:
-    """An engine as ``tuneloop serve`` builds it: the base (given, else the one the first ``--models``
-    entry was trained on, else the bundled one), loaded once into the chosen backend. ``max_batch_size``:
-    requests the transformers backend decodes together (1: one at a time). ``llamacpp_weights``: the GGUF
-    as it is (``native``) or its float rewrite (``f16``/``f32``, bases/widen.py). ``vllm_python``: the
-    interpreter that runs vLLM (None: found as serve/backends/vllm.py says)."""
+    """An engine as ``tuneloop serve`` builds it: a pool over every base (pool.py) with a default base
+    (given, else the one the first ``--models`` entry was trained on, else the bundled one), loaded now
+    (``load_default``), and pinned when it was named. ``max_batch_size``: requests the transformers backend
+    decodes together (1: one at a time). ``llamacpp_weights``: the GGUF as it is (``native``) or its float
+    rewrite (``f16``/``f32``, bases/widen.py). ``vllm_python``: the interpreter that runs vLLM (None: found as
+    serve/backends/vllm.py says). ``memory_budget``: bytes the hot bases may take (None: 80 % of the
+    machine's). ``warm``: bases to prepare and read into the page cache now, without loading them.
+    ``bases``: more bases clients may name (paths; bundled and HF-cache bases need not be listed)."""
     from tuneloop.bases import DEFAULT_BASE, resolve_base
     from tuneloop.registry.versions import resolve_version
-    from tuneloop.serve.backends import backend_options, get_backend
+    from tuneloop.serve.backends import options_type
 
+    options_type(backend)  # an unknown --backend fails here, with the list
     models = list(models or [])
     for name in models:
         if not isinstance(parse_model_id(name), VersionRef | BaseRef):
             raise TuneloopError("serve takes task versions and bases only", where=f"--models {name}")
+    named = base is not None
     if base is None:
         versions = [ref for ref in map(parse_model_id, models) if isinstance(ref, VersionRef)]
         base = resolve_version(versions[0], verify=False).base_id if versions else DEFAULT_BASE
     resolved_base = resolve_base(base)
-    # Every flag goes to the registry; each backend takes the options it has (the rest are another's).
+    # Every flag goes to each base's engine; each backend takes the options it has (the rest are another's).
     flags = {
         "max_adapters": max_adapters,
         "n_ctx": n_ctx,
@@ -591,12 +671,30 @@ def build_engine(
         "pipeline_parallel_size": pipeline_parallel_size,
         "python": vllm_python,
     }
-    engine_backend = get_backend(backend, resolved_base, backend_options(backend, flags, strict=False))
-    return ServeEngine(
-        engine_backend,
+    pool = ModelPool(backend_name=backend, flags=flags, memory_budget=memory_budget, max_queue=max_queue)
+    engine = ServeEngine(
+        pool,
         resolved_base,
         models=models,
         max_queue=max_queue,
+        max_queue_per_model=max_queue_per_model,
         alias_refresh_s=alias_refresh_s,
-        backend_name=backend,
     )
+    try:
+        for name in bases or []:
+            pool.slot(resolve_base(name))
+        for name in warm or []:
+            pool.warm(resolve_base(name))
+        if named:
+            pool.pin(resolved_base)
+        elif load_default:
+            with pool.lease(pool.slot(resolved_base)):
+                pass
+    except OpenAIError as exc:  # a load at startup: say it as the CLI says errors
+        engine.close()
+        raise TuneloopError(exc.message, where=resolved_base.id) from None
+    except BaseException:
+        engine.close()
+        raise
+    engine._publish_states()
+    return engine

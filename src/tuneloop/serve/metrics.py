@@ -13,6 +13,8 @@ from tuneloop.review.metrics import ModelLabels, ReviewMetrics
 
 UNRESOLVED = "-"
 _LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2.5, 5, 10, 30)
+_LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+BASE_STATES = ("cold", "loading", "hot", "evicting", "warm")
 
 
 class ServeMetrics:
@@ -76,6 +78,26 @@ class ServeMetrics:
             "Requests refused with 429 because the queue was full.",
             registry=self.registry,
         )
+        # The pool (pool.py): bases are few, so they are labelled as they are.
+        self.base_load = Histogram(
+            "tuneloop_serve_base_load_seconds",
+            "Time to load a base into an engine (on demand, or at startup).",
+            ["base"],
+            buckets=_LOAD_BUCKETS,
+            registry=self.registry,
+        )
+        self.base_evictions = Counter(
+            "tuneloop_serve_base_evictions",
+            "Bases unloaded to make room for another under the memory budget.",
+            ["base"],
+            registry=self.registry,
+        )
+        self.base_state = Gauge(
+            "tuneloop_serve_base_state",
+            "1 for the state each base is in (cold, loading, hot, evicting, warm), 0 for the others.",
+            ["base", "state"],
+            registry=self.registry,
+        )
         # Check failures, actions (escalate, reject, fallback, …) and the review queue depth.
         self.review = ReviewMetrics(self.registry, "tuneloop_serve", labels=self.model_label)
 
@@ -94,6 +116,13 @@ class ServeMetrics:
         label = self.model_label(model) if model else UNRESOLVED
         self.requests.labels(label, str(status)).inc()
         self.errors.labels(label, code).inc()
+
+    def observe_base_load(self, base: str, seconds: float) -> None:
+        self.base_load.labels(base).observe(seconds)
+
+    def set_base_state(self, base: str, state: str) -> None:
+        for name in BASE_STATES:
+            self.base_state.labels(base, name).set(1 if name == state else 0)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -2,16 +2,18 @@
 
 The request side (``engine.py``) asks :meth:`ServedModels.resolve` for the model a request names and
 gets a :class:`ServedModel`, ready for the backend; ``/v1/models`` is :meth:`ServedModels.list_models`.
+A server serves every base this machine has and every registered version of any of them; the pool
+(``pool.py``) loads their bases on demand.
 
 - **Resolution.** ``task@3`` and ``task@sha256:…`` name immutable versions and are looked up once;
   ``task@prod`` is re-read from the store at most every ``alias_refresh_s`` (1 s by default), so
   ``tuneloop models promote``/``rollback`` reach a running server without a restart. A base name serves
   the bare base. Every response, log line and metric names the resolved version (``task@4``).
-  ``--models`` restricts the server to those tasks (any of their versions) and the base.
-- **Integrity.** Before a version's adapter is loaded into the backend (the first time, and again after
-  the backend's LRU evicted it), its files are hashed and compared with the registered content hash; a
-  tampered version is refused (409 ``model_integrity_error``) and nothing of it is loaded. A version
-  trained on other weights of the base than the loaded ones is refused the same way.
+- **Integrity.** Before a version's adapter is loaded into an engine (the first time, and again after
+  the engine's LRU evicted it), its files are hashed and compared with the registered content hash; a
+  tampered version is refused (409 ``model_integrity_error``) and nothing of it is loaded. Bases are pinned
+  the same way: a version records the sha256 of its base's weights, and when the base's files on this
+  machine no longer hash to it (checked whenever the base is loaded) the version is refused with 409.
 - **Task schema.** A version decodes under its task's output schema by default; it is read once per task.
 """
 
@@ -26,11 +28,13 @@ from typing import Any
 
 from tuneloop.bases import Base
 from tuneloop.errors import TuneloopError
+from tuneloop.protocol import OpenAIError
 from tuneloop.registry.ids import BaseRef, EndpointRef, VersionRef, parse_model_id
 from tuneloop.registry.versions import ModelVersionInfo
 from tuneloop.serve.backends import Adapter
 from tuneloop.serve.errors import integrity_error, model_not_found
 from tuneloop.serve.metrics import ServeMetrics
+from tuneloop.serve.pool import BaseSlot, ModelPool
 from tuneloop.task import Task
 
 log = logging.getLogger("tuneloop.serve")
@@ -42,6 +46,7 @@ class ServedModel:
 
     id: str
     base_id: str
+    engine: str  # the backend its base runs on (pool.engine_for)
     version: ModelVersionInfo | None = None
     adapter: Adapter | None = None
     task: Task | None = None  # the version's task spec (None for a base, or a task this machine lacks)
@@ -59,48 +64,34 @@ class ServedModel:
 
 
 class ServedModels:
-    """The base a server loaded and the registered versions on it, resolved, verified and listed.
-
-    ``backend_name`` decides what a version's adapter needs (llama.cpp: its GGUF LoRA export);
-    ``batching``: the backend runs concurrent calls and loads adapters from its own threads (when a batch
-    forms, or when vLLM is first asked for one), so the hash check goes with the adapter
-    (``Adapter.before_load``) instead of running before each generation (:meth:`verify_unloaded`).
-    """
+    """Every base of the pool and the registered versions on them, resolved, verified and listed."""
 
     def __init__(
         self,
-        base: Base,
+        pool: ModelPool,
         *,
-        backend_name: str,
-        batching: bool = False,
         models: list[str] | None = None,
         alias_refresh_s: float = 1.0,
         metrics: ServeMetrics | None = None,
     ) -> None:
-        self.base = base
-        self.backend_name = backend_name
-        self.batching = batching
+        self.pool = pool
         self.models = list(models or [])
         self.alias_refresh_s = alias_refresh_s
         self.metrics = metrics or ServeMetrics()
-        # --models restricts the server to those tasks (any of their versions) and the base.
-        self.allowed_tasks: set[str] | None = None
-        if self.models:
-            self.allowed_tasks = set()
-            for name in self.models:
-                ref = parse_model_id(name)
-                if isinstance(ref, VersionRef):
-                    self.allowed_tasks.add(ref.task)
         self._immutable: dict[str, ModelVersionInfo] = {}  # "task@3" / "task@sha256:…" → version
         self._aliases: dict[str, tuple[float, ModelVersionInfo]] = {}  # "task@prod" → (read at, version)
         self._served: dict[str, ServedModel] = {}  # content hash → ready ServedModel
+        self._bases: dict[str, Base] = {}  # a name a client used → the base it resolved to
         self._resolve_lock = threading.Lock()
-        self._base_weights_hash: str | None = None
         self._tasks: dict[str, Task | None] = {}
 
     def preload(self) -> list[ServedModel]:
-        """Resolve, verify and export every ``--models`` entry now, so a bad one fails at startup."""
-        return [self.resolve(name) for name in self.models]
+        """Resolve, verify and export every ``--models`` entry now and load (pin) their bases, so a bad one
+        fails at startup."""
+        ready = [self.resolve(name) for name in self.models]
+        for served in ready:
+            self.pool.pin(self.base_of(served))
+        return ready
 
     def resolve(self, name: str) -> ServedModel:
         """The model ``name`` names, verified and ready; OpenAIError 404/409 when it can't be served."""
@@ -113,30 +104,61 @@ class ServedModels:
         if isinstance(ref, EndpointRef):
             raise model_not_found(name, "this server serves its own models only, not upstream ones")
         if isinstance(ref, BaseRef):
-            return self._resolve_base(name)
-        if self.allowed_tasks is not None and ref.task not in self.allowed_tasks:
-            raise model_not_found(name, f"this server was started for {', '.join(sorted(self.allowed_tasks))}")
+            base = self._base(name)
+            self._check_servable(name, base)
+            return ServedModel(id=base.id, base_id=base.id, engine=self.pool.slot(base).backend_name)
         info = self._lookup_version(ref)
         with self._resolve_lock:
             served = self._served.get(info.content_hash)
-            if served is None or served.id != info.id:
-                served = self._prepare_version(info)
+        if served is None or served.id != info.id:
+            served = self._prepare_version(info)
+            with self._resolve_lock:
                 self._served[info.content_hash] = served
         return served
 
-    def _resolve_base(self, name: str) -> ServedModel:
-        if name != self.base.id:
-            from tuneloop.bases import resolve_base
+    def base_of(self, served: ServedModel) -> Base:
+        """The base a resolved model runs on."""
+        return self._base(served.base_id)
 
-            try:
-                same = resolve_base(name).id == self.base.id
-            # A client's model name is any string; as a path it can fail in any way (no home directory
-            # for "~x", a NUL byte, a name too long): each means "not this server's base", a 404.
-            except (TuneloopError, OSError, RuntimeError, ValueError):
-                same = False
-            if not same:
-                raise model_not_found(name, f"this server runs the base {self.base.id} and its fine-tunes")
-        return ServedModel(id=self.base.id, base_id=self.base.id)
+    def _base(self, name: str) -> Base:
+        with self._resolve_lock:
+            cached = self._bases.get(name)
+        if cached is not None:
+            return cached
+        from tuneloop.bases import resolve_base
+
+        try:
+            base = resolve_base(name)
+        # A client's model name is any string; as a path it can fail in any way (no home directory
+        # for "~x", a NUL byte, a name too long): each means "not a base this server has", a 404.
+        except TuneloopError as exc:
+            raise model_not_found(name, exc.message, exc.hint) from None
+        except (OSError, RuntimeError, ValueError):
+            raise model_not_found(name, "not a base this server has") from None
+        with self._resolve_lock:
+            self._bases[name] = base
+        return base
+
+    def _check_servable(self, name: str, base: Base) -> None:
+        """A client may name the bases this machine lists (bundled, the HF cache), the bases of registered
+        versions, and those the server was started with; not any file path on the server's disk."""
+        if base.kind in ("bundled", "hf") or any(slot.id == base.id for slot in self.pool.slots()):
+            return
+        from tuneloop.registry.versions import list_versions
+
+        if any(info.base_id == base.id for info in list_versions()):
+            return
+        raise model_not_found(
+            name,
+            "a path is served only when the server was started with it or a registered version is trained on it",
+            "start tuneloop serve with --bases PATH",
+        )
+
+    def forget_base(self, base_id: str) -> None:
+        """A base was (re)loaded: its versions are checked against its files again on their next request."""
+        with self._resolve_lock:
+            for key in [key for key, served in self._served.items() if served.base_id == base_id]:
+                del self._served[key]
 
     def _lookup_version(self, ref: VersionRef) -> ModelVersionInfo:
         from tuneloop.registry.versions import resolve_version
@@ -165,35 +187,43 @@ class ServedModels:
         return info
 
     def _prepare_version(self, info: ModelVersionInfo) -> ServedModel:
-        """Check a version belongs on this base and its files are intact; export what the backend needs."""
-        if info.base_id != self.base.id:
-            raise model_not_found(info.id, f"it is a fine-tune of {info.base_id}, and this server runs {self.base.id}")
-        if info.base_weights_hash and info.base_weights_hash != self._base_hash():
+        """Check a version's base is here with the weights it was trained on and its files are intact;
+        export what its engine needs."""
+        try:
+            base = self._base(info.base_id)
+        except OpenAIError as exc:
+            raise model_not_found(info.id, f"its base {info.base_id} is not on this machine: {exc.message}") from None
+        slot = self.pool.slot(base)
+        if info.base_weights_hash and info.base_weights_hash != slot.weights_hash():
             raise integrity_error(
-                info.id, f"it was trained on other weights of {info.base_id} than the ones this server loaded"
+                info.id,
+                f"its base {info.base_id} changed: the files at {base.path} hash to sha256:{slot.weights_hash()[:12]}, "
+                f"and it was trained on sha256:{info.base_weights_hash[:12]}",
+                "restore the base's original files (tuneloop bases show prints where they are), "
+                "or retrain the version on this base",
             )
         self.verify(info)
         gguf_path = None
-        if self.backend_name == "llamacpp":
+        if slot.backend_name == "llamacpp":
             from tuneloop.registry.exports import ensure_gguf_lora
 
             try:
                 gguf_path = ensure_gguf_lora(info)
             except TuneloopError as exc:
                 raise integrity_error(info.id, f"its adapter can't be exported for llama.cpp: {exc.message}") from None
-        # A batching (concurrent) backend loads an adapter when it needs it, so it checks the files then (before_load);
-        # the others are checked right before their one generation (verify_unloaded).
-        before_load = functools.partial(self.verify, info) if self.batching else None
         return ServedModel(
             id=info.id,
-            base_id=info.base_id,
+            base_id=base.id,
+            engine=slot.backend_name,
             version=info,
             adapter=Adapter(
                 id=info.id,
                 peft_dir=info.adapter_path,
                 gguf_path=gguf_path,
                 content_hash=info.content_hash,
-                before_load=before_load,
+                # Every engine calls this right before it reads the adapter's files (first use, and again
+                # after its LRU unloaded it), in the thread that loads them.
+                before_load=functools.partial(self.verify, info),
             ),
             task=self._task(info.task),
             decoding=dict(info.decoding),
@@ -204,27 +234,11 @@ class ServedModels:
         from tuneloop.registry.versions import verify_version
 
         try:
-            verify_version(info, check_base=False)  # the base was checked once, against the loaded one
+            verify_version(info, check_base=False)  # the base is checked against the pool's files
         except TuneloopError as exc:
             log.error("refusing %s: %s", info.id, exc)
             raise integrity_error(info.id, exc.message, exc.hint) from None
         self.metrics.adapter_loads.labels(info.id).inc()
-
-    def verify_unloaded(self, served: ServedModel, loaded: list[str] | None) -> None:
-        """Right before generating (in the worker): re-verify a version the backend doesn't hold
-        (``loaded``: its loaded adapters, None when it doesn't say), since loading it reads its files again.
-        A version whose adapter checks itself when loaded (``before_load``) is left to that."""
-        if served.adapter is None or served.version is None or served.adapter.before_load is not None:
-            return
-        if loaded is not None and served.id not in loaded:
-            self.verify(served.version)
-
-    def _base_hash(self) -> str:
-        if self._base_weights_hash is None:
-            from tuneloop.bases import base_weights_hash
-
-            self._base_weights_hash = base_weights_hash(self.base)
-        return self._base_weights_hash
 
     def _task(self, task_name: str) -> Task | None:
         if task_name not in self._tasks:
@@ -238,16 +252,52 @@ class ServedModels:
         return self._tasks[task_name]
 
     def list_models(self) -> list[dict[str, Any]]:
-        """``/v1/models``: the base, and every registered version on it (with its aliases)."""
+        """``/v1/models``: every base this machine has and every registered version on one of them, each
+        with its state (hot, loading, warm, cold), base, license and content hash."""
+        from tuneloop.bases import known_weights_hash, list_bases
         from tuneloop.registry.versions import aliases_of, list_versions
 
-        created = int(self.base.path.stat().st_mtime) if self.base.path.exists() else 0
-        cards = [{"id": self.base.id, "object": "model", "created": created, "owned_by": "tuneloop", "parent": None}]
-        for info in list_versions():
-            if info.base_id != self.base.id:
+        bases: dict[str, Base] = {slot.id: slot.base for slot in self.pool.slots()}
+        for row in list_bases():
+            if row.available and row.id not in bases:
+                try:
+                    bases[row.id] = self._base(row.id)
+                except OpenAIError:
+                    continue
+        versions = list_versions()
+        for info in versions:
+            if info.base_id not in bases:
+                try:
+                    bases[info.base_id] = self._base(info.base_id)
+                except OpenAIError:
+                    continue  # its base is not on this machine: not servable here
+        slots = {base_id: self.pool.slot(base) for base_id, base in bases.items()}
+        cards = []
+        for base_id, base in bases.items():
+            slot = slots[base_id]
+            weights = slot.known_hash() or known_weights_hash(base)
+            cards.append(
+                {
+                    "id": base_id,
+                    "object": "model",
+                    "created": _mtime(base),
+                    "owned_by": "tuneloop",
+                    "parent": None,
+                    "base": base_id,
+                    "state": slot.state if slot.state != "evicting" else "warm",
+                    "license": base.license,
+                    "license_id": base.license_id,
+                    **({"commit": base.commit} if base.commit else {}),
+                    "content_hash": f"sha256:{weights}" if weights else None,
+                    "engine": slot.backend_name,
+                    "memory_bytes": slot.footprint_bytes,
+                    "pinned": slot.pinned,
+                }
+            )
+        for info in versions:
+            if info.base_id not in bases:
                 continue
-            if self.allowed_tasks is not None and info.task not in self.allowed_tasks:
-                continue
+            slot = slots[info.base_id]
             cards.append(
                 {
                     "id": info.id,
@@ -257,6 +307,27 @@ class ServedModels:
                     "parent": info.base_id,
                     "root": info.hash_ref,
                     "aliases": [f"{info.task}@{alias}" for alias in aliases_of(info)],
+                    "base": info.base_id,
+                    "state": _version_state(slot, info.id),
+                    "license": bases[info.base_id].license,
+                    "license_id": bases[info.base_id].license_id,
+                    "content_hash": f"sha256:{info.content_hash}",
+                    "base_content_hash": f"sha256:{info.base_weights_hash}" if info.base_weights_hash else None,
                 }
             )
         return cards
+
+
+def _version_state(slot: BaseSlot, version_id: str) -> str:
+    """A version is hot when its base is and its adapter is loaded; warm when one of them is ready."""
+    if slot.state == "hot":
+        loaded = getattr(slot.backend, "loaded_adapters", None)
+        return "hot" if loaded is None or version_id in loaded else "warm"
+    return "warm" if slot.state == "evicting" else slot.state
+
+
+def _mtime(base: Base) -> int:
+    try:
+        return int(base.path.stat().st_mtime)
+    except OSError:
+        return 0

@@ -1,7 +1,8 @@
 """llama.cpp on CPU, through llama-cpp-python used as a library (the serving engine for laptops and CPUs).
 
-The chat is formatted with the chat template stored in the GGUF file, the same template the
-transformers backend gets from its tokenizer, so both engines see the same prompt tokens. The token loop
+The chat is formatted with the chat template stored in the GGUF file (or the catalog's, for a bundled
+base whose GGUF has none: ``Base.chat_template``), the same template the transformers backend gets from
+its tokenizer, so both engines see the same prompt tokens. The token loop
 is ``Llama.generate`` itself rather than ``create_completion``: that gives exact token counts and the
 time of the first token for streamed and whole replies alike.
 
@@ -65,7 +66,9 @@ class LlamaCppBackend(TokenStreamBackend):
         )
         self._vocab = llama_cpp.llama_model_get_vocab(self.llama.model)
         self._is_end_of_turn = llama_cpp.llama_vocab_is_eog
-        template = self.llama.metadata.get("tokenizer.chat_template")
+        # The catalog's template when it gives one (the GGUF carries none), the same the transformers
+        # conversion stores with its tokenizer; else the GGUF's own.
+        template = base.chat_template or self.llama.metadata.get("tokenizer.chat_template")
         if not template:
             raise TuneloopError(
                 "the GGUF file has no chat template (tokenizer.chat_template), so chats can't be formatted",
@@ -120,6 +123,8 @@ class LlamaCppBackend(TokenStreamBackend):
     def _load_adapter(self, adapter: Adapter) -> Any:
         import llama_cpp
 
+        if adapter.before_load is not None:
+            adapter.before_load()  # e.g. the server's hash check: raises to refuse the files
         if adapter.gguf_path is None or not adapter.gguf_path.is_file():
             raise TuneloopError(
                 "this version has no GGUF LoRA export, which llama.cpp needs",

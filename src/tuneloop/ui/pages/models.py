@@ -15,8 +15,9 @@ from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from tuneloop.errors import TuneloopError
-from tuneloop.registry.promotion import alias_history, promote, rollback
-from tuneloop.registry.versions import ModelVersionInfo, list_versions
+from tuneloop.licenses import license_allowed
+from tuneloop.registry.promotion import alias_history, allowed_licenses, promote, rollback
+from tuneloop.registry.versions import ModelVersionInfo, list_versions, version_base_license
 from tuneloop.store import Alias, ModelVersion, session_scope
 from tuneloop.ui import web
 from tuneloop.ui.auth import User
@@ -69,6 +70,11 @@ def list_page(request: Request) -> HTMLResponse:
 def task_page(request: Request, task: str) -> HTMLResponse:
     versions = _versions_of(task)
     aliases = _aliases(task).get(task, {})
+    try:
+        allowed = allowed_licenses(task)
+    except TuneloopError:  # a task file that does not parse: the page still shows the versions
+        allowed = None
+    licenses = {info.id: version_base_license(info) for info in versions}
     return web.render(
         request,
         "model_task.html",
@@ -77,6 +83,9 @@ def task_page(request: Request, task: str) -> HTMLResponse:
         aliases=aliases,
         pointing=_by_version(aliases),
         history=list(reversed(alias_history(task))),
+        licenses=licenses,
+        allowed=allowed,
+        refused={name for name, found in licenses.items() if not license_allowed(found.id, allowed)},
     )
 
 
