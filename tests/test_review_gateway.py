@@ -78,6 +78,9 @@ def test_escalate_queues_the_draft_and_flags_the_response(gateway: RunningGatewa
     assert json.loads(completion.choices[0].message.content) == BAD  # the draft is returned, held
     extension = completion.model_extra["tuneloop"]
     assert extension["review"] == {"id": review_id, "reason": "check_failed", "status": "pending", "hold": True}
+    # The checks and the review item's durable write are the task's cost, reported apart from the gateway's.
+    checks_ms, overhead_ms = float(raw.headers["x-tuneloop-checks-ms"]), float(raw.headers["x-tuneloop-overhead-ms"])
+    assert checks_ms > 0 and overhead_ms >= 0
     assert extension["checks"]["passed"] is False and extension["checks"]["action"] == "escalate"
     assert extension["checks"]["failures"] == ["interest_rate: 61.25 is outside [0, 30]"]
 
@@ -174,8 +177,9 @@ def test_metrics_count_failures_actions_and_queue_depth(gateway: RunningGateway,
 
 def test_untagged_calls_are_not_checked(gateway: RunningGateway) -> None:
     client = openai.OpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0)
-    completion = client.chat.completions.create(model="fake/bad", messages=MESSAGES)
-    assert "tuneloop" not in (completion.model_extra or {})
+    raw = client.chat.completions.with_raw_response.create(model="fake/bad", messages=MESSAGES)
+    assert "tuneloop" not in (raw.parse().model_extra or {})
+    assert "x-tuneloop-checks-ms" not in raw.headers and "x-tuneloop-overhead-ms" in raw.headers
 
 
 # --- streamed answers ----------------------------------------------------------------------------------

@@ -340,3 +340,50 @@ def test_both_bundled_bases_behind_one_server() -> None:
         assert cards[DEFAULT_BASE]["license_id"] == "apache-2.0"
     finally:
         server.stop()
+
+
+def test_the_cli_serves_a_pinned_base_and_lists_the_pool(tmp_path: Path) -> None:
+    """`tuneloop serve --models <base>` as a user runs it (it used to crash printing a base's version hash)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from tuneloop.bases import DEFAULT_BASE
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [str(Path(sys.executable).parent / "tuneloop"), "serve", "--port", str(port), "--auth", "disabled"]
+    command += ["--models", DEFAULT_BASE, "--memory-budget", "2GiB", "--threads", "1", "--n-ctx", str(N_CTX)]
+    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).json()
+                break
+            except httpx.HTTPError:
+                assert server.poll() is None, server.stderr.read() if server.stderr else ""
+                time.sleep(0.3)
+        else:
+            pytest.fail("tuneloop serve did not start")
+        assert health["memory"]["budget_bytes"] == 2 * 1024**3
+        assert health["bases"][DEFAULT_BASE]["pinned"] and health["bases"][DEFAULT_BASE]["state"] == "hot"
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+        assert _ask(client, DEFAULT_BASE)[2] == DEFAULT_BASE
+    finally:
+        server.terminate()
+        _, errors = server.communicate(timeout=30)
+    assert f"serving the base {DEFAULT_BASE}, pinned" in errors
+
+
+def test_a_memory_budget_that_is_not_one_is_refused() -> None:
+    from tuneloop.errors import TuneloopError
+    from tuneloop.serve.pool import parse_bytes
+
+    assert parse_bytes("12GiB") == 12 * 1024**3 and parse_bytes("800MB") == 800 * 1000**2
+    assert parse_bytes("5e9") == 5_000_000_000
+    for bad in ("lots", "-1GB", "12 parsecs", "0"):
+        with pytest.raises(TuneloopError, match="--memory-budget"):
+            parse_bytes(bad)

@@ -74,6 +74,9 @@ class UpstreamReply:
     headers: dict[str, str] = field(default_factory=dict)
     attempts: list[Attempt] = field(default_factory=list)
     wait_s: float = 0.0
+    # The task's checks on the answer and what they led to (a review item written, a fallback asked): the
+    # gateway reports it apart from its own overhead (x-tuneloop-checks-ms), since it is the task's cost.
+    checks_s: float = 0.0
     error: str | None = None
 
     _parsed: tuple[bytes | None, dict[str, Any] | None] | None = field(

@@ -19,9 +19,11 @@ refused with 413 as soon as that is known, from its Content-Length before any of
 it arrives; the caller's key is checked from the headers before the body is read at all.
 
 Overhead: the time a call spent in the gateway minus the time it waited on upstreams (including
-backoff between retries) and on the client reading a stream. It is in the log row and in the response
-header ``x-tuneloop-overhead-ms``; for a stream the header is sent before the body, so it holds the
-overhead up to the first byte, and the log has the whole.
+backoff between retries), on the client reading a stream, and on the task's checks (with what they led to:
+a review item written durably before the answer goes back, so it can carry the item's id, or a fallback
+asked). It is in the log row and in the response header ``x-tuneloop-overhead-ms``; the checks' time is in
+``x-tuneloop-checks-ms``. For a stream the header is sent before the body, so it holds the overhead up to
+the first byte, and the log has the whole.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ from tuneloop.store.keys import ActiveKey, KeyRing, authenticate, rate_limit_mes
 log = logging.getLogger(__name__)
 
 OVERHEAD_HEADER = "x-tuneloop-overhead-ms"
+CHECKS_HEADER = "x-tuneloop-checks-ms"
 CHAT_PATH = "/v1/chat/completions"
 NOT_FORWARDED = ("metadata", "store")
 MODELS_CACHE_S = 60.0
@@ -284,9 +287,11 @@ class Gateway:
             answer["model"] = _answered_by(second, answer)
             return answer
 
+        checking = time.perf_counter()
         outcome = await self.review.apply(payload, completion, model=model, retry=retry, capture_id=record.capture_id)
         if outcome.action == "none":
             return None
+        reply.checks_s = time.perf_counter() - checking
         if outcome.error is not None:
             error = outcome.error
             # The draft stays in the log (for drift and relabelling); the client gets the 422.
@@ -298,6 +303,7 @@ class Gateway:
                 headers={"content-type": "application/json"},
                 attempts=reply.attempts,
                 wait_s=reply.wait_s,
+                checks_s=reply.checks_s,
                 error=error.message,
             )
         if outcome.action == "fallback":
@@ -344,7 +350,7 @@ class Gateway:
         self, reply: UpstreamReply, record: CallRecord, started: float, log_it: bool, *, as_stream: bool = False
     ) -> Response:
         elapsed = time.perf_counter() - started
-        overhead = max(elapsed - reply.wait_s, 0.0)
+        overhead = max(elapsed - reply.wait_s - reply.checks_s, 0.0)
         _fill_from_reply(record, reply)
         record.status = "ok" if reply.ok else "error"
         record.http_status = reply.status
@@ -359,6 +365,8 @@ class Gateway:
             assert self.writer is not None
             await self.writer.submit(record)
         headers = {**reply.headers, OVERHEAD_HEADER: f"{overhead * 1000:.3f}"}
+        if reply.checks_s:
+            headers[CHECKS_HEADER] = f"{reply.checks_s * 1000:.3f}"
         if as_stream and reply.ok:  # the log keeps the whole answer; the client gets the stream it asked for
             include_usage = bool((record.request.get("stream_options") or {}).get("include_usage"))
             completion = reply.json_object()
@@ -393,14 +401,14 @@ class Gateway:
 
         async def relay() -> AsyncIterator[bytes]:
             chunks: list[bytes] = []
-            upstream_wait, client_wait = reply.wait_s, 0.0
+            upstream_wait, client_wait, checks_wait = reply.wait_s, 0.0, 0.0
             ttft: float | None = None
             outcome: tuple[str, str | None] = ("ok", None)
             submitted = False
 
             def finish() -> None:
                 elapsed = time.perf_counter() - started
-                overhead = max(elapsed - upstream_wait - client_wait, 0.0)
+                overhead = max(elapsed - upstream_wait - client_wait - checks_wait, 0.0)
                 record.status, record.error = outcome
                 record.response_body = b"".join(chunks)
                 record.latency_ms = elapsed * 1000
@@ -438,7 +446,9 @@ class Gateway:
                         yield chunk
                         client_wait += time.perf_counter() - waited
                 if check is not None:
+                    checking = time.perf_counter()
                     result = await self._check_stream(reply, b"".join(chunks), record, check)
+                    checks_wait = time.perf_counter() - checking
                     if result:
                         chunks.append(result)
                         tail = result + tail

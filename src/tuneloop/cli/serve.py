@@ -128,7 +128,10 @@ def serve(
         vllm_python=vllm_python,
     )
     for served in engine.preload():
-        console.print(f"serving {served.id} (verified sha256:{served.version.content_hash[:12]})")
+        if served.version is not None:
+            console.print(f"serving {served.id} (verified sha256:{served.version.content_hash[:12]}), pinned")
+        else:
+            console.print(f"serving the base {served.id}, pinned")
     console.print(
         f"default base {engine.base.id} on {engine.backend_name}: http://{host}:{port}/v1 · {auth_status} · "
         f"every base and version is served (memory budget {engine.pool.memory_budget / 1024**3:.1f} GiB)"

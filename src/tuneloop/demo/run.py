@@ -150,9 +150,14 @@ def capture_demo(
                     metadata={"task": task.name, "source": "demo"},
                 )
                 escalated += bool(reply.headers.get("x-tuneloop-review"))
-                overhead = reply.headers.get("x-tuneloop-overhead-ms")
+                overhead = float(reply.headers.get("x-tuneloop-overhead-ms", "nan"))
+                checks = float(reply.headers.get("x-tuneloop-checks-ms", "0"))
+                # The gateway's own cost, apart from the task's checks (a failed answer's review item is
+                # written durably before the answer goes back, so the client gets its id).
                 console.print(
-                    f"[dim]{row['id']}[/] answered by {reply.parse().model}, gateway overhead {overhead} ms",
+                    f"[dim]{row['id']}[/] answered by {reply.parse().model}: gateway overhead {overhead:.2f} ms, "
+                    f"checks {checks:.1f} ms"
+                    + (" (escalated to review)" if reply.headers.get("x-tuneloop-review") else ""),
                     highlight=False,
                 )
     finally:

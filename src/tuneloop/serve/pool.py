@@ -288,6 +288,7 @@ class ModelPool:
         for victim in victims:
             self._evict(victim)
         try:
+            log.info("loading base %s on %s (it was %s)", slot.id, slot.backend_name, previous)
             backend = self._load(slot)
         except BaseException as exc:
             with self._changed:
@@ -355,7 +356,6 @@ class ModelPool:
         )
 
     def _load(self, slot: BaseSlot) -> Backend:
-        log.info("loading base %s on %s (%s was %s)", slot.id, slot.backend_name, slot.id, slot.state)
         return self._factory(slot.backend_name, slot.base, slot.options)
 
     def _evict(self, slot: BaseSlot) -> None:
