@@ -37,6 +37,8 @@ def test_the_demo_runs_the_whole_loop(converted_home: Path, tuneloop_home: Path,
     for (_, provenance), count in summarize_dataset(DEMO_DATASET).by_split_provenance.items():
         counts[provenance] = counts.get(provenance, 0) + count
     assert counts == {"human": 24, "log": 4}
+    # 4. the fine-tune said what it would cost before starting, and fitted the demo's time budget
+    assert "this run: " in text and "--time-budget 6m" in text
     # 4 and 6. the fine-tune was registered and promoted; the served answers name the resolved version
     assert resolve_version(f"{DEMO_TASK}@prod").version == 1
     assert text.count(f"{DEMO_TASK}@1 in ") == 2

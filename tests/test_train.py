@@ -180,7 +180,7 @@ def test_a_diverging_run_stops_with_a_clear_message_and_keeps_the_last_good_chec
 @pytest.mark.parametrize(
     ("extra", "says"),
     [
-        (["--time-budget", "2m"], "No such option: --time-budget"),
+        (["--time-limit", "2m"], "No such option: --time-limit"),
         (["--epochs", "3"], "No such option: --epochs"),
         (["--", "--num_machines", "2"], "would go to `accelerate launch`"),
         (["stray"], "would go to `accelerate launch`"),

@@ -354,7 +354,7 @@ def test_the_registered_adapter_is_the_one_with_the_lowest_validation_field_erro
         (4, 0.25),
         (5, 0.75),
     ]
-    assert generated == [3, 3, 3]  # 8 validation rows held back, 3 answered at each evaluation
+    assert generated == [4, 3, 3, 3]  # the warm-up times 4 answers; of 8 rows held back, 3 at each evaluation
     kept = json.loads((result.run_dir / "result.json").read_text())["kept"]
     assert kept["step"] == 4 and kept["field_error"] == 0.25 and kept["rows"] == 3
     assert "kept the adapter of step 4 of 5: field error 25.0% on 3 validation rows" in output.getvalue()

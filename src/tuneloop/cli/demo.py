@@ -17,6 +17,12 @@ def demo(
     ),
     model: list[str] = typer.Option([], "--model", help="Also evaluate this model (e.g. openai/gpt-4o-mini)."),
     fine_tune: bool = typer.Option(True, "--fine-tune/--no-fine-tune", help="Fine-tune, compare, promote, serve."),
+    full: bool = typer.Option(
+        False, "--full", help="Fine-tune a whole epoch (~30 min on 2 cores) instead of the default few minutes."
+    ),
+    time_budget: str | None = typer.Option(
+        None, "--time-budget", help="The fine-tune's time budget (default 6m; e.g. 90s, 10m, 1h)."
+    ),
 ) -> None:
     """Run the whole loop on the bundled model and the synthetic task."""
     from tuneloop.demo.run import run_demo
@@ -29,4 +35,6 @@ def demo(
         extra_models=model,
         fine_tune=fine_tune,
         task_name=task,
+        full=full,
+        time_budget=time_budget,
     )

@@ -24,6 +24,11 @@ def train(
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run with these arguments."),
     merge: bool = typer.Option(False, "--merge", help="Also write merged full weights beside the adapter."),
+    time_budget: str | None = typer.Option(
+        None,
+        "--time-budget",
+        help="Fit the run into this wall time (90s, 20m, 1h, 1h30m): fewer epochs or steps, fewer evaluations.",
+    ),
     launcher: str = typer.Option("inprocess", "--launcher", help="inprocess, or accelerate (accelerate launch)."),
     num_processes: int = typer.Option(1, "--num-processes", min=1, help="Processes for --launcher accelerate."),
     accelerate_config: Path | None = typer.Option(
@@ -49,6 +54,7 @@ def train(
             accelerate_args=list(ctx.args),
             resume=resume,
             merge=merge,
+            time_budget=time_budget,
             console=err_console,
         )
     except KeyboardInterrupt:

@@ -7,7 +7,9 @@
 3. capture: send some training documents through the gateway to the base (served by ``tuneloop serve``),
    build dataset entries from the logged calls, relabel them with a teacher when one is configured (else
    the human-verified labels stand); answers failing the task's checks land in the review queue;
-4. fine-tune the base with LoRA on the dataset (a short schedule) and register it as ``task@N``;
+4. fine-tune the base with LoRA on the dataset and register it as ``task@N``: by default within a time
+   budget (``DEMO_TIME_BUDGET``: part of an epoch, one example a step, the whole demo in about 10 minutes on
+   a 2-core CPU); ``full=True`` (``tuneloop demo --full``) trains a whole epoch (about 30 minutes there);
 5. evaluate base and fine-tune side by side (the base's answers come from the eval cache);
 6. promote the fine-tune to ``task@prod``, serve it, and send requests through the official ``openai``
    client; then say where the web UI shows the logs, datasets, evals, versions and the review queue.
@@ -39,8 +41,12 @@ DEMO_BASE = "smollm2-135m-instruct"
 DEMO_DATASET = f"{DEMO_TASK}-demo"
 # The production volume the seed story states costs at (16M extractions a day).
 DEMO_REQUESTS_PER_DAY = 16_000_000
-# One epoch, short enough for a laptop CPU; the rest (batch, learning rate...) is `tuneloop train`'s own choice.
+# --full: one epoch (~30 min on 2 cores); the rest (batch, learning rate...) is `tuneloop train`'s own choice.
 DEMO_SCHEDULE = {"num_train_epochs": 1}
+# The default: what fits DEMO_TIME_BUDGET of one epoch (train --time-budget picks the steps from a measured
+# warm-up), one example per optimizer step: in a few minutes, more updates teach more than bigger batches.
+DEMO_FAST_SCHEDULE = {"num_train_epochs": 1, "per_device_train_batch_size": 1, "gradient_accumulation_steps": 1}
+DEMO_TIME_BUDGET = "6m"
 
 
 def run_demo(
@@ -51,11 +57,44 @@ def run_demo(
     backends: tuple[str, ...] = ("llamacpp",),
     extra_models: Sequence[str] = (),
     fine_tune: bool = True,
-    n_captured: int = 12,
+    n_captured: int | None = None,
     console: Console | None = None,
     task_name: str = DEMO_TASK,
+    full: bool = False,
+    time_budget: str | None = None,
 ) -> EvalReport:
-    console = console or Console()
+    """The loop end to end; ``full`` trains a whole epoch instead of ``time_budget`` (default DEMO_TIME_BUDGET)."""
+    from tuneloop.train.quiet import quiet_libraries
+
+    with quiet_libraries():  # the demo's own output only: no library warnings or progress bars
+        return _run_demo(
+            out_dir,
+            n_documents,
+            n_eval,
+            seed,
+            backends,
+            extra_models,
+            fine_tune,
+            n_captured if n_captured is not None else (12 if full else 6),
+            console or Console(),
+            task_name,
+            None if full else (time_budget or DEMO_TIME_BUDGET),
+        )
+
+
+def _run_demo(
+    out_dir: Path | None,
+    n_documents: int,
+    n_eval: int,
+    seed: int,
+    backends: tuple[str, ...],
+    extra_models: Sequence[str],
+    fine_tune: bool,
+    n_captured: int,
+    console: Console,
+    task_name: str,
+    time_budget: str | None,
+) -> EvalReport:
     task = load_task(task_name)
     synthesizer_for(task.name)  # a task without a generator fails here, before anything is written
     dataset = f"{task.name}-demo"
@@ -88,7 +127,15 @@ def run_demo(
     console.rule(f"[bold]4. Fine-tune: LoRA on dataset {dataset}")
     from tuneloop.train import train
 
-    result = train(task, f"dataset:{dataset}", DEMO_BASE, TrainConfig(sft=dict(DEMO_SCHEDULE)), console=console)
+    schedule = DEMO_SCHEDULE if time_budget is None else DEMO_FAST_SCHEDULE
+    result = train(
+        task,
+        f"dataset:{dataset}",
+        DEMO_BASE,
+        TrainConfig(sft=dict(schedule)),
+        time_budget=time_budget,
+        console=console,
+    )
     version = result.version
     console.print(
         f"registered [bold]{version.id}[/] (sha256:{version.content_hash[:12]}…) in {result.seconds:.0f} s "

@@ -15,8 +15,10 @@ it from its last checkpoint (or only registers it, if training had finished).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import os
 import struct
 import time
@@ -33,6 +35,17 @@ from tuneloop.config import get_settings
 from tuneloop.errors import TuneloopError
 from tuneloop.registry.versions import ModelVersionInfo, register_version
 from tuneloop.task import Task, load_task
+from tuneloop.train.budget import (
+    WARM_UP_ROWS,
+    WARM_UP_STEPS,
+    WarmUp,
+    Workload,
+    apply_plan,
+    describe,
+    estimate,
+    parse_duration,
+    plan,
+)
 from tuneloop.train.config import (
     ResolvedConfig,
     TrainConfig,
@@ -42,9 +55,10 @@ from tuneloop.train.config import (
     precision,
     resolve_config,
 )
-from tuneloop.train.data import encode_rows, load_source, prepare
+from tuneloop.train.data import PreparedData, encode_rows, load_source, prepare
 from tuneloop.train.launch import launch
 from tuneloop.train.plots import plot_loss_curve
+from tuneloop.train.quiet import quiet_libraries
 from tuneloop.train.recipe import RESULT_FILE, RUN_FILE
 
 REGISTERED_FILE = "registered.json"
@@ -58,6 +72,7 @@ class TrainResult:
     seconds: float  # the training itself
     tokens_per_second: float
     metrics: dict[str, Any]
+    plan: dict[str, Any] | None = None  # budget.Plan: the schedule, its estimate, the time budget if one was set
 
 
 def train(
@@ -72,9 +87,51 @@ def train(
     accelerate_args: list[str] | None = None,
     resume: bool = False,
     merge: bool = False,
+    time_budget: str | float | None = None,
     console: Console | None = None,
 ) -> TrainResult:
-    """Fine-tune ``base`` on ``data`` (``FILE.jsonl`` or ``dataset:NAME``) and register ``task@N``."""
+    """Fine-tune ``base`` on ``data`` (``FILE.jsonl`` or ``dataset:NAME``) and register ``task@N``.
+
+    Before training, a short warm-up measures this machine and the run's size and cost are printed;
+    ``time_budget`` (``"20m"``, ``"1h30m"``, or seconds) fits the schedule into it (``budget.py``).
+    """
+    with quiet_libraries():  # our progress bar and lines only (quiet.py)
+        return _train(
+            task,
+            data,
+            base,
+            config,
+            launcher=launcher,
+            num_processes=num_processes,
+            accelerate_config=accelerate_config,
+            accelerate_args=accelerate_args,
+            resume=resume,
+            merge=merge,
+            time_budget=time_budget,
+            console=console,
+        )
+
+
+def _train(
+    task: str | Task,
+    data: str | Path,
+    base: str,
+    config: str | Path | TrainConfig | None,
+    *,
+    launcher: str,
+    num_processes: int,
+    accelerate_config: Path | None,
+    accelerate_args: list[str] | None,
+    resume: bool,
+    merge: bool,
+    time_budget: str | float | None,
+    console: Console | None,
+) -> TrainResult:
+    began = time.perf_counter()
+    budget_seconds = parse_duration(time_budget) if time_budget is not None else None
+    budget_text = (
+        str(time_budget) if isinstance(time_budget, str) else (f"{budget_seconds:g}s" if budget_seconds else None)
+    )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     console = console or Console(stderr=True)
     say: Callable[[str], None] = lambda message: console.print(message, highlight=False)  # noqa: E731
@@ -110,7 +167,9 @@ def train(
         context_length=model_info["context"],
     )
     weights_sha256 = base_weights_hash(resolved_base)
-    fingerprint = _fingerprint(spec, resolved_base.id, weights_sha256, source.sha256, resolved, num_processes)
+    fingerprint = _fingerprint(
+        spec, resolved_base.id, weights_sha256, source.sha256, resolved, num_processes, budget_seconds
+    )
 
     # 2. The run folder: a new one, or the unfinished one being resumed.
     if resume:
@@ -168,6 +227,7 @@ def train(
             + (f", value tokens weighted x{resolved.value_weight:g}" if resolved.value_weight != 1.0 else "")
         )
         say(f"run folder: {run_dir}")
+        _plan_run(run_dir, prepared, resolved, num_processes, device, began, budget_seconds, budget_text, say)
     run_spec = json.loads((run_dir / RUN_FILE).read_text())
 
     # 3. Train (unless a resumed run had already finished training).
@@ -232,6 +292,7 @@ def train(
             "chosen": run_spec.get("chosen", {}),
             "data": run_spec["data"],
             "launcher": run_spec.get("launcher"),
+            "plan": run_spec.get("plan"),  # the estimate, and the time budget the schedule was fitted to
             "run_dir": str(run_dir),
         },
         metrics=metrics,
@@ -249,6 +310,7 @@ def train(
         seconds=float(result.get("seconds") or 0.0),
         tokens_per_second=float(result.get("tokens_per_second") or 0.0),
         metrics=metrics,
+        plan=run_spec.get("plan"),
     )
 
 
@@ -319,8 +381,83 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def _plan_run(
+    run_dir: Path,
+    prepared: PreparedData,
+    resolved: ResolvedConfig,
+    processes: int,
+    device: str,
+    began: float,
+    budget_seconds: float | None,
+    budget_text: str | None,
+    say: Callable[[str], None],
+) -> None:
+    """Warm up (``recipe.warm_up``), print the run's size and cost, fit it into the budget, record the plan."""
+    from tuneloop.train.recipe import warm_up
+
+    sft = resolved.sft
+    examples_per_step = sft["per_device_train_batch_size"] * sft["gradient_accumulation_steps"] * processes
+    workload = Workload(
+        train_examples=prepared.train_examples,
+        train_tokens=prepared.train_tokens,
+        validation_tokens=round(prepared.train_tokens / max(1, prepared.train_examples) * prepared.eval_examples),
+        examples_per_step=examples_per_step,
+        epochs=float(sft["num_train_epochs"]),
+        max_steps=int(sft.get("max_steps", -1) or -1),
+        evaluations=0,
+        field_error_rows=0,
+    )
+    evaluations = _evaluations(sft, workload.steps, workload.steps_per_epoch)
+    rows = min(resolved.field_error_rows, prepared.eval_examples) if evaluations else 0
+    workload = dataclasses.replace(workload, evaluations=evaluations, field_error_rows=rows)
+    answers = f" and {WARM_UP_ROWS} validation answers" if rows else ""
+    say(f"warming up: {WARM_UP_STEPS} timed training steps{answers}, to measure this machine")
+    measured = warm_up(run_dir, steps=WARM_UP_STEPS, rows=WARM_UP_ROWS if rows else 0)
+    warm = WarmUp(
+        load_seconds=measured["load_seconds"],
+        # Under `accelerate launch` each process trains its share: about N times the throughput of one.
+        tokens_per_second=measured["tokens_per_second"] * processes,
+        steps=measured["steps"],
+        seconds_per_generated_row=measured["seconds_per_generated_row"],
+        generated_rows=measured["generated_rows"],
+        seconds=measured["seconds"],
+    )
+    spent = time.perf_counter() - began
+    chosen = (
+        plan(workload, warm, spent, budget_seconds, budget_text)
+        if budget_seconds is not None
+        else estimate(workload, warm, spent)
+    )
+    for line in describe(chosen, warm, device):
+        say(line)
+    run_spec = json.loads((run_dir / RUN_FILE).read_text())
+    run_spec["sft"] = apply_plan(run_spec["sft"], chosen, workload)
+    run_spec["config"]["sft"] = run_spec["sft"]
+    run_spec["config"]["field_error_rows"] = chosen.field_error_rows
+    run_spec["plan"] = {**chosen.to_dict(), "warm_up": dataclasses.asdict(warm)}
+    (run_dir / RUN_FILE).write_text(json.dumps(run_spec, indent=1))
+
+
+def _evaluations(sft: dict[str, Any], steps: int, steps_per_epoch: int) -> int:
+    """Validation passes the trainer will make: every eval_steps (or epoch), and the final step."""
+    strategy = str(sft.get("eval_strategy", "no"))
+    if strategy == "steps":
+        every = sft.get("eval_steps") or steps
+        every = math.ceil(every * steps) if isinstance(every, float) and every < 1 else int(every)
+        return steps // max(1, every) + (1 if steps % max(1, every) else 0)
+    if strategy == "epoch":
+        return max(1, math.ceil(steps / steps_per_epoch))
+    return 0
+
+
 def _fingerprint(
-    spec: Task, base_id: str, weights: str, data_sha: str, resolved: ResolvedConfig, processes: int
+    spec: Task,
+    base_id: str,
+    weights: str,
+    data_sha: str,
+    resolved: ResolvedConfig,
+    processes: int,
+    budget_seconds: float | None = None,
 ) -> str:
     payload = {
         "task": spec.name,
@@ -330,6 +467,8 @@ def _fingerprint(
         "config": resolved.fingerprint_dict(),
         "processes": processes,
     }
+    if budget_seconds is not None:  # left out without one, so earlier runs keep their fingerprint
+        payload["time_budget_s"] = budget_seconds
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 

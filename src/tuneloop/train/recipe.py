@@ -29,18 +29,15 @@ from typing import Any
 RESULT_FILE = "result.json"
 RUN_FILE = "run.json"
 EXIT_DIVERGED = 3
+WARM_UP_TOKENS = 48  # decoded per validation row in the warm-up, to time the field error
 
 
 def run(run_dir: Path) -> dict[str, Any]:
     """Train as described by ``run_dir/run.json``; returns (and on the main process writes) the result."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # bases are local; nothing may reach the network
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from transformers.trainer_utils import get_last_checkpoint
 
-    from tuneloop.bases import align_special_tokens
-    from tuneloop.train import attention
     from tuneloop.train.callbacks import NonFiniteLossGuard, RichProgressCallback
     from tuneloop.train.collate import PaddingFreeCollator
     from tuneloop.train.config import lora_arguments, sft_arguments
@@ -59,27 +56,7 @@ def run(run_dir: Path) -> dict[str, Any]:
     # 2. The base in the resolved dtype (float32 on CPU, bf16 on most GPUs; autocast is the trainer's job),
     #    4/8-bit through bitsandbytes when asked, with attention that keeps the examples of a padding-free
     #    batch apart.
-    dtype = getattr(torch, config.get("dtype", "float32"))
-    quantization = config.get("quantization")
-    tokenizer = AutoTokenizer.from_pretrained(spec["base_dir"], local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(
-        spec["base_dir"],
-        dtype=dtype,
-        attn_implementation=attention.register(),
-        local_files_only=True,
-        **quantized_loading(quantization, dtype, args.device),
-    )
-    align_special_tokens(model, tokenizer)  # eos = the end-of-turn token, which the labels teach
-    if quantization:
-        from peft import prepare_model_for_kbit_training
-
-        # Freezes the base, keeps norms and embeddings in float32, and turns on gradient checkpointing
-        # (with inputs that require grad) as the arguments say.
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=args.gradient_checkpointing,
-            gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
-        )
+    model, tokenizer = load_model(spec, args)
 
     # 3. The data, tokenized before launch: input_ids, and labels that are -100 outside assistant turns.
     train_dataset = load_encoded(Path(spec["train_dir"]))
@@ -151,7 +128,135 @@ def run(run_dir: Path) -> dict[str, Any]:
     return result
 
 
-def field_error_probe(spec: dict[str, Any], tokenizer: Any) -> Any:
+def warm_up(run_dir: Path, steps: int = 3, rows: int = 4) -> dict[str, Any]:
+    """A few real optimizer steps on the run's data and model, timed, and one field-error generation over
+    ``rows`` validation rows, timed (``budget.py`` turns them into the run's estimate). Nothing is kept: the
+    run starts from the base again, so the warm-up changes no result.
+    """
+    import gc
+    import tempfile
+
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from tuneloop.train.collate import PaddingFreeCollator
+    from tuneloop.train.config import lora_arguments, sft_arguments
+    from tuneloop.train.data import load_encoded
+    from tuneloop.train.trainer import TuneloopSFTTrainer
+
+    spec = json.loads((run_dir / RUN_FILE).read_text())
+    config = spec.get("config", {})
+    started = time.perf_counter()
+    sft = {
+        **spec["sft"],
+        "max_steps": steps + 1,  # the first step is not timed (allocations, lazy initialisation)
+        "eval_strategy": "no",
+        "save_strategy": "no",
+        "logging_strategy": "no",
+        "load_best_model_at_end": False,
+    }
+
+    class StepTimes(TrainerCallback):
+        def __init__(self, monitor: Any) -> None:
+            self.monitor, self.marks = monitor, []
+
+        def on_step_end(self, args, state, control, **kwargs):  # type: ignore[override]
+            self.marks.append((time.perf_counter(), self.monitor.tokens))
+
+    with tempfile.TemporaryDirectory(prefix="tuneloop-warm-up-") as scratch:
+        args = sft_arguments(sft, scratch)
+        model, tokenizer = load_model(spec, args)
+        trainer = TuneloopSFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=load_encoded(Path(spec["train_dir"])),
+            processing_class=tokenizer,
+            data_collator=PaddingFreeCollator(),
+            peft_config=lora_arguments(spec["lora"]),
+            loraplus_lr_ratio=config.get("loraplus_lr_ratio"),
+        )
+        trainer.remove_callback(ProgressCallback)
+        trainer.remove_callback(PrinterCallback)
+        timer = StepTimes(trainer.monitor)
+        trainer.add_callback(timer)
+        loaded = time.perf_counter() - started
+        trainer.train()
+        (t0, k0), (t1, k1) = timer.marks[0], timer.marks[-1]
+        tokens_per_second = (k1 - k0) / (t1 - t0) if t1 > t0 and k1 > k0 else k1 / max(t1 - started - loaded, 1e-6)
+        probe = field_error_probe({**spec, "config": {**config, "field_error_rows": rows}}, tokenizer, quiet=True)
+        generated, per_row = 0, 0.0
+        if probe is not None and probe.rows:
+            per_row = _seconds_per_answer(probe, trainer.accelerator.unwrap_model(trainer.model), tokenizer)
+            generated = len(probe.rows)
+        del trainer, model
+        gc.collect()
+    return {
+        "load_seconds": loaded,
+        "tokens_per_second": tokens_per_second,
+        "steps": len(timer.marks) - 1,
+        "seconds_per_generated_row": per_row,
+        "generated_rows": generated,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _seconds_per_answer(probe: Any, model: Any, tokenizer: Any) -> float:
+    """Seconds to answer one validation row greedily, at the length a trained model answers.
+
+    A base a few steps into training rambles on to ``max_tokens`` (or stops at once); a trained one stops
+    where the rows' own answers do. So the time measured is scaled from the longest answer generated here to
+    the longest of the rows' own answers (plus a fifth): decoding is most of the time, one step per token.
+    The warm-up decodes at most ``WARM_UP_TOKENS`` of it: enough to time a step, not a whole ramble.
+    """
+    from tuneloop.train.selection import generate_answers
+
+    max_tokens = min(probe.task.decoding.max_tokens, WARM_UP_TOKENS)
+    began = time.perf_counter()
+    outputs = generate_answers(model, tokenizer, [row.prompt_ids for row in probe.rows], max_tokens)
+    elapsed = time.perf_counter() - began
+
+    def length(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1  # + the end-of-turn token
+
+    generated = min(max_tokens, max(length(text) for text in outputs))
+    expected = min(probe.task.decoding.max_tokens, round(1.2 * max(length(row.answer) for row in probe.rows)))
+    return elapsed / len(probe.rows) * expected / max(1, generated)
+
+
+def load_model(spec: dict[str, Any], args: Any) -> tuple[Any, Any]:
+    """The base in the resolved dtype, 4/8-bit when asked, with padding-free attention; and its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuneloop.bases import align_special_tokens
+    from tuneloop.train import attention
+
+    config = spec.get("config", {})
+    dtype = getattr(torch, config.get("dtype", "float32"))
+    quantization = config.get("quantization")
+    tokenizer = AutoTokenizer.from_pretrained(spec["base_dir"], local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        spec["base_dir"],
+        dtype=dtype,
+        attn_implementation=attention.register(),
+        local_files_only=True,
+        **quantized_loading(quantization, dtype, args.device),
+    )
+    align_special_tokens(model, tokenizer)  # eos = the end-of-turn token, which the labels teach
+    if quantization:
+        from peft import prepare_model_for_kbit_training
+
+        # Freezes the base, keeps norms and embeddings in float32, and turns on gradient checkpointing
+        # (with inputs that require grad) as the arguments say.
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=args.gradient_checkpointing,
+            gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
+        )
+    return model, tokenizer
+
+
+def field_error_probe(spec: dict[str, Any], tokenizer: Any, quiet: bool = False) -> Any:
     """The ``FieldErrorProbe`` over the run's first ``field_error_rows`` validation rows, or None when off.
 
     Not under FSDP or DeepSpeed: there the processes may hold shards of the weights, so generating on the
@@ -166,7 +271,8 @@ def field_error_probe(spec: dict[str, Any], tokenizer: Any) -> Any:
     if not limit or not prompts or not spec.get("task_spec"):
         return None
     if _under_fsdp() or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
-        print("field error: not measured with sharded weights (FSDP, DeepSpeed); the last adapter is kept")
+        if not quiet:
+            print("field error: not measured with sharded weights (FSDP, DeepSpeed); the last adapter is kept")
         return None
     rows = load_validation_rows(Path(prompts), limit)
     return FieldErrorProbe(Task.model_validate(spec["task_spec"]), tokenizer, rows)
@@ -235,7 +341,10 @@ def _last_checkpoint(folder: Path, before: int) -> str | None:
 
 def main() -> None:
     """Entry point for ``accelerate launch -m tuneloop.train.recipe RUN_DIR``."""
-    result = run(Path(sys.argv[1]))
+    from tuneloop.train.quiet import quiet_libraries
+
+    with quiet_libraries():
+        result = run(Path(sys.argv[1]))
     sys.exit(EXIT_DIVERGED if result.get("status") == "diverged" else 0)
 
 
