@@ -1,7 +1,9 @@
-"""The bundled bases side by side on this machine (results in docs/serving.md, "The bundled bases").
+"""The bundled bases side by side on this machine (results in docs/serving.md, "The bundled bases", and
+docs/benchmarks.md, "Model pool").
 
 For each bundled base that is installed: resolving it (for gemma3-270m: assembling its chunks into a fresh
-cache, then resolving it again once assembled), llama.cpp's load time, prefill and free decode speed on the
+cache, then resolving it again once assembled), reading its GGUF metadata (ours ÷ gguf.GGUFReader),
+llama.cpp's load time, prefill and free decode speed on the
 demo task's prompt (64 tokens, the best of three runs: the machine is shared), and the demo extraction
 request under the task's grammar. ``--convert`` also times the one-time transformers conversion (~1-2 min
 per base on 2 cores). Everything is written under a temporary TUNELOOP_HOME.
@@ -54,6 +56,7 @@ def measure(base_id: str, threads: int, convert: bool) -> None:
     resolve_base(base_id)
     again = time.perf_counter() - started
     print(f"{base_id}: first resolve {first:.2f} s, resolve again {again * 1000:.2f} ms")
+    metadata_header(base)
 
     task = load_task(TASK)
     messages = task.build_messages({"text": TEXT})
@@ -82,6 +85,26 @@ def measure(base_id: str, threads: int, convert: bool) -> None:
         started = time.perf_counter()
         transformers_dir(base)
         print(f"  transformers conversion: {time.perf_counter() - started:.1f} s")
+
+
+def metadata_header(base) -> None:  # type: ignore[no-untyped-def]
+    """Reading a GGUF's keys (architecture, sizes, license): our header walk ÷ gguf.GGUFReader, same keys."""
+    import gguf
+
+    from tuneloop.bases.gguf_metadata import read_gguf_metadata
+
+    started = time.perf_counter()
+    ours = read_gguf_metadata(base.gguf_path)
+    ours_s = time.perf_counter() - started
+    started = time.perf_counter()
+    reader = gguf.GGUFReader(str(base.gguf_path))
+    theirs = {key: reader.get_field(key).contents() for key in ours}
+    theirs_s = time.perf_counter() - started
+    assert {key: ours[key] for key in theirs} == theirs, "the two readers disagree"
+    print(
+        f"  GGUF metadata ({len(ours)} keys, vocabulary arrays skipped): read_gguf_metadata {ours_s * 1000:.0f} ms, "
+        f"gguf.GGUFReader {theirs_s:.1f} s ({theirs_s / ours_s:.0f}x)"
+    )
 
 
 if __name__ == "__main__":

@@ -25,47 +25,13 @@ from tuneloop.bases import (
 )
 from tuneloop.errors import TuneloopError
 
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
 
 def save_tiny_chat_model(folder: Path) -> Path:
-    """A randomly initialised 1-layer Llama with a word-level tokenizer, in HF format (built, not downloaded).
+    """A 1-layer tiny Llama whose tokenizer's eos is the pretraining ``<|endoftext|>`` and which has no pad
+    token, like many HF chat models: loading must make ``<|im_end|>`` the eos and add a pad token."""
+    from tuneloop.testing.fake_hub import save_tiny_chat_model as save
 
-    Its tokenizer's eos is the pretraining ``<|endoftext|>`` and it has no pad token, like many HF chat
-    models: loading must make ``<|im_end|>`` the eos and add a pad token.
-    """
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    words = ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "system", "user", "assistant", "\n"]
-    words += ["hello", "world", "amount", "is", "1234", "{", "}", ":", '"', "."]
-    vocab = {word: index for index, word in enumerate(words)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        unk_token="<unk>",
-        eos_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    config = LlamaConfig(
-        vocab_size=len(vocab),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-        eos_token_id=vocab["<|endoftext|>"],
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save(folder, eos_token="<|endoftext|>", pad_token=None, hidden_size=16, layers=1)
 
 
 @pytest.fixture(scope="module")

@@ -342,3 +342,10 @@ def test_a_version_on_a_pulled_base_records_its_commit_and_license(hub: FakeHub,
     assert shown.exit_code == 0, shown.output
     lines = [" ".join(line.split()) for line in shown.output.splitlines()]
     assert f"base commit {result.commit}" in lines and "base license mit, from the model card" in lines
+
+
+def test_a_name_the_hub_would_refuse_is_refused_before_any_request(hub: FakeHub, cache: Path) -> None:
+    with pytest.raises(TuneloopError) as caught:
+        pull(hub, cache, "hf:not a repo/na me!!")
+    assert "not a valid Hugging Face repo id" in caught.value.message and "hf:<org>/<name>" in (caught.value.hint or "")
+    assert hub.requests == []

@@ -130,3 +130,18 @@ def test_the_cli_refuses_a_malformed_budget_before_any_work(
     assert outcome.exit_code != 0 and isinstance(outcome.exception, TuneloopError)  # main() prints it plainly
     assert "'20 min' is not a duration" in str(outcome.exception) and "1h30m" in str(outcome.exception)
     assert not (tuneloop_home / "runs").exists()  # refused before any run folder was made
+
+
+def test_quiet_libraries_silences_their_bars_and_logs_inside_and_restores_them_after() -> None:
+    import datasets.utils.logging as datasets_logging
+    import transformers.utils.logging as transformers_logging
+
+    from tuneloop.train.quiet import quiet_libraries
+
+    libraries = (datasets_logging, transformers_logging)
+    before = [(library.get_verbosity(), library.is_progress_bar_enabled()) for library in libraries]
+    assert all(enabled for _, enabled in before)  # the libraries' defaults: bars on
+    with quiet_libraries():
+        assert not any(library.is_progress_bar_enabled() for library in libraries)
+        assert all(library.get_verbosity() == transformers_logging.ERROR for library in libraries)
+    assert [(library.get_verbosity(), library.is_progress_bar_enabled()) for library in libraries] == before

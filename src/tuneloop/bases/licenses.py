@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import re
 from pathlib import Path
+from typing import Any
 
 from tuneloop.bases.gguf_metadata import read_gguf_metadata
 from tuneloop.errors import TuneloopError
@@ -64,6 +65,19 @@ def model_card_license(folder: Path) -> str | None:
         card = (folder / "README.md").read_text(encoding="utf-8", errors="replace")[:20_000]
     except OSError:
         return None
+    meta = card_metadata(card)
+    if meta is None:
+        return None
+    value = meta.get("license")
+    if isinstance(value, list):  # the Hub allows a list; the first is the model's own
+        value = value[0] if value else None
+    if str(value).strip().lower() == "other" and isinstance(meta.get("license_name"), str):
+        value = meta["license_name"]
+    return str(value).strip() if value not in (None, "") else None
+
+
+def card_metadata(card: str) -> dict[str, Any] | None:
+    """A model card's YAML front matter (the Hub's ``cardData``), or None when it has none."""
     front = re.match(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(\r?\n|\Z)", card, flags=re.DOTALL)
     if front is None:
         return None
@@ -73,11 +87,4 @@ def model_card_license(folder: Path) -> str | None:
         meta = yaml.safe_load(front.group(1))
     except yaml.YAMLError:
         return None
-    if not isinstance(meta, dict):
-        return None
-    value = meta.get("license")
-    if isinstance(value, list):  # the Hub allows a list; the first is the model's own
-        value = value[0] if value else None
-    if str(value).strip().lower() == "other" and isinstance(meta.get("license_name"), str):
-        value = meta["license_name"]
-    return str(value).strip() if value not in (None, "") else None
+    return meta if isinstance(meta, dict) else None

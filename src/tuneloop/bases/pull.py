@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from tuneloop.bases.licenses import find_license
-from tuneloop.bases.resolve import HF_PREFIX, split_hf_name
+from tuneloop.bases.resolve import HF_PREFIX, checked_hf_name
 from tuneloop.config import get_settings
 from tuneloop.errors import TuneloopError
 from tuneloop.licenses import normalize_license
@@ -122,9 +122,7 @@ def pull_base(
     cache (default: ``HF_HUB_CACHE``); ``progress``: a started rich Progress to show bytes on.
     """
     from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import HFValidationError
     from huggingface_hub.file_download import repo_folder_name
-    from huggingface_hub.utils import validate_repo_id
 
     started = time.perf_counter()
     name = name.strip()
@@ -132,13 +130,7 @@ def pull_base(
         raise TuneloopError(
             "only Hugging Face bases are pulled", where=name, hint=f"write it as hf:<org>/<name>, e.g. hf:{name}"
         )
-    repo_id, asked = split_hf_name(name)
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as exc:
-        raise TuneloopError(
-            f"not a valid Hugging Face repo id: {exc}", where=name, hint="use hf:<org>/<name>"
-        ) from None
+    repo_id, asked = checked_hf_name(name, where=name)
     revision = asked or "main"
     endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
     cache = Path(cache_dir or constants.HF_HUB_CACHE).expanduser()

@@ -249,6 +249,21 @@ def split_hf_name(name: str) -> tuple[str, str | None]:
     return repo_id, (revision or None)
 
 
+def checked_hf_name(name: str, *, where: str) -> tuple[str, str | None]:
+    """``split_hf_name`` with the repo id checked as the Hub checks it; a TuneloopError at ``where`` if not."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    repo_id, revision = split_hf_name(name)
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise TuneloopError(
+            f"not a valid Hugging Face repo id: {exc}", where=where, hint="use hf:<org>/<name>[@revision]"
+        ) from None
+    return repo_id, revision
+
+
 def hf_snapshot(repo_id: str, revision: str | None, *, cache_dir: Path | None = None) -> tuple[Path, str] | None:
     """The local snapshot folder of ``repo_id`` at ``revision`` (a branch, tag, full or short commit) and its
     commit, from the HF cache's own layout (``refs/<name>``, ``snapshots/<commit>``); no network."""
@@ -272,17 +287,8 @@ def hf_snapshot(repo_id: str, revision: str | None, *, cache_dir: Path | None = 
 
 
 def _resolve_hf(name: str) -> Base:
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    repo_id, revision = split_hf_name(name)
     base_id = HF_PREFIX + name
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as exc:
-        raise TuneloopError(
-            f"not a valid Hugging Face repo id: {exc}", where=base_id, hint="use hf:<org>/<name>[@revision]"
-        ) from None
+    repo_id, revision = checked_hf_name(name, where=base_id)
     found = hf_snapshot(repo_id, revision)
     if found is None:
         at = f" at {revision!r}" if revision else ""

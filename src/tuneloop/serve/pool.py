@@ -28,7 +28,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -68,10 +68,6 @@ class FairWorker:
             self._queues.setdefault(model, deque()).append((future, work))
             self._ready.notify()
         return future
-
-    def waiting(self) -> dict[str, int]:
-        with self._ready:
-            return {model: len(queue) for model, queue in self._queues.items()}
 
     def _next(self) -> tuple[Future[Any], Callable[[], Any]] | None:
         with self._ready:
@@ -119,9 +115,6 @@ class _ConcurrentWorker:
     def submit(self, model: str, work: Callable[[], Any]) -> Future[Any]:
         return self._executor.submit(work)
 
-    def waiting(self) -> dict[str, int]:
-        return {}
-
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
@@ -143,7 +136,6 @@ class BaseSlot:
     loads: int = 0
     last_load_s: float | None = None
     error: str | None = None  # why the last load failed
-    _hash: str | None = field(default=None, repr=False)
 
     @property
     def id(self) -> str:
@@ -153,12 +145,7 @@ class BaseSlot:
         """The base's weights sha256, as the files are now (cached per file version, bases/weights.py)."""
         from tuneloop.bases import base_weights_hash
 
-        self._hash = base_weights_hash(self.base)
-        return self._hash
-
-    def known_hash(self) -> str | None:
-        """The weights hash if it was computed already (for listings that must not hash gigabytes)."""
-        return self._hash
+        return base_weights_hash(self.base)
 
     def submit(self, model: str, work: Callable[[], Any]) -> Future[Any]:
         assert self.worker is not None, "a slot runs work only while hot (leased)"

@@ -275,7 +275,7 @@ class ServedModels:
         cards = []
         for base_id, base in bases.items():
             slot = slots[base_id]
-            weights = slot.known_hash() or known_weights_hash(base)
+            weights = known_weights_hash(base)  # never hashes gigabytes for a listing
             cards.append(
                 {
                     "id": base_id,

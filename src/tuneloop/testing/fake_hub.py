@@ -318,7 +318,7 @@ def _handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 "likes": 0,
                 "tags": [],
                 "library_name": "transformers",
-                "cardData": _front_matter(readme.content) if readme else None,
+                "cardData": _card_data(readme.content) if readme else None,
                 "siblings": [{"rfilename": path} for path in sorted(files)],
                 "usedStorage": sum(len(file.content) for file in files.values()),
             }
@@ -424,19 +424,6 @@ def _handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def _front_matter(readme: bytes) -> dict[str, Any] | None:
-    import yaml
-
-    match = re.match(rb"\A---\r?\n(.*?)\r?\n---", readme, flags=re.DOTALL)
-    if match is None:
-        return None
-    try:
-        data = yaml.safe_load(match.group(1))
-    except yaml.YAMLError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
 # --- tiny models to serve --------------------------------------------------------------------------
 
 TINY_CHAT_TEMPLATE = (
@@ -445,9 +432,18 @@ TINY_CHAT_TEMPLATE = (
 )
 
 
-def tiny_model_files(folder: Path, *, card_license: str | None = "mit", seed: int = 0) -> dict[str, bytes]:
-    """A randomly initialised 2-layer Llama with a word-level tokenizer, saved with ``save_pretrained`` in
-    ``folder`` (a few hundred KB), plus a model card; returns the repo's files by path."""
+def save_tiny_chat_model(
+    folder: Path,
+    *,
+    eos_token: str = "<|im_end|>",
+    pad_token: str | None = "<|endoftext|>",
+    hidden_size: int = 64,
+    layers: int = 2,
+    seed: int = 0,
+) -> Path:
+    """A randomly initialised Llama with a word-level ChatML tokenizer, saved with ``save_pretrained`` in
+    ``folder`` (built, not downloaded). ``eos_token``/``pad_token``: an HF chat model often keeps the
+    pretraining ``<|endoftext|>`` as its eos and has no pad token, which loading must put right."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -460,25 +456,31 @@ def tiny_model_files(folder: Path, *, card_license: str | None = "mit", seed: in
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         unk_token="<unk>",
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
+        eos_token=eos_token,
+        **({"pad_token": pad_token} if pad_token else {}),
         additional_special_tokens=["<|im_start|>", "<|im_end|>"],
     )
     tokenizer.chat_template = TINY_CHAT_TEMPLATE
     config = LlamaConfig(
         vocab_size=len(vocab),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=max(2, hidden_size // 16),
+        num_key_value_heads=max(1, hidden_size // 32),
         max_position_embeddings=256,
-        eos_token_id=vocab["<|im_end|>"],
+        eos_token_id=vocab[eos_token],
     )
     torch.manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    return folder
+
+
+def tiny_model_files(folder: Path, *, card_license: str | None = "mit", seed: int = 0) -> dict[str, bytes]:
+    """A 2-layer tiny Llama (``save_tiny_chat_model``), plus a model card; returns the repo's files by path."""
+    save_tiny_chat_model(folder, seed=seed)
     card = f"---\nlicense: {card_license}\nlibrary_name: transformers\n---\n" if card_license else ""
     (folder / "README.md").write_text(card + "# tiny-chat\n\nA 2-layer Llama for tests.\n", encoding="utf-8")
     return _folder_files(folder)
@@ -539,3 +541,9 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _card_data(readme: bytes) -> dict[str, Any] | None:
+    from tuneloop.bases.licenses import card_metadata
+
+    return card_metadata(readme.decode("utf-8", errors="replace"))

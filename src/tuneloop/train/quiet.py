@@ -10,8 +10,11 @@ block), and restores everything after: a caller's own use of these libraries is 
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 # UserWarnings silenced by the module that raises them (deprecations of every origin are, inside the block).
 _LIBRARIES = r"(transformers|trl|peft|datasets|accelerate|torch|huggingface_hub)(\.|$)"
@@ -21,33 +24,16 @@ _LIBRARIES = r"(transformers|trl|peft|datasets|accelerate|torch|huggingface_hub)
 def quiet_libraries() -> Iterator[None]:
     """No third-party progress bars, info logs or deprecation warnings inside the block."""
     restores = []
-    try:
-        import datasets.utils.logging as datasets_logging
-
-        was_enabled = datasets_logging.is_progress_bar_enabled()
-        datasets_logging.disable_progress_bar()
-        level = datasets_logging.get_verbosity()
-        datasets_logging.set_verbosity_error()
-        restores.append(
-            lambda: (datasets_logging.set_verbosity(level), was_enabled and datasets_logging.enable_progress_bar())
-        )
-    except ImportError:
-        pass
-    try:
-        import transformers.utils.logging as transformers_logging
-
-        was_enabled_tf = transformers_logging.is_progress_bar_enabled()
-        transformers_logging.disable_progress_bar()
-        level_tf = transformers_logging.get_verbosity()
-        transformers_logging.set_verbosity_error()
-        restores.append(
-            lambda: (
-                transformers_logging.set_verbosity(level_tf),
-                was_enabled_tf and transformers_logging.enable_progress_bar(),
-            )
-        )
-    except ImportError:
-        pass
+    # datasets and transformers share one logging API (verbosity, progress bars): quieted the same way.
+    for name in ("datasets.utils.logging", "transformers.utils.logging"):
+        try:
+            library = importlib.import_module(name)
+        except ImportError:
+            continue
+        was_enabled, level = library.is_progress_bar_enabled(), library.get_verbosity()
+        library.disable_progress_bar()
+        library.set_verbosity_error()
+        restores.append(functools.partial(_restore_logging, library, level, was_enabled))
     try:
         import huggingface_hub.utils as hub_utils
 
@@ -65,3 +51,9 @@ def quiet_libraries() -> Iterator[None]:
     finally:
         for restore in reversed(restores):
             restore()
+
+
+def _restore_logging(library: Any, level: int, progress_bars: bool) -> None:
+    library.set_verbosity(level)
+    if progress_bars:
+        library.enable_progress_bar()
