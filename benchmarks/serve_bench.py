@@ -7,12 +7,19 @@
    round-robin ÷ one version, adapters loaded and evicted meanwhile, is ``serve_backends.py``'s;
 4. the extraction request under the task grammar with token-first checking (the default) ÷ the whole
    vocabulary masked every step (llama.cpp's grammar sampler), same version, and whether their texts agree;
-5. the same request on the GGUF as shipped and on its f16 / f32 rewrites (``--llamacpp-weights``), p50/p95.
+5. the same request on the GGUF as shipped and on its f16 / f32 rewrites (``--llamacpp-weights``), p50/p95;
+6. the extraction levers, each alone, and ``all`` (serve's defaults: prefix cache, threads auto; forced tokens
+   stay off), against the code before them (prefix cache off, forced tokens off, one thread: its answers are
+   byte for byte those of the code before, see docs/benchmarks.md), the engines taking turns on the same demo
+   test documents: p50 of each ÷ p50 before (goal ``all`` ≤ 0.5), and the share of fields identical to before
+   (``all``: on ``--agreement-docs`` documents; goal ≥ 99 %).
 
 Versions are random LoRAs registered in a temporary TUNELOOP_HOME (same shapes as a trained one; speed does
 not depend on the values), unless ``--model task@N`` names a trained one in your home.
 
     .venv/bin/python benchmarks/serve_bench.py [--requests 20] [--threads 1]
+    TUNELOOP_HOME=<demo home> .venv/bin/python benchmarks/serve_bench.py --model liability-extraction@1 \
+        --only levers --requests 20 --agreement-docs 100
 """
 
 from __future__ import annotations
@@ -120,6 +127,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads (both sides)")
     parser.add_argument("--decode-tokens", type=int, default=64)
     parser.add_argument("--model", default=None, help="a trained version in your TUNELOOP_HOME (default: random)")
+    parser.add_argument("--only", choices=["all", "levers"], default="all", help="levers: part 6 alone")
+    parser.add_argument("--agreement-docs", type=int, default=100, help="documents for the same-answers check (6)")
     args = parser.parse_args()
 
     if args.model is None:
@@ -142,6 +151,10 @@ def main() -> None:
     else:
         versions = [args.model]
     results: dict[str, object] = {"threads": args.threads, "cpu_count": os.cpu_count(), "load": os.getloadavg()}
+    if args.only == "levers":
+        results.update(extraction_levers(versions[0], args.requests, args.agreement_docs, args.threads))
+        print(json.dumps(results, indent=1))
+        return
 
     # 1. decode rate, raw vs served (base model, no grammar, so both decode the same tokens)
     raw = raw_decode_rate(base.path, messages, args.decode_tokens, args.threads)
@@ -225,7 +238,88 @@ def main() -> None:
         results["adapter_verify_ms_median"] = round(statistics.median(verifies), 1) if verifies else None
     finally:
         backend.close()
+    results.update(extraction_levers(versions[0], args.requests, args.agreement_docs, args.threads))
     print(json.dumps(results, indent=1))
+
+
+def demo_test_messages(count: int) -> list[list[dict]]:
+    """``count`` chats of the demo's test documents (the demo's generator, its test split)."""
+    from tuneloop.demo.generators import synthesize
+    from tuneloop.task import load_task
+
+    task = load_task(TASK)
+    rows = synthesize(task, count * 5, seed=20261204)
+    tests = [row for row in rows if row["metadata"]["split"] == "test"][:count]
+    return [[m for m in row["messages"] if m["role"] != "assistant"] for row in tests]
+
+
+def extraction_levers(version: str, requests: int, agreement_docs: int, threads: int) -> dict[str, object]:
+    """Part 6: each lever alone and all of them, against the code before them, taking turns per document."""
+    from tuneloop.bases import DEFAULT_BASE, resolve_base
+    from tuneloop.extraction import decoding_schema, source_text
+    from tuneloop.registry.exports import ensure_gguf_lora
+    from tuneloop.registry.versions import resolve_version
+    from tuneloop.serve.backends import Adapter, GenerationParams, LlamaCppOptions, get_backend
+    from tuneloop.task import load_task
+
+    task = load_task(TASK)
+    base = resolve_base(DEFAULT_BASE)
+    info = resolve_version(version, verify=False)
+    adapter = Adapter(info.id, info.adapter_path, ensure_gguf_lora(info))
+    before = {"n_threads": threads, "prefix_cache_mb": 0, "forced_tokens": False}
+    configs = {
+        "before": before,
+        "prefix_cache": {**before, "prefix_cache_mb": 256},
+        "forced_tokens": {**before, "forced_tokens": True},
+        "threads_auto": {**before, "n_threads": "auto"},
+        # The defaults of `tuneloop serve`: forced tokens stay off (they change answers in near ties).
+        "all": {"n_threads": "auto", "prefix_cache_mb": 256, "forced_tokens": False},
+    }
+    engines = {name: get_backend("llamacpp", base, LlamaCppOptions(**options)) for name, options in configs.items()}
+    chats = demo_test_messages(max(requests, agreement_docs) + 1)
+    timings: dict[str, list[float]] = {name: [] for name in engines}
+    answers: dict[str, list[str]] = {name: [] for name in engines}
+    try:
+        for index, messages in enumerate(chats):
+            params = GenerationParams(max_tokens=160, json_schema=decoding_schema(task, source_text(messages)))
+            timed = 0 < index <= requests  # the first document warms every engine (adapter, head cache)
+            for name, engine in engines.items():
+                if not timed and index and name not in ("before", "all"):
+                    continue  # past the timed documents, only the same-answers check goes on
+                started = time.perf_counter()
+                text = engine.generate(messages, params, adapter=adapter).text
+                if timed:
+                    timings[name].append((time.perf_counter() - started) * 1000)
+                if index:
+                    answers[name].append(text)
+        threads_chosen = engines["all"].threads
+    finally:
+        for engine in engines.values():
+            engine.close()
+    results: dict[str, object] = {
+        "levers_documents": requests,
+        "levers_threads_chosen": {"decode": threads_chosen.decode, "prefill": threads_chosen.batch},
+    }
+    reference = percentile(timings["before"], 0.5)
+    for name, values in timings.items():
+        results[f"levers_{name}_p50_ms"] = round(percentile(values, 0.5), 1)
+        results[f"levers_{name}_ratio"] = round(percentile(values, 0.5) / reference, 3)
+    for name, texts in answers.items():
+        if name != "before":
+            same, total = identical_fields(answers["before"], texts)
+            results[f"levers_{name}_fields_identical"] = f"{same}/{total} = {same / total:.2%} on {len(texts)} docs"
+    return results
+
+
+def identical_fields(before: list[str], after: list[str]) -> tuple[int, int]:
+    """(fields with the same value, fields) over answers to the same documents, ``before`` setting the keys."""
+    same = total = 0
+    for old, new in zip(before, after, strict=False):
+        old_value, new_value = json.loads(old), json.loads(new)
+        for key in old_value:
+            total += 1
+            same += old_value[key] == new_value.get(key)
+    return same, total
 
 
 if __name__ == "__main__":

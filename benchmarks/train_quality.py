@@ -16,9 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
+
+from homes import scratch_home
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -34,11 +35,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
 
-    home = Path(tempfile.mkdtemp(prefix="tuneloop-quality-"))
-    os.environ["TUNELOOP_HOME"] = str(home)
-    user_cache = Path.home() / ".tuneloop" / "cache"
-    if user_cache.is_dir():  # reuse the converted base instead of converting it again (~20 s)
-        (home / "cache").symlink_to(user_cache)
+    home = scratch_home("tuneloop-quality-")
 
     from rich.console import Console
     from rich.table import Table

@@ -91,6 +91,9 @@ def show_command(model: str = typer.Argument(..., help="task@N, task@sha256:<hex
         from tuneloop.train.config import precision
 
         table.add_row("base precision", precision(train_config))
+    table.add_row("system prompt", plain(_system_prompt(info.system_prompt, info.distilled_from)))
+    if info.distilled_from is not None:
+        table.add_row("distilled from", plain(_preview(info.distilled_from)))
     table.add_row("decoding", json.dumps(info.decoding, sort_keys=True))
     metrics = {k: v for k, v in info.metrics.items() if k != "loss_curve"}
     table.add_row("metrics", json.dumps(metrics, sort_keys=True))
@@ -101,6 +104,22 @@ def show_command(model: str = typer.Argument(..., help="task@N, task@sha256:<hex
     if info.config.get("run_dir"):
         table.add_row("run folder", info.config["run_dir"])
     console.print(table)
+
+
+def _system_prompt(system: str, distilled_from: str | None) -> str:
+    """The prompt a version was trained with, and what serving does with it."""
+    if distilled_from is None:
+        return f"{_preview(system)} (the task's instructions)"
+    trained = f"{system!r}" if system else "none"
+    return (
+        f"{trained}: trained in place of the task's instructions below (prompt distillation); "
+        "requests sending those instructions are served with it"
+    )
+
+
+def _preview(text: str, limit: int = 160) -> str:
+    one_line = " ".join(text.split())
+    return one_line if len(one_line) <= limit else one_line[: limit - 1] + "…"
 
 
 def _loss(value: float | None) -> str:

@@ -65,8 +65,18 @@ def serve(
         help="Places in the queue one model may hold, so a burst for it leaves room for others "
         "(default: --max-queue minus a quarter).",
     ),
-    threads: int | None = typer.Option(None, "--threads", help="llama.cpp threads (default: half the cores)."),
+    threads: str = typer.Option(
+        "auto", "--threads", help="llama.cpp threads: a number, or auto (the fastest, measured at load)."
+    ),
     n_ctx: int = typer.Option(2048, "--n-ctx", help="llama.cpp context window."),
+    prefix_cache_mb: int = typer.Option(
+        256, "--prefix-cache-mb", min=0, help="llama.cpp: memory for the KV of prompt heads, per base (0: off)."
+    ),
+    forced_tokens: bool = typer.Option(
+        False,
+        "--forced-tokens",
+        help="llama.cpp: append the tokens a schema forces in one step (faster; can flip a near tie).",
+    ),
     llamacpp_weights: str = typer.Option(
         "native",
         "--llamacpp-weights",
@@ -101,6 +111,7 @@ def serve(
     from tuneloop.review.policy import ReviewPolicy
     from tuneloop.serve.app import create_app
     from tuneloop.serve.auth import ServeKeys
+    from tuneloop.serve.backends.options import parse_threads
     from tuneloop.serve.engine import build_engine
     from tuneloop.serve.pool import parse_bytes
 
@@ -118,8 +129,10 @@ def serve(
         max_adapters=max_adapters,
         max_queue=max_queue,
         max_queue_per_model=max_queue_per_model,
-        threads=threads,
+        threads=parse_threads(threads),
         n_ctx=n_ctx,
+        prefix_cache_mb=prefix_cache_mb,
+        forced_tokens=forced_tokens,
         llamacpp_weights=llamacpp_weights,
         device=device,
         max_batch_size=max_batch_size,

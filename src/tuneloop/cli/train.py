@@ -29,6 +29,12 @@ def train(
         "--time-budget",
         help="Fit the run into this wall time (90s, 20m, 1h, 1h30m): fewer epochs or steps, fewer evaluations.",
     ),
+    system_prompt: str | None = typer.Option(
+        None,
+        "--system-prompt",
+        help='Train with this system prompt in place of the task\'s instructions ("": none); the version is '
+        "served with it, so requests stop paying prefill for the instructions (prompt distillation).",
+    ),
     launcher: str = typer.Option("inprocess", "--launcher", help="inprocess, or accelerate (accelerate launch)."),
     num_processes: int = typer.Option(1, "--num-processes", min=1, help="Processes for --launcher accelerate."),
     accelerate_config: Path | None = typer.Option(
@@ -55,6 +61,7 @@ def train(
             resume=resume,
             merge=merge,
             time_budget=time_budget,
+            system_prompt=system_prompt,
             console=err_console,
         )
     except KeyboardInterrupt:

@@ -241,7 +241,8 @@ def serve_demo(task: Task, version_id: str, rows: Sequence[dict], console: Conso
 
     move = promote(task.name, version_id, "prod", actor="tuneloop demo", reason="demo fine-tune")
     console.print(f"{task.name}@prod: {move.from_version or '(new alias)'} → {move.to_version}")
-    server = start_background_server(build_engine(models=[f"{task.name}@prod"]), auth="disabled")  # loopback, demo only
+    engine = build_engine(models=[f"{task.name}@prod"], threads="auto")  # as `tuneloop serve` runs it
+    server = start_background_server(engine, auth="disabled")  # loopback, demo only
     try:
         client = OpenAI(base_url=server.base_url, api_key="demo")
         console.print(f"serving on {server.base_url}")

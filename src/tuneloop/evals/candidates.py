@@ -29,6 +29,7 @@ from tuneloop.serve.backends import (
     Adapter,
     Backend,
     BackendOptions,
+    TrainedPrompt,
     backend_options,
     engine_identity,
     get_backend,
@@ -158,7 +159,8 @@ def _version_candidate(ref: VersionRef, spec: ModelSpec, prices: PriceTable) -> 
 
         # llama.cpp applies a GGUF LoRA (exported once per version, cached); transformers the PEFT folder.
         gguf = ensure_gguf_lora(info) if backend_name == "llamacpp" else None
-        adapter = Adapter(id=info.id, peft_dir=info.adapter_path, gguf_path=gguf)
+        # A distilled version answers with the prompt it was trained with, as `tuneloop serve` serves it.
+        adapter = Adapter(id=info.id, peft_dir=info.adapter_path, gguf_path=gguf, prompt=TrainedPrompt.of(info))
         return LocalGenerator(get_backend(backend_name, base, options), adapter)
 
     return Candidate(
@@ -193,7 +195,10 @@ def _local_engine(spec: ModelSpec, base: Base) -> tuple[str, BackendOptions, str
                 hint="drop --llamacpp-weights, or add --backend llamacpp",
             )
         check_llamacpp_weights(base, spec.backend_options["weights"])
-    options = backend_options(backend_name, spec.backend_options)
+    values = dict(spec.backend_options)
+    if backend_name == "llamacpp":
+        values.setdefault("n_threads", "auto")  # the fastest count on this machine now (threads.py)
+    options = backend_options(backend_name, values)
     return backend_name, options, engine_identity(backend_name, options)
 
 

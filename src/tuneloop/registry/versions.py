@@ -6,7 +6,9 @@ A version's **content hash** is the sha256 of a canonical JSON of what decides i
   sorted by name) and the adapter settings that scale or place it (``r``, ``lora_alpha``, target modules, ...);
 - the base: its id and the sha256 of its weights;
 - the chat template the adapter was trained with;
-- the task's prompt (system prompt and input template) and decoding defaults.
+- the task's prompt (system prompt and input template) and decoding defaults; for a version trained with a
+  short system prompt in place of the task's instructions (prompt distillation), also those instructions
+  (``distilled_from``: left out otherwise, so earlier versions keep their hashes).
 
 Registering the same files again finds the same hash and returns the existing version rather than a new
 number; any change of a weight gives another hash. Registration copies the adapter into
@@ -77,13 +79,16 @@ class ModelVersionInfo:
     artifact_path: Path  # the version's folder
     adapter_path: Path  # a PEFT adapter folder: PeftModel.from_pretrained(base_model, adapter_path)
     chat_template: str | None
-    system_prompt: str
+    system_prompt: str  # the one it was trained with ("" : no system message)
     input_template: str
     decoding: dict[str, Any]  # temperature, top_p, max_tokens
     dataset_ref: str | None
     config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     created_at: datetime | None = None
+    # The task instructions ``system_prompt`` stands for, when it was trained with a shorter prompt (or none)
+    # in their place: serving swaps them for it (serve/backends/base.py ``served_messages``). None otherwise.
+    distilled_from: str | None = None
 
     @property
     def hash_ref(self) -> str:
@@ -165,13 +170,17 @@ def build_identity(
     system_prompt: str,
     input_template: str,
     decoding: dict[str, Any],
+    distilled_from: str | None = None,
 ) -> dict[str, Any]:
+    prompt = {"system": system_prompt, "input": input_template}
+    if distilled_from is not None:  # only when set: versions without it keep their content hashes
+        prompt["distilled_from"] = distilled_from
     return {
         "scheme": HASH_SCHEME,
         "adapter": adapter_identity(adapter_dir),
         "base": {"id": base_id, "weights_sha256": base_weights_hash},
         "chat_template": chat_template,
-        "prompt": {"system": system_prompt, "input": input_template},
+        "prompt": prompt,
         "decoding": {k: decoding[k] for k in sorted(decoding)},
     }
 
@@ -243,12 +252,14 @@ def register_version(
     config: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     extra_files: dict[str, Path] | None = None,
+    distilled_from: str | None = None,
 ) -> tuple[ModelVersionInfo, bool]:
     """Register the adapter in ``adapter_dir`` as the next version of ``task``; returns (version, created).
 
     Same content as an existing version: that version, and ``created`` False (nothing is copied).
     ``extra_files`` maps names in the version folder to files or folders to copy there (the loss curve,
-    merged weights); they are not part of the hash.
+    merged weights); they are not part of the hash. ``distilled_from``: the task instructions that
+    ``system_prompt`` was trained in place of (prompt distillation), which serving replaces with it.
     """
     from tuneloop.store import session_scope
     from tuneloop.store.models import ModelVersion
@@ -265,6 +276,7 @@ def register_version(
         system_prompt=system_prompt,
         input_template=input_template,
         decoding=decoding,
+        distilled_from=distilled_from,
     )
     digest = content_hash(identity)
     existing = _find_by_hash(digest)
@@ -307,6 +319,7 @@ def register_version(
                                 "system_prompt": system_prompt,
                                 "input_template": input_template,
                                 "decoding": identity["decoding"],
+                                **({"distilled_from": distilled_from} if distilled_from is not None else {}),
                             },
                         },
                         metrics=recorded,
@@ -340,7 +353,11 @@ def _write_metadata(folder: Path, info: ModelVersionInfo, identity: dict[str, An
         "version": info.version,
         "content_hash": f"sha256:{info.content_hash}",
         "base": {"id": info.base_id, "weights_sha256": info.base_weights_hash},
-        "prompt": {"system": info.system_prompt, "input": info.input_template},
+        "prompt": {
+            "system": info.system_prompt,
+            "input": info.input_template,
+            **({"distilled_from": info.distilled_from} if info.distilled_from is not None else {}),
+        },
         "decoding": info.decoding,
         "dataset": info.dataset_ref,
         "config": {k: v for k, v in info.config.items() if k != "identity"},
@@ -391,6 +408,7 @@ def _info(row: Any) -> ModelVersionInfo:
         config={k: v for k, v in (row.config or {}).items()},
         metrics=dict(row.metrics or {}),
         created_at=row.created_at,
+        distilled_from=identity.get("distilled_from"),
     )
 
 
@@ -484,6 +502,7 @@ def verify_version(info: ModelVersionInfo, *, check_base: bool = True) -> None:
         system_prompt=info.system_prompt,
         input_template=info.input_template,
         decoding=info.decoding,
+        distilled_from=info.distilled_from,
     )
     if content_hash(identity) != info.content_hash:
         raise TuneloopError(

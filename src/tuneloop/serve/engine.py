@@ -18,6 +18,9 @@ as the server. ``build_engine`` builds one as ``tuneloop serve`` does, the backe
   ``response_format`` ``json_schema`` replaces it, ``json_object`` asks for the task schema (or any JSON
   object on a base), ``text`` turns it off. The answer is always validated afterwards; a violation is
   reported in the response (``tuneloop.schema_valid`` / ``schema_errors``) and counted, never hidden.
+- **Trained prompts.** A version trained with a short system prompt (or none) in place of its task's
+  instructions is served with it: a chat opening with exactly those instructions gets the trained prompt
+  (``served_messages``, applied by every backend), reported as ``tuneloop.prompt: "trained"``.
 - **Log probabilities.** ``logprobs`` / ``top_logprobs`` (0..20) come back in OpenAI's shape, whole or per
   streamed chunk (each chunk with the tokens of its own text); see ``TokenLogprob``.
 """
@@ -34,13 +37,14 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from tuneloop.bases import Base
 from tuneloop.errors import TuneloopError
 from tuneloop.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, OpenAIError, sse_event
 from tuneloop.registry.ids import BaseRef, VersionRef, parse_model_id
 from tuneloop.serve.backends import MAX_TOP_LOGPROBS, Backend, Delta, Generation, GenerationParams, Message
+from tuneloop.serve.backends.base import uses_trained_prompt
 from tuneloop.serve.errors import invalid_parameter
 from tuneloop.serve.grammar import ANY_JSON_OBJECT, Validation, check_schema, validate_answer
 from tuneloop.serve.metrics import ServeMetrics
@@ -605,6 +609,10 @@ def _extension(
         "queue_ms": round(latency_s * 1000 - generation.latency_ms - load_s * 1000, 2),
         "load_ms": round(load_s * 1000, 2),
     }
+    if uses_trained_prompt(plan.messages, served.adapter):
+        # A distilled version: the task's instructions the client sent were swapped for the prompt it was
+        # trained with (serve/backends/base.py), which is why usage.prompt_tokens is below the chat's length.
+        extension["prompt"] = "trained"
     if validation is not None:
         extension["schema_valid"] = validation.valid
         extension["schema_errors"] = validation.errors
@@ -623,8 +631,10 @@ def build_engine(
     max_adapters: int = 8,
     max_queue: int = 16,
     max_queue_per_model: int | None = None,
-    threads: int | None = None,
+    threads: int | Literal["auto"] | None = None,
     n_ctx: int = 2048,
+    prefix_cache_mb: int = 256,
+    forced_tokens: bool = False,
     device: str = "cpu",
     tensor_parallel_size: int = 1,
     pipeline_parallel_size: int = 1,
@@ -641,7 +651,8 @@ def build_engine(
     (given, else the one the first ``--models`` entry was trained on, else the bundled one), loaded now
     (``load_default``), and pinned when it was named. ``max_batch_size``: requests the transformers backend
     decodes together (1: one at a time). ``llamacpp_weights``: the GGUF as it is (``native``) or its float
-    rewrite (``f16``/``f32``, bases/widen.py). ``vllm_python``: the interpreter that runs vLLM (None: found as
+    rewrite (``f16``/``f32``, bases/widen.py). ``prefix_cache_mb`` and ``forced_tokens``: llama.cpp's
+    LlamaCppOptions (serve/backends/options.py). ``vllm_python``: the interpreter that runs vLLM (None: found as
     serve/backends/vllm.py says). ``memory_budget``: bytes the hot bases may take (None: 80 % of the
     machine's). ``warm``: bases to prepare and read into the page cache now, without loading them.
     ``bases``: more bases clients may name (paths; bundled and HF-cache bases need not be listed)."""
@@ -664,6 +675,8 @@ def build_engine(
         "max_adapters": max_adapters,
         "n_ctx": n_ctx,
         "n_threads": threads,
+        "prefix_cache_mb": prefix_cache_mb,
+        "forced_tokens": forced_tokens,
         "weights": llamacpp_weights,
         "device": device,
         "max_batch_size": max_batch_size,

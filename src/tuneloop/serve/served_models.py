@@ -31,7 +31,7 @@ from tuneloop.errors import TuneloopError
 from tuneloop.protocol import OpenAIError
 from tuneloop.registry.ids import BaseRef, EndpointRef, VersionRef, parse_model_id
 from tuneloop.registry.versions import ModelVersionInfo
-from tuneloop.serve.backends import Adapter
+from tuneloop.serve.backends import Adapter, TrainedPrompt
 from tuneloop.serve.errors import integrity_error, model_not_found
 from tuneloop.serve.metrics import ServeMetrics
 from tuneloop.serve.pool import BaseSlot, ModelPool
@@ -221,6 +221,7 @@ class ServedModels:
                 peft_dir=info.adapter_path,
                 gguf_path=gguf_path,
                 content_hash=info.content_hash,
+                prompt=TrainedPrompt.of(info),  # a distilled version is served with the prompt it was trained with
                 # Every engine calls this right before it reads the adapter's files (first use, and again
                 # after its LRU unloaded it), in the thread that loads them.
                 before_load=functools.partial(self.verify, info),

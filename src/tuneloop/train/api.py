@@ -9,6 +9,10 @@
    (``tuneloop.registry.versions``): same files as an existing version give that version back. The adapter
    registered is the one the recipe kept: the lowest validation field error (``selection.py``), else the last.
 
+``system_prompt`` (prompt distillation): train with a short system prompt, or none (``""``), in place of the
+task's instructions; rows opening with the instructions get it instead (``data.with_system_prompt``), and the
+version records it and the instructions it stands for, so serving swaps them for it on every request.
+
 ``resume=True`` finds the newest unfinished run of the task with the same data, base and config and continues
 it from its last checkpoint (or only registers it, if training had finished).
 """
@@ -36,6 +40,7 @@ from tuneloop.errors import TuneloopError
 from tuneloop.registry.versions import ModelVersionInfo, register_version
 from tuneloop.task import Task, load_task
 from tuneloop.train.budget import (
+    FINISH_SECONDS,
     WARM_UP_ROWS,
     WARM_UP_STEPS,
     WarmUp,
@@ -88,12 +93,15 @@ def train(
     resume: bool = False,
     merge: bool = False,
     time_budget: str | float | None = None,
+    system_prompt: str | None = None,
     console: Console | None = None,
 ) -> TrainResult:
     """Fine-tune ``base`` on ``data`` (``FILE.jsonl`` or ``dataset:NAME``) and register ``task@N``.
 
     Before training, a short warm-up measures this machine and the run's size and cost are printed;
     ``time_budget`` (``"20m"``, ``"1h30m"``, or seconds) fits the schedule into it (``budget.py``).
+    ``system_prompt``: the system prompt to train with in place of the task's instructions (``""``: no
+    system message); the version is then served with it (None: the task's instructions, as always).
     """
     with quiet_libraries():  # our progress bar and lines only (quiet.py)
         return _train(
@@ -108,6 +116,7 @@ def train(
             resume=resume,
             merge=merge,
             time_budget=time_budget,
+            system_prompt=system_prompt,
             console=console,
         )
 
@@ -125,6 +134,7 @@ def _train(
     resume: bool,
     merge: bool,
     time_budget: str | float | None,
+    system_prompt: str | None,
     console: Console | None,
 ) -> TrainResult:
     began = time.perf_counter()
@@ -144,6 +154,10 @@ def _train(
             hint="add --launcher accelerate, or drop them (every option of tuneloop train goes before --)",
         )
     spec = task if isinstance(task, Task) else load_task(task)
+    # None: trained (and served) with the task's instructions; the same text given is no distillation either.
+    trained_prompt = system_prompt.strip() if system_prompt is not None else None
+    if trained_prompt == spec.system_prompt():
+        trained_prompt = None
     resolved_base = resolve_base(base)
     user_config = config if isinstance(config, TrainConfig) else load_config(config)
     device = "cuda" if _cuda_available() else "cpu"
@@ -154,8 +168,11 @@ def _train(
     model_info = _model_info(base_dir)
     check_base_quantizable(user_config, model_info["config"], resolved_base.id)
     user_max = user_config.sft.get("max_length")
-    encoded = encode_rows(source.rows, tokenizer, user_max or model_info["context"])
-    _warn_on_prompt_drift(spec, source.rows, say)
+    _warn_on_prompt_drift(spec, source.rows, say, distilled=trained_prompt is not None)
+    rows = source.rows
+    if trained_prompt is not None:
+        rows = _distill(spec, rows, trained_prompt, tokenizer, say)
+    encoded = encode_rows(rows, tokenizer, user_max or model_info["context"])
     longest = max(len(item.input_ids) for item in encoded)
     resolved = resolve_config(
         user_config,
@@ -168,7 +185,7 @@ def _train(
     )
     weights_sha256 = base_weights_hash(resolved_base)
     fingerprint = _fingerprint(
-        spec, resolved_base.id, weights_sha256, source.sha256, resolved, num_processes, budget_seconds
+        spec, resolved_base.id, weights_sha256, source.sha256, resolved, num_processes, budget_seconds, trained_prompt
     )
 
     # 2. The run folder: a new one, or the unfinished one being resumed.
@@ -183,7 +200,8 @@ def _train(
             validation_fraction=resolved.validation_fraction,
             seed=resolved.sft["seed"],
             value_weight=resolved.value_weight,
-            prompts_from=(source.rows, tokenizer) if resolved.field_error_rows else None,
+            # Validation answers are asked with the prompt the version will be served with.
+            prompts_from=(rows, tokenizer) if resolved.field_error_rows else None,
         )
         run_spec = {
             "task": spec.name,
@@ -210,6 +228,11 @@ def _train(
             "config": resolved.to_dict(),
             "chosen": resolved.chosen,
             "launcher": {"name": launcher, "num_processes": num_processes},
+            **(
+                {"system_prompt": {"trained": trained_prompt, "distilled_from": spec.system_prompt()}}
+                if trained_prompt is not None
+                else {}
+            ),
         }
         (run_dir / RUN_FILE).write_text(json.dumps(run_spec, indent=1))
         left_out = f", {source.left_out_test} test rows left out" if source.left_out_test else ""
@@ -256,6 +279,11 @@ def _train(
         )
 
     # 4. The loss curve, merged weights on request, and the registry.
+    if stopped := result.get("budget_stopped_at"):
+        say(
+            f"[yellow]the time budget ran out at step {stopped['step']} of {stopped['planned_steps']}[/] (this "
+            "machine ran slower than the warm-up measured); training stopped there"
+        )
     if kept := result.get("kept"):
         say(
             f"kept the adapter of step {kept['step']} of {result.get('step')}: field error "
@@ -274,6 +302,7 @@ def _train(
     metrics = {
         **result.get("metrics", {}),
         **({"kept_step": kept["step"], "kept_field_error": kept["field_error"]} if kept else {}),
+        **({"budget_stopped_at_step": stopped["step"]} if stopped else {}),
         "train_seconds": result.get("seconds"),
         "tokens_per_second": result.get("tokens_per_second"),
         "world_size": result.get("world_size"),
@@ -283,7 +312,8 @@ def _train(
         adapter_dir,
         base_id=resolved_base.id,
         base_weights_hash=weights_sha256,
-        system_prompt=spec.system_prompt(),
+        system_prompt=spec.system_prompt() if trained_prompt is None else trained_prompt,
+        distilled_from=None if trained_prompt is None else spec.system_prompt(),
         input_template=spec.input,
         decoding=spec.decoding.model_dump(),
         dataset_ref=f"{run_spec['data']['ref']}#sha256:{run_spec['data']['sha256'][:16]}",
@@ -363,16 +393,45 @@ def _model_info(base_dir: Path) -> dict[str, Any]:
     return {"parameters": parameters, "context": config.get("max_position_embeddings"), "config": config}
 
 
-def _warn_on_prompt_drift(spec: Task, rows: list[Any], say: Callable[[str], None]) -> None:
+def _warn_on_prompt_drift(spec: Task, rows: list[Any], say: Callable[[str], None], *, distilled: bool = False) -> None:
     """Training prompts that differ from the task's are a silent quality loss at serve time: say so."""
     expected = spec.system_prompt()
     differ = [row for row in rows if row.messages and row.messages[0]["role"] == "system"]
     differ = [row for row in differ if row.messages[0]["content"].strip() != expected]
     if differ:
+        served = (
+            "they are trained as they are, and not given the trained prompt"
+            if distilled
+            else "the version is served with the task's prompt"
+        )
         say(
             f"[yellow]warning:[/] {len(differ)} of {len(rows)} rows have a system prompt that differs from "
-            f"task {spec.name}'s (first: {differ[0].where}); the version is served with the task's prompt"
+            f"task {spec.name}'s (first: {differ[0].where}); {served}"
         )
+
+
+def _distill(spec: Task, rows: list[Any], prompt: str, tokenizer: Any, say: Callable[[str], None]) -> list[Any]:
+    """The rows with ``prompt`` in place of the task's instructions (``data.with_system_prompt``), and a line
+    saying what that saves per request; an error when no row holds the instructions to replace."""
+    from tuneloop.train.data import prompt_length, with_system_prompt
+
+    distilled, changed = with_system_prompt(rows, spec.system_prompt(), prompt)
+    if not changed:
+        raise TuneloopError(
+            f"--system-prompt replaces task {spec.name}'s instructions in the training rows, and no row opens "
+            "with them (a system message holding exactly the task's instructions)",
+            where=rows[0].where,
+            hint="train on rows built from the task (tuneloop data, the task's messages), or leave out --system-prompt",
+        )
+    index = next(i for i, (old, new) in enumerate(zip(rows, distilled, strict=True)) if old is not new)
+    before = prompt_length(tokenizer, rows[index].messages)
+    after = prompt_length(tokenizer, distilled[index].messages)
+    what = f"the system prompt {prompt!r}" if prompt else "no system prompt"
+    say(
+        f"prompt distillation: trained with {what} in place of the task's instructions "
+        f"({changed} of {len(rows)} rows); a request's prompt goes from {before} to {after} tokens"
+    )
+    return distilled
 
 
 def _cuda_available() -> bool:
@@ -435,6 +494,12 @@ def _plan_run(
     run_spec["config"]["sft"] = run_spec["sft"]
     run_spec["config"]["field_error_rows"] = chosen.field_error_rows
     run_spec["plan"] = {**chosen.to_dict(), "warm_up": dataclasses.asdict(warm)}
+    if budget_seconds is not None:
+        # When training must end, on the wall clock (the trainer runs in another process): the budget from
+        # the start of train(), less saving/registering and one last evaluation (callbacks.TimeBudgetGuard).
+        last_evaluation = chosen.eval_seconds / chosen.evaluations if chosen.evaluations else 0.0
+        remaining = budget_seconds - (time.perf_counter() - began) - FINISH_SECONDS - last_evaluation
+        run_spec["plan"]["deadline_unix"] = time.time() + remaining
     (run_dir / RUN_FILE).write_text(json.dumps(run_spec, indent=1))
 
 
@@ -458,6 +523,7 @@ def _fingerprint(
     resolved: ResolvedConfig,
     processes: int,
     budget_seconds: float | None = None,
+    trained_prompt: str | None = None,
 ) -> str:
     payload = {
         "task": spec.name,
@@ -469,6 +535,8 @@ def _fingerprint(
     }
     if budget_seconds is not None:  # left out without one, so earlier runs keep their fingerprint
         payload["time_budget_s"] = budget_seconds
+    if trained_prompt is not None:  # likewise: only a distilled run has one
+        payload["trained_system_prompt"] = trained_prompt
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -111,3 +111,29 @@ def last_finite(values: list[float]) -> float | None:
         if math.isfinite(value):
             return value
     return None
+
+
+class TimeBudgetGuard(TrainerCallback):
+    """Ends training when the time budget's training share is spent, whatever the plan estimated.
+
+    The plan (``budget.py``) fits the schedule to the measured warm-up; a machine that slows down later
+    (neighbours, thermal limits) would still overrun it. At the first optimizer step past ``deadline``
+    (``time.time()``), training stops after one last evaluation, so the adapter kept is still the best by
+    validation field error among all those evaluated. Every process stops at the same step.
+    """
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.stopped_at: int | None = None
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        late = time.time() >= self.deadline
+        if args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor([1.0 if late else 0.0], device=args.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            late = bool(flag.item())
+        if late and state.global_step < state.max_steps:
+            self.stopped_at = state.global_step
+            control.should_training_stop = True
+            control.should_evaluate = args.eval_strategy != "no"  # one last look, for the adapter kept
+        return control

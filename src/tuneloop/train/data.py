@@ -129,6 +129,31 @@ def _load_dataset(name: str) -> SourceData:
     return SourceData(rows, f"{DATASET_PREFIX}{name}", _rows_sha256(rows))
 
 
+def with_system_prompt(rows: list[SourceRow], instructions: str, prompt: str) -> tuple[list[SourceRow], int]:
+    """Rows as a version trained with ``prompt`` in place of the task's ``instructions`` sees them (prompt
+    distillation): a row whose chat opens with a system message holding exactly the instructions (whitespace
+    at the ends aside) gets ``prompt`` there, or loses that message when ``prompt`` is empty. Other rows are
+    kept as they are. Returns the rows and how many were changed. Serving applies the same swap
+    (serve/backends/base.py ``served_messages``), so the model sees at serve time what it was trained on."""
+    out: list[SourceRow] = []
+    changed = 0
+    for row in rows:
+        first = row.messages[0] if row.messages else {}
+        content = first.get("content")
+        if (
+            first.get("role") in ("system", "developer")
+            and isinstance(content, str)
+            and content.strip() == instructions.strip()
+        ):
+            rest = row.messages[1:]
+            messages = [{**first, "content": prompt}, *rest] if prompt else list(rest)
+            out.append(SourceRow(messages, row.where))
+            changed += 1
+        else:
+            out.append(row)
+    return out, changed
+
+
 def _rows_sha256(rows: list[SourceRow]) -> str:
     digest = hashlib.sha256()
     for row in rows:
@@ -275,6 +300,12 @@ def load_encoded(directory: Path):  # -> datasets.Dataset
     from datasets import load_from_disk
 
     return load_from_disk(str(directory))
+
+
+def prompt_length(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]]) -> int:
+    """Tokens of a chat's prompt (everything before its last message, with the generation prompt)."""
+    prompt = _render(tokenizer, messages[:-1], add_generation_prompt=True)
+    return len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
 
 def validation_prompts(rows: list[SourceRow], tokenizer: PreTrainedTokenizerBase) -> list[dict[str, Any]]:

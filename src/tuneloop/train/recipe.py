@@ -38,7 +38,7 @@ def run(run_dir: Path) -> dict[str, Any]:
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from transformers.trainer_utils import get_last_checkpoint
 
-    from tuneloop.train.callbacks import NonFiniteLossGuard, RichProgressCallback
+    from tuneloop.train.callbacks import NonFiniteLossGuard, RichProgressCallback, TimeBudgetGuard
     from tuneloop.train.collate import PaddingFreeCollator
     from tuneloop.train.config import lora_arguments, sft_arguments
     from tuneloop.train.data import load_encoded
@@ -83,6 +83,10 @@ def run(run_dir: Path) -> dict[str, Any]:
     trainer.add_callback(progress)
     if keeper is not None:
         trainer.add_callback(keeper)
+    deadline = (spec.get("plan") or {}).get("deadline_unix")
+    budget_guard = TimeBudgetGuard(deadline) if deadline else None
+    if budget_guard is not None:
+        trainer.add_callback(budget_guard)
     trainer.add_callback(guard)  # last: a diverged step cancels the evaluation the keeper may have asked for
 
     # 5. Train, from the last checkpoint when resuming.
@@ -95,6 +99,8 @@ def run(run_dir: Path) -> dict[str, Any]:
     # 6. Save (main process only): the adapter kept (the best by field error, else the last) and the
     #    tokenizer, the loss history, the outcome.
     result: dict[str, Any] = {"status": "finished", "step": trainer.state.global_step, "resumed_from": checkpoint}
+    if budget_guard is not None and budget_guard.stopped_at is not None:
+        result["budget_stopped_at"] = {"step": budget_guard.stopped_at, "planned_steps": trainer.state.max_steps}
     history = trainer.state.log_history
     if guard.diverged_at is not None:
         result = {

@@ -27,6 +27,8 @@ from tuneloop.serve.backends.base import (
     TokenLogprob,
     TokenRun,
     TokenStreamBackend,
+    TrainedPrompt,
+    served_messages,
     takes_concurrent_calls,
 )
 from tuneloop.serve.backends.options import BackendOptions, LlamaCppOptions, TransformersOptions, VllmOptions
@@ -69,10 +71,18 @@ def backend_options(name: str, values: Mapping[str, Any] | None = None, *, stric
 
 
 def engine_identity(name: str, options: BackendOptions | None = None) -> str:
-    """The backend and those of its options that change its answers: ``llamacpp:f32`` for llama.cpp on a
-    float rewrite of its GGUF, else the backend's name (part of an eval's model identity and label)."""
-    weights = getattr(options, "weights", "native")
-    return f"{name}:{weights}" if name == "llamacpp" and weights != "native" else name
+    """The backend and those of its options that change its answers (part of an eval's model identity and
+    label): ``llamacpp:f32`` for llama.cpp on a float rewrite of its GGUF, ``llamacpp:forced`` with forced
+    tokens on (appending them in one step rounds differently); else the backend's name. The prefix cache
+    and the thread count leave answers as they are."""
+    if name != "llamacpp":
+        return name
+    parts = [name]
+    if getattr(options, "weights", "native") != "native":
+        parts.append(options.weights)  # type: ignore[union-attr]
+    if getattr(options, "forced_tokens", False):
+        parts.append("forced")
+    return ":".join(parts)
 
 
 def get_backend(name: str, base: Base, options: BackendOptions | None = None) -> Backend:
@@ -106,11 +116,13 @@ __all__ = [
     "TokenLogprob",
     "TokenRun",
     "TokenStreamBackend",
+    "TrainedPrompt",
     "TransformersOptions",
     "VllmOptions",
     "backend_options",
     "engine_identity",
     "get_backend",
     "options_type",
+    "served_messages",
     "takes_concurrent_calls",
 ]

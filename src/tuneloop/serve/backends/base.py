@@ -3,7 +3,9 @@
 A backend turns chat messages into an assistant reply: ``generate`` returns it whole with token counts
 and timings, ``stream`` yields text deltas. Engines that produce one token at a time (llama.cpp,
 transformers) subclass ``TokenStreamBackend`` and only implement ``_start``; stop strings, counting and
-timing are done once here, identically for all of them.
+timing are done once here, identically for all of them. A version trained with a short system prompt in
+place of its task's instructions is served with that prompt: ``served_messages`` rewrites the chat, here
+for every token-stream engine and in the vLLM backend for its requests.
 """
 
 from __future__ import annotations
@@ -22,12 +24,32 @@ from tuneloop.generation import FinishReason, GenerationParams, Message
 
 
 @dataclass(frozen=True)
+class TrainedPrompt:
+    """The system prompt a version was trained with in place of its task's instructions (prompt
+    distillation, ``tuneloop train --system-prompt``): ``system`` ("" when trained with no system message)
+    stands for ``replaces``, the task's full instructions, which clients keep sending."""
+
+    system: str
+    replaces: str
+
+    @classmethod
+    def of(cls, version: Any) -> TrainedPrompt | None:
+        """A registered version's (``ModelVersionInfo``) trained prompt; None when it was trained with the
+        task's own instructions, whose chats are served as sent."""
+        distilled_from = getattr(version, "distilled_from", None)
+        if distilled_from is None:
+            return None
+        return cls(system=version.system_prompt, replaces=distilled_from)
+
+
+@dataclass(frozen=True)
 class Adapter:
     """A fine-tune applied over the backend's base for one request (many adapters share one base).
 
     ``id`` is the resolved immutable version id (``task@3``), the key of each backend's adapter cache.
     ``peft_dir`` is the PEFT adapter folder; ``gguf_path`` its GGUF LoRA export, which llama.cpp needs;
     ``content_hash`` the registered version's hash (vLLM loads the adapter under it).
+    ``prompt``: the version's trained prompt when it was distilled (``served_messages`` applies it).
     ``before_load``, when set, is called right before a backend reads the adapter's files (first use, and
     again after its LRU evicted it) and may raise to refuse them: the server checks the content hash there,
     which a batching backend does only when a batch forms, long after the request arrived.
@@ -37,7 +59,38 @@ class Adapter:
     peft_dir: Path
     gguf_path: Path | None = None
     content_hash: str | None = None
+    prompt: TrainedPrompt | None = None
     before_load: Callable[[], None] | None = field(default=None, compare=False, repr=False)
+
+
+SYSTEM_ROLES = ("system", "developer")
+
+
+def served_messages(messages: list[Message], adapter: Adapter | None) -> list[Message]:
+    """The chat as ``adapter``'s version was trained to see it: the one place a trained prompt is applied
+    (every backend calls it where a request starts, so the server and evals get the same).
+
+    When the version was trained with a short system prompt (or none) in place of its task's instructions,
+    and the chat opens with a system/developer message holding exactly those instructions (whitespace at the
+    ends aside), that message gets the trained prompt, or is dropped when the trained prompt is empty. Any
+    other chat is returned as it is: a client sending other instructions gets what it sent.
+    """
+    if adapter is None or adapter.prompt is None or not messages:
+        return messages
+    first = messages[0]
+    content = first.get("content")
+    if first.get("role") not in SYSTEM_ROLES or not isinstance(content, str):
+        return messages
+    if content.strip() != adapter.prompt.replaces.strip():
+        return messages
+    if not adapter.prompt.system:
+        return list(messages[1:])
+    return [{**first, "content": adapter.prompt.system}, *messages[1:]]
+
+
+def uses_trained_prompt(messages: list[Message], adapter: Adapter | None) -> bool:
+    """Whether ``served_messages`` changes this chat (the server reports it with the answer)."""
+    return served_messages(messages, adapter) is not messages
 
 
 @dataclass(frozen=True)
@@ -253,12 +306,14 @@ class TokenStreamBackend(ABC):
     @abstractmethod
     def _start(self, messages: list[Message], params: GenerationParams, adapter: Adapter | None) -> TokenRun:
         """Apply the adapter (None: the bare base), format and tokenize the chat, and begin generating
-        (lazily, as ``pieces`` is consumed)."""
+        (lazily, as ``pieces`` is consumed). ``messages`` come with the adapter's trained prompt applied
+        (``served_messages``, by ``generate``/``stream_deltas``)."""
 
     def generate(
         self, messages: list[Message], params: GenerationParams | None = None, adapter: Adapter | None = None
     ) -> Generation:
         params = params or GenerationParams()
+        messages = served_messages(messages, adapter)
         with self._exclusive():
             started = time.perf_counter()
             run = self._start(messages, params, adapter)
@@ -288,6 +343,7 @@ class TokenStreamBackend(ABC):
         """Like ``stream_generation``, each delta with the ``TokenLogprob`` of its tokens when
         ``params.logprobs`` is set (a delta may then carry tokens but no text: part of a character)."""
         params = params or GenerationParams()
+        messages = served_messages(messages, adapter)
         with self._exclusive():
             started = time.perf_counter()
             run = self._start(messages, params, adapter)

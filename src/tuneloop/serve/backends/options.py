@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     import torch
@@ -16,17 +16,24 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class LlamaCppOptions:
-    """llama.cpp: context window, threads (None: half the cores), adapters kept loaded (LRU), and the
-    weights: the GGUF as it is (``native``) or its float rewrite (``f16``/``f32``, bases/widen.py).
+    """llama.cpp: context window, threads (None: half the cores; ``"auto"``: measured at load, see
+    serve/backends/threads.py), adapters kept loaded (LRU), and the weights: the GGUF as it is
+    (``native``) or its float rewrite (``f16``/``f32``, bases/widen.py).
     ``grammar_first``: greedy structured output checks the argmax against the grammar first (False masks
-    the whole vocabulary every step, as llama.cpp's grammar sampler does; benchmarks compare)."""
+    the whole vocabulary every step, as llama.cpp's grammar sampler does; benchmarks compare).
+    ``prefix_cache_mb``: memory for the saved KV of prompt heads per version (0: off;
+    serve/backends/prompt_cache.py); answers are the same bits with it. ``forced_tokens``: append the
+    tokens a grammar forces in one step (``serve.grammar.ForcedTokens``): faster, but a step over several
+    tokens rounds differently and can flip a near tie, so it is off unless asked for."""
 
     n_ctx: int = 2048
-    n_threads: int | None = None
+    n_threads: int | Literal["auto"] | None = None
     max_adapters: int = 8
     grammar_first: bool = True
     weights: str = "native"
     cache_dir: Path | None = None
+    prefix_cache_mb: int = 256
+    forced_tokens: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,3 +67,18 @@ class VllmOptions:
 
 
 BackendOptions = LlamaCppOptions | TransformersOptions | VllmOptions
+
+
+def parse_threads(value: str | int | None, where: str = "--threads") -> int | Literal["auto"] | None:
+    """``--threads``: a positive count, or ``auto`` (measured at load, serve/backends/threads.py)."""
+    if value is None or value == "auto":
+        return value  # type: ignore[return-value]
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        from tuneloop.errors import TuneloopError
+
+        raise TuneloopError(f"threads must be a positive number or auto, not {value!r}", where=where)
+    return count

@@ -58,6 +58,7 @@ from tuneloop.serve.backends.base import (
     Message,
     TokenLogprob,
     delta_texts,
+    served_messages,
 )
 from tuneloop.serve.backends.options import VllmOptions
 from tuneloop.serve.grammar import llguidance_lark, schema_has_spans
@@ -491,10 +492,12 @@ class VllmBackend:
             with self.adapters.using(adapter) as name:
                 yield name
 
-    def _body(self, model: str, messages: list[Message], params: GenerationParams) -> dict[str, Any]:
+    def _body(
+        self, model: str, messages: list[Message], params: GenerationParams, adapter: Adapter | None
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": model,
-            "messages": messages,
+            "messages": served_messages(messages, adapter),  # the version's trained prompt, if distilled
             "max_tokens": params.max_tokens,
             "temperature": params.temperature,
             "top_p": params.top_p,
@@ -523,7 +526,7 @@ class VllmBackend:
         with self._model(adapter) as model:
             started = time.perf_counter()
             try:
-                response = self._client.post("/v1/chat/completions", json=self._body(model, messages, params))
+                response = self._client.post("/v1/chat/completions", json=self._body(model, messages, params, adapter))
             except httpx.TransportError as exc:
                 raise self._failure(f"no answer from vLLM: {exc}") from None
             if response.status_code >= 400:
@@ -565,7 +568,7 @@ class VllmBackend:
         usage: dict[str, Any] = {}
         with self._model(adapter) as model:
             body = {
-                **self._body(model, messages, params),
+                **self._body(model, messages, params, adapter),
                 "stream": True,
                 "stream_options": {"include_usage": True},
             }
