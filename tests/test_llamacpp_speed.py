@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -201,7 +200,7 @@ def test_sampling_at_a_temperature_repeats_with_its_seed_and_varies_without(cach
     assert len(others | {first}) > 1
 
 
-def test_a_head_cache_hit_does_not_outlive_the_backend(tmp_path: Path) -> None:
+def test_the_saved_heads_are_freed_with_the_backend() -> None:
     backend = backend_with()
     backend.generate(chat(LETTERS[0]), GenerationParams(max_tokens=1))
     assert backend.prefix_cache.bytes_used > 0

@@ -87,16 +87,17 @@ class PrefixCache:
         """Put the head's saved KV in the context (True), or False when it is not cached."""
         import llama_cpp
 
-        state = self._entries.get(_key(version, head))
+        key = _key(version, head)
+        state = self._entries.get(key)
         if state is None:
             self.stats.misses += 1
             return False
-        self._entries.move_to_end(_key(version, head))
+        self._entries.move_to_end(key)
         llama.reset()
         llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(llama.ctx), -1, -1, -1)
         buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
         if llama_cpp.llama_state_seq_set_data(llama.ctx, buffer, len(state), 0) != len(state):
-            del self._entries[_key(version, head)]  # unusable: prefill instead
+            del self._entries[key]  # unusable: prefill instead
             self.stats.misses += 1
             return False
         # Tell llama-cpp-python what the context holds, as its own eval would have.
