@@ -27,10 +27,10 @@ from typing import Any
 
 from tuneloop.errors import TuneloopError
 from tuneloop.generation import Message
+from tuneloop.serve.backends.base import SYSTEM_ROLES
 
 # Heads shorter than this are prefilled with the rest in one step: restoring saves too little to matter.
 MIN_CACHED_HEAD_TOKENS = 32
-_SYSTEM_ROLES = ("system", "developer")
 
 
 @dataclass
@@ -64,7 +64,7 @@ class PrefixCache:
         if not self.enabled:
             return 0
         count = 0
-        while count < len(messages) and messages[count]["role"] in _SYSTEM_ROLES:
+        while count < len(messages) and messages[count]["role"] in SYSTEM_ROLES:
             count += 1
         if count == len(messages):
             return 0  # nothing after the system messages: the head would be the whole prompt
