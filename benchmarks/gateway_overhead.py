@@ -19,57 +19,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 import yaml
+from harness import cpu_seconds, free_port, wait_http
 
 from tuneloop.testing.loadtest import chat_body, percentile, run_load
 
 LEVELS = ((1, 1000), (16, 4000), (64, 8000))  # (concurrency, requests measured), fast upstream
 SLOW_LEVEL = (64, 4000)  # the same at c=64 against an upstream that takes --slow-ms to answer
 WARMUP = 300
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url, timeout=2)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up")
-
-
-def cpu_seconds(process: psutil.Process | None) -> float:
-    if process is None:
-        return 0.0
-    total = sum(process.cpu_times()[:2])
-    for child in process.children(recursive=True):
-        with contextlib.suppress(psutil.NoSuchProcess):
-            total += sum(child.cpu_times()[:2])
-    return total
 
 
 def measure(url: str, model: str, concurrency: int, total: int, process: psutil.Process | None) -> dict[str, Any]:

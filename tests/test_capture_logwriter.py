@@ -140,6 +140,8 @@ def test_durable_journal_is_replayed_once_after_a_crash(tmp_path: Path) -> None:
     assert count_rows() == 0
     # Some reached the store just before the crash, before the journal was trimmed.
     StoreSink().write(journaled[:10])
+    # A process's death releases its journal slot's lock (the kernel does); this "dead" writer lives on here.
+    crashed.journal.release()
 
     restarted = LogWriter(StoreSink(), config, name="test-durable-b")
     assert restarted.replayed == 25

@@ -528,3 +528,34 @@ def test_review_flow_in_headless_chromium(tmp_path: Path, keys: dict[str, str]) 
             expect(entries).not_to_contain_text('"Lakeview Loan"')
         finally:
             browser.close()
+
+
+def test_the_models_page_shows_a_running_canary_with_its_figures_and_stops_it(
+    tmp_path: Path, client: TestClient, keys: dict[str, str]
+) -> None:
+    from tuneloop.registry.promotion import alias_history, promote
+    from tuneloop.registry.rollouts import get_rollout, record_figures, start_canary
+
+    register_versions(tmp_path, 2)
+    promote(TASK, f"{TASK}@1", "prod")
+    canary = start_canary(f"{TASK}@2", "prod", 5, actor="ana")
+    arm = {"calls": 120, "error_rate": 0.0, "check_failure_rate": 0.025, "p95_ms": 840.0}
+    record_figures(canary.id, {"kind": "canary", "arms": {"production": arm, "candidate": {**arm, "calls": 7}}})
+    token = login(client, keys["admin"])
+    overview = client.get("/models")
+    assert "canary" in overview.text and "candidate: 7 calls" in overview.text
+    page = client.get(f"/models/{TASK}")
+    rollouts = page.text[page.text.index('id="rollouts"') : page.text.index('id="versions"')]
+    assert f"{TASK}@2" in rollouts and "production: 120 calls" in rollouts and "p95 840 ms" in rollouts
+    assert "Stop canary" in rollouts
+    stopped = client.post(
+        f"/models/{TASK}/rollouts/stop", data={"csrf_token": token, "alias": "prod", "kind": "canary"}
+    )
+    assert stopped.status_code == 303 and get_rollout(canary.id).state == "stopped"
+    page = client.get(f"/models/{TASK}")
+    assert "stopped the canary" in page.text and "None running" in page.text
+    assert [move.kind for move in alias_history(TASK)] == ["move", "canary_start", "canary_stopped"]
+    assert alias_history(TASK)[-1].actor == "ana"
+    # Stopping what is not running is a message, not a crash; a read-only key cannot stop anything.
+    again = client.post(f"/models/{TASK}/rollouts/stop", data={"csrf_token": token, "alias": "prod", "kind": "canary"})
+    assert again.status_code == 303 and "has no canary running" in client.get(f"/models/{TASK}").text

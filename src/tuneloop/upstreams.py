@@ -14,6 +14,20 @@ environment variable that holds one, so the config can be shared and committed. 
 marks an upstream you run yourself (tuneloop serve, vLLM): evals cost it by machine time, not by a
 price per token.
 
+An upstream you run several copies of (replicas of ``tuneloop serve``, vLLM, any OpenAI-compatible server)
+lists them under ``base_urls`` instead of ``base_url``::
+
+      local:
+        base_urls: [http://10.0.0.1:8000/v1, http://10.0.0.2:8000/v1]
+        self_hosted: true
+        health_check_s: 5          # every replica's GET /models, this often (2 s timeout)
+        eject_after_failures: 3    # consecutive failed tries or health checks take a replica out
+        eject_for_s: 10            # out at least this long; back at the first health check that answers
+        affinity_margin: 4         # see tuneloop.capture.replicas
+
+The gateway balances calls over them (``capture/replicas.py``). Every other caller (evals, relabelling, a
+serve-time fallback) talks to one endpoint: ``Upstream.base_url``, the first replica.
+
 Every stage that calls an endpoint goes through here: evals and relabelling with the official ``openai``
 client (:meth:`Endpoint.client`), a serve-time fallback with :func:`post_chat_completion` (async httpx).
 The gateway's hot path forwards on its own aiohttp session (``capture/forwarding.py``) but resolves its
@@ -29,7 +43,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tuneloop.config import config_entry_error, get_settings, read_config_file
 from tuneloop.errors import TuneloopError
@@ -42,32 +56,79 @@ if TYPE_CHECKING:
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MAX_RETRIES = 2
+UPSTREAM_KEYS = (
+    "base_url (or base_urls), api_key_env, timeout_s, max_retries, self_hosted, health_check_s, "
+    "eject_after_failures, eject_for_s, affinity_margin"
+)
 
 
 class Upstream(BaseModel):
-    """One OpenAI-compatible API: where it is, which environment variable holds its key, how patient to be."""
+    """One OpenAI-compatible API: where it is (one base URL, or several replicas), which environment
+    variable holds its key, how patient to be, and how the gateway treats its replicas."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    base_url: str
+    # Written `base_url: <url>` (one) or `base_urls: [<url>, ...]` (replicas); held as the tuple either way.
+    base_urls: tuple[str, ...] = Field(min_length=1)
     api_key_env: str | None = None
     timeout_s: float = Field(default=DEFAULT_TIMEOUT_S, gt=0)
     max_retries: int = Field(default=DEFAULT_MAX_RETRIES, ge=0, le=10)
     self_hosted: bool = False
+    # Replica pools (the gateway; ignored with one base URL): see tuneloop.capture.replicas.
+    health_check_s: float = Field(default=5.0, ge=0.5, le=3600)
+    eject_after_failures: int = Field(default=3, ge=1, le=1000)
+    eject_for_s: float = Field(default=10.0, ge=0.1, le=3600)
+    affinity_margin: int = Field(default=4, ge=0, le=10_000)
 
-    @field_validator("base_url")
+    @model_validator(mode="before")
     @classmethod
-    def _http_url(cls, url: str) -> str:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"{url!r} is not an http(s) URL")
-        return url.rstrip("/")
+    def _one_url_or_several(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "base_url" not in data:
+            if isinstance(data, dict) and "base_urls" not in data:
+                raise ValueError("base_url (one server) or base_urls (a list of replicas) is required")
+            return data
+        if "base_urls" in data:
+            raise ValueError("give base_url (one server) or base_urls (replicas), not both")
+        url = data["base_url"]
+        if not isinstance(url, str):
+            raise ValueError("base_url takes one URL; list several replicas under base_urls")
+        # Checked here so the message names the key the user wrote (base_urls[0] would not be it).
+        return {**{k: v for k, v in data.items() if k != "base_url"}, "base_urls": (_http_url(url, "base_url"),)}
+
+    @field_validator("base_urls", mode="before")
+    @classmethod
+    def _a_list(cls, urls: Any) -> Any:
+        if isinstance(urls, str):
+            raise ValueError("a list of URLs ([http://a:8000/v1, http://b:8000/v1]); one URL goes under base_url")
+        if isinstance(urls, (list, tuple)) and not urls:
+            raise ValueError("an empty list: name at least one URL")
+        return urls
+
+    @field_validator("base_urls")
+    @classmethod
+    def _http_urls(cls, urls: tuple[str, ...]) -> tuple[str, ...]:
+        checked = tuple(_http_url(url, f"item {index}") for index, url in enumerate(urls))
+        if len(set(checked)) != len(checked):
+            raise ValueError("a replica is listed twice")
+        return checked
+
+    @property
+    def base_url(self) -> str:
+        """The first replica: the one endpoint of an upstream for callers that use one (evals, relabelling)."""
+        return self.base_urls[0]
 
     def api_key(self) -> str | None:
         """The key from the environment, or None when the upstream needs none or it is unset."""
         if not self.api_key_env:
             return None
         return os.environ.get(self.api_key_env) or None
+
+
+def _http_url(url: str, what: str) -> str:
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"{what}: {url!r} is not an http(s) URL")
+    return url.rstrip("/")
 
 
 def builtin_upstreams() -> dict[str, Upstream]:
@@ -86,11 +147,13 @@ def load_upstreams(config: Mapping[str, Any] | None = None) -> dict[str, Upstrea
     for name, entry in section.items():
         where = f"{source}: upstreams.{name}"
         if not isinstance(entry, dict):
-            raise TuneloopError("must be a mapping with base_url (and optionally api_key_env)", where=where)
+            raise TuneloopError(
+                "must be a mapping with base_url (or base_urls) and optionally api_key_env", where=where
+            )
         try:
             upstreams[str(name)] = Upstream.model_validate({**entry, "name": str(name)})
         except ValidationError as exc:
-            raise config_entry_error(exc, where, "base_url, api_key_env, timeout_s, max_retries, self_hosted") from None
+            raise config_entry_error(exc, where, UPSTREAM_KEYS) from None
     return upstreams
 
 
@@ -107,9 +170,10 @@ def get_upstream(name: str) -> Upstream:
 
 
 def upstream_for_base_url(base_url: str) -> Upstream | None:
-    """The configured upstream at this URL, if any: a bare endpoint URL borrows its key and timeouts."""
+    """The configured upstream at this URL (any of its replicas), if any: a bare endpoint URL borrows its key
+    and timeouts."""
     wanted = base_url.rstrip("/")
-    return next((upstream for upstream in load_upstreams().values() if upstream.base_url == wanted), None)
+    return next((upstream for upstream in load_upstreams().values() if wanted in upstream.base_urls), None)
 
 
 class EndpointName(Protocol):

@@ -4,6 +4,12 @@ A YAML file (``tuneloop gateway --config gateway.yaml``); every section is optio
 
     upstreams:                      # added to (and overriding) those in $TUNELOOP_HOME/config.yaml
       local: {base_url: http://127.0.0.1:8000/v1, self_hosted: true}
+      served:                       # a replica pool: calls balanced over several servers
+        base_urls: [http://10.0.0.1:8000/v1, http://10.0.0.2:8000/v1]
+        health_check_s: 5           # each replica's GET /models this often (2 s timeout)
+        eject_after_failures: 3     # consecutive failed tries or health checks take a replica out
+        eject_for_s: 10             # out at least this long, then back at the first check that answers
+        affinity_margin: 4          # calls more in flight a replica with the model loaded may have
     routes:                         # first match wins; `upstream/model` names need no route
       - match: "openai/*"           # the part after "openai/" is the model the upstream receives
         upstream: openai
@@ -25,14 +31,26 @@ A YAML file (``tuneloop gateway --config gateway.yaml``); every section is optio
       policy: block                 # block | drop, when the queue is full (the store is slow)
       durable: false                # journal every call to disk before answering; replayed at start
       fsync: batch                  # batch | always
+    rollouts:                       # canaries and shadows of aliases (tuneloop models canary/shadow)
+      refresh_s: 1                  # how often the active ones are re-read from the store
+      shadow_max_in_flight: 32      # mirrored calls at once; past it a call is not mirrored (counted)
+    watch:                          # figures, the canary guard and drift, computed in the gateway
+      enabled: true                 # false when a `tuneloop monitor watch` process does it instead
+      every_s: 10
+      shadow_window_s: 3600
+      drift: [liability-extraction@prod]   # models whose drift is watched (none by default)
+      drift_every_s: 300
+      drift_baseline: 7d
+      drift_window: 1d
     limits:                         # what one client may send (413 beyond)
       max_request_bytes: 8388608    # a chat completion's body (8 MiB)
       max_upload_bytes: 33554432    # a POST /v1/tuneloop/logs body (32 MiB)
       max_upload_records: 1000      # records in one upload
       max_model_labels: 500         # distinct `model` label values in the metrics
 
-Upstream definitions are the one kind from :mod:`tuneloop.upstreams` (base URL, the environment
-variable that holds the key, timeout, retries); keys are never written in a config file.
+Upstream definitions are the one kind from :mod:`tuneloop.upstreams` (base URL or replicas, the environment
+variable that holds the key, timeout, retries, the pool's health settings); keys are never written in a
+config file. How a pool picks a replica, ejects and re-admits one: :mod:`tuneloop.capture.replicas`.
 """
 
 from __future__ import annotations
@@ -46,6 +64,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tuneloop.capture.redaction import PatternTooCostly, check_pattern
 from tuneloop.config import get_settings, read_config_file
+from tuneloop.durations import parse_duration
 from tuneloop.errors import TuneloopError
 from tuneloop.store.keys import AuthMode
 from tuneloop.upstreams import Upstream, load_upstreams
@@ -152,6 +171,30 @@ class LimitsConfig(_Strict):
     max_model_labels: int = Field(default=500, ge=1, le=100_000)
 
 
+class RolloutsConfig(_Strict):
+    refresh_s: float = Field(default=1.0, gt=0, le=3600)
+    shadow_max_in_flight: int = Field(default=32, ge=1, le=100_000)
+
+
+class WatchConfig(_Strict):
+    enabled: bool = True
+    every_s: float = Field(default=10.0, ge=0.1, le=86_400)
+    shadow_window_s: float = Field(default=3600.0, gt=0)
+    drift: list[str] = Field(default_factory=list)
+    drift_every_s: float = Field(default=300.0, ge=1)
+    drift_baseline: str = "7d"
+    drift_window: str = "1d"
+
+    @field_validator("drift_baseline", "drift_window")
+    @classmethod
+    def _a_duration(cls, text: str) -> str:
+        try:
+            parse_duration(text, "watch")
+        except TuneloopError as exc:
+            raise ValueError(f"{exc.message}: {exc.hint}") from None
+        return text
+
+
 class GatewayConfig(_Strict):
     """Everything ``tuneloop gateway`` needs besides host and port."""
 
@@ -161,6 +204,8 @@ class GatewayConfig(_Strict):
     redact: RedactConfig = Field(default_factory=RedactConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    rollouts: RolloutsConfig = Field(default_factory=RolloutsConfig)
+    watch: WatchConfig = Field(default_factory=WatchConfig)
     # Seconds between reloads of the API keys from the store (new keys also load on first sight).
     keys_refresh_s: float = Field(default=5.0, gt=0)
     # Serve the web UI (tuneloop.ui, docs/ui.md) under /ui of the gateway.
@@ -176,7 +221,18 @@ class GatewayConfig(_Strict):
         return self
 
 
-_SECTION_KEYS = {"upstreams", "routes", "auth", "redact", "logging", "limits", "keys_refresh_s", "ui"}
+_SECTION_KEYS = {
+    "upstreams",
+    "routes",
+    "auth",
+    "redact",
+    "logging",
+    "limits",
+    "rollouts",
+    "watch",
+    "keys_refresh_s",
+    "ui",
+}
 
 
 def load_gateway_config(

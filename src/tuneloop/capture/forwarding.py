@@ -8,8 +8,17 @@ say the same), except 401/403, which mean the gateway's own credentials were ref
 to the next target without retrying. A 2xx whose body is not a JSON object is no answer: it counts as a
 502 (``invalid_response``), retried and reported like one.
 
-Every try is recorded as an :class:`Attempt`; the time spent waiting on upstreams (and backing off
-because of them) is summed so the gateway can report its own overhead apart from it.
+An upstream with several base URLs is a replica pool (:mod:`replicas`): each try goes to the replica
+its pool picks (least outstanding, adapter affinity, ejected ones left out). A failed try marks its replica,
+and the next try of the call goes to a replica it has not tried yet, at once (no backoff: another server is
+not the one that just failed); only when every replica was tried does it back off as above. A connection
+refused or reset (nothing was answered) that moves to an untried replica does not count against the
+retries, so a replica that is killed costs no call even with ``retries: 0``; a timeout counts. A stream is
+retried the same way until its first byte has arrived (it is read before the stream is handed on, so a
+replica that dies right after its headers is just another failed try); after that, no try can be undone.
+
+Every try is recorded as an :class:`Attempt` (with the replica's URL for a pool); the time spent waiting on
+upstreams (and backing off because of them) is summed so the gateway can report its own overhead apart from it.
 
 The client is aiohttp's: its HTTP parser is in C and its pool hands out a keep-alive connection in
 constant time (httpx2's pool scans its idle connections in Python). benchmarks/gateway_overhead.py
@@ -22,15 +31,17 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import orjson
 
+from tuneloop.capture.replicas import PROBE_TIMEOUT_S, Replica, ReplicaPool
 from tuneloop.capture.routing import MAX_BACKOFF_MS, Target
 from tuneloop.protocol import error_bytes, is_error_body
+from tuneloop.upstreams import Upstream
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504}) | frozenset(range(505, 600))
 CREDENTIAL_STATUSES = frozenset({401, 403})
@@ -51,6 +62,7 @@ class Attempt:
     latency_ms: float
     http_status: int | None = None
     error: str | None = None
+    replica: str | None = None  # the base URL tried, for an upstream with several
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -59,6 +71,7 @@ class Attempt:
             "outcome": self.outcome,
             "http_status": self.http_status,
             "latency_ms": round(self.latency_ms, 3),
+            **({"replica": self.replica} if self.replica else {}),
             **({"error": self.error} if self.error else {}),
         }
 
@@ -100,31 +113,70 @@ class UpstreamReply:
 
 
 class UpstreamStream:
-    """A streamed answer being received: its body as it arrives (``aiter_raw``), then ``aclose``.
+    """A streamed answer being received: its body as it arrives (``aiter_raw``, starting with the first
+    chunk, read before the stream was handed on), then ``aclose``.
 
     Reading raises one of :data:`UPSTREAM_ERRORS` when the upstream breaks off or goes quiet for longer
     than the target's timeout.
     """
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, first: bytes, replica: Replica | None = None) -> None:
         self.response = response
+        self.first = first
+        self.replica = replica  # a pool's replica: the stream counts as outstanding there until closed
 
-    def aiter_raw(self) -> AsyncIterator[bytes]:
-        return self.response.content.iter_any()
+    def aiter_raw(self) -> _Chunks:
+        first, self.first = self.first, b""
+        return _Chunks(first, self.response.content.readany)
 
     async def aclose(self) -> None:
+        self._release()
         if self.response.content.at_eof():
             self.response.release()  # read to the end: the connection goes back to the pool
         else:
             self.response.close()  # abandoned midway: the connection cannot be reused
 
+    def _release(self) -> None:
+        replica, self.replica = self.replica, None
+        if replica is not None:
+            replica.outstanding -= 1
+
+    def __del__(self) -> None:
+        self._release()  # a stream dropped without aclose (its relay never started) leaves no count behind
+
+
+class _Chunks:
+    """A stream's chunks as ``iter_any`` gives them, after the one read already."""
+
+    __slots__ = ("first", "read")
+
+    def __init__(self, first: bytes, read: Any) -> None:
+        self.first, self.read = first, read
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self.first:
+            chunk, self.first = self.first, b""
+            return chunk
+        chunk: bytes = await self.read()
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
+
 
 class UpstreamClient:
-    """The gateway's calls upstream, over one connection pool (created in the event loop at first use)."""
+    """The gateway's calls upstream, over one connection pool (created in the event loop at first use), and
+    the replica pool of each upstream (``upstreams``: those the config names; others get one at first use)."""
 
-    def __init__(self, max_connections: int = MAX_CONNECTIONS) -> None:
+    def __init__(
+        self, upstreams: Mapping[str, Upstream] | None = None, *, max_connections: int = MAX_CONNECTIONS
+    ) -> None:
         self.max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self.pools: dict[str, ReplicaPool] = {name: ReplicaPool(up) for name, up in (upstreams or {}).items()}
+        self._checks: asyncio.Task[None] | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -137,8 +189,59 @@ class UpstreamClient:
         return self._session
 
     async def close(self) -> None:
+        if self._checks is not None:
+            self._checks.cancel()
+            self._checks = None
         if self._session is not None:
             await self._session.close()
+
+    # --- replica pools ----------------------------------------------------------------------------
+
+    def pool(self, upstream: Upstream) -> ReplicaPool:
+        """``upstream``'s replica pool (a new one when its definition changed)."""
+        pool = self.pools.get(upstream.name)
+        if pool is None or (pool.upstream is not upstream and pool.upstream != upstream):
+            pool = self.pools[upstream.name] = ReplicaPool(upstream)
+        return pool
+
+    def live_base_url(self, upstream: Upstream) -> str:
+        """A base URL of ``upstream`` that is in its pool (the first, with one), for calls besides chat."""
+        pool = self.pool(upstream)
+        return pool.pick("").url if pool.several else upstream.base_url
+
+    def replica_states(self) -> dict[str, list[dict[str, Any]]]:
+        """Each pool with several replicas: each replica's state (for /healthz)."""
+        return {name: pool.states() for name, pool in self.pools.items() if pool.several}
+
+    def start_health_checks(self) -> asyncio.Task[None] | None:
+        """Health-check the replicas of every pool in the background (from the event loop); None without pools."""
+        if self._checks is None and any(pool.several for pool in self.pools.values()):
+            self._checks = asyncio.get_running_loop().create_task(self.check_replicas_forever())
+        return self._checks
+
+    async def check_replicas_forever(self) -> None:
+        """Every replica's ``GET /models``, when it is due (pools added later are checked too)."""
+        while True:
+            pools = [pool for pool in self.pools.values() if pool.several]
+            now = time.monotonic()
+            due = [(pool, r) for pool in pools for r in pool.replicas if r.next_check_at <= now]
+            if due:
+                await asyncio.gather(*(self._check(pool, replica) for pool, replica in due))
+            next_at = min((r.next_check_at for pool in pools for r in pool.replicas), default=now + 1.0)
+            # At most half a second asleep: a replica ejected meanwhile is due eject_for_s after that.
+            await asyncio.sleep(min(max(next_at - time.monotonic(), 0.01), 0.5))
+
+    async def _check(self, pool: ReplicaPool, replica: Replica) -> None:
+        api_key = pool.upstream.api_key()
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        try:
+            listing = await self.get_json(replica.models_url, headers, PROBE_TIMEOUT_S)
+        except (*UPSTREAM_ERRORS, ValueError) as exc:
+            pool.checked(replica, None, f"GET /models: {_name(exc)}: {exc}".rstrip(": "))
+        else:
+            pool.checked(replica, listing)
+
+    # --- calls ------------------------------------------------------------------------------------
 
     async def get_json(self, url: str, headers: dict[str, str], timeout_s: float) -> Any:
         """GET a JSON document (listing an upstream's models); raises UPSTREAM_ERRORS or ValueError."""
@@ -152,21 +255,27 @@ class UpstreamClient:
         assert reply.stream is not None
         await reply.stream.aclose()
 
-    async def call(self, targets: list[Target], body: dict[str, Any], *, stream: bool) -> UpstreamReply:
-        """Send ``body`` (its ``model`` replaced per target) through the targets until one answers."""
+    async def call(
+        self, targets: list[Target], body: dict[str, Any], *, stream: bool, extra_headers: dict[str, str] | None = None
+    ) -> UpstreamReply:
+        """Send ``body`` (its ``model`` replaced per target) through the targets until one answers;
+        ``extra_headers`` go with it (a shadow call's ``x-tuneloop-shadow``)."""
         attempts: list[Attempt] = []
         wait_s = 0.0
         last: UpstreamReply | None = None
         for target in targets:
+            pool = self.pool(target.upstream)
+            several = pool.several
             payload = orjson.dumps({**body, "model": target.model})
             headers = {
                 "content-type": "application/json",
                 "accept": "text/event-stream" if stream else "application/json",
             }
+            if extra_headers:
+                headers.update(extra_headers)
             api_key = target.upstream.api_key()
             if api_key:
                 headers["authorization"] = f"Bearer {api_key}"
-            url = f"{target.upstream.base_url}/chat/completions"
             # As patient as the target's timeout for a free connection and for each read, connecting at most 10 s.
             timeout = aiohttp.ClientTimeout(
                 total=None,
@@ -174,9 +283,15 @@ class UpstreamClient:
                 sock_connect=min(CONNECT_TIMEOUT_S, target.timeout_s),
                 sock_read=target.timeout_s,
             )
-            for try_number in range(target.retries + 1):
+            replica = pool.pick(target.model) if several else pool.only
+            tried: list[Replica] = []
+            tries_left, backoffs = target.retries + 1, 0
+            while True:
                 started = time.perf_counter()
-                reply = await self._send(target, url, payload, headers, timeout, stream)
+                if several:
+                    reply = await self._send_counted(pool, replica, target, payload, headers, timeout, stream)
+                else:
+                    reply = await self._send(target, replica, payload, headers, timeout, stream)
                 elapsed = time.perf_counter() - started
                 wait_s += elapsed
                 attempt = reply.attempts[0]
@@ -191,30 +306,69 @@ class UpstreamClient:
                         break  # next target: this upstream refused our key
                     return _final_failure(reply, attempts)  # the client's mistake: any upstream would say so
                 last = reply
-                if try_number == target.retries:
+                if several:
+                    tried.append(replica)
+                    replica = pool.pick(target.model, tried)
+                    fresh = replica not in tried
+                    # Nothing was answered: another replica is owed the try, not the retries.
+                    if not (fresh and attempt.outcome == "connection_error"):
+                        tries_left -= 1
+                else:
+                    fresh = False
+                    tries_left -= 1
+                if tries_left <= 0:
                     break
-                delay = _backoff_s(target, try_number, reply.headers.get("retry-after"))
+                if fresh:
+                    continue  # another server than the one that failed: no reason to wait
+                delay = _backoff_s(target, backoffs, reply.headers.get("retry-after"))
                 if delay is None:
                     break  # the upstream asks for a longer pause than we would make a client wait
+                backoffs += 1
                 await asyncio.sleep(delay)
                 wait_s += delay
         assert last is not None
         last.attempts, last.wait_s = attempts, wait_s
         return _final_failure(last, attempts)
 
-    async def _send(
+    async def _send_counted(
         self,
+        pool: ReplicaPool,
+        replica: Replica,
         target: Target,
-        url: str,
         payload: bytes,
         headers: dict[str, str],
         timeout: aiohttp.ClientTimeout,
         stream: bool,
     ) -> UpstreamReply:
-        label = target.upstream.name
+        """A try on a pool's replica: counted as outstanding while it runs (a stream until it is closed),
+        its result told to the pool."""
+        replica.outstanding += 1
+        held: Replica | None = None
+        try:
+            reply = await self._send(target, replica, payload, headers, timeout, stream)
+            if reply.stream is not None:
+                reply.stream.replica = held = replica  # released when the stream is closed
+        finally:
+            if held is None:
+                replica.outstanding -= 1
+        attempt = reply.attempts[0]
+        attempt.replica = replica.url
+        pool.observe(replica, reply.status, attempt.outcome, target.model, attempt.error)
+        return reply
+
+    async def _send(
+        self,
+        target: Target,
+        replica: Replica,
+        payload: bytes,
+        headers: dict[str, str],
+        timeout: aiohttp.ClientTimeout,
+        stream: bool,
+    ) -> UpstreamReply:
+        label = replica.label
         try:
             response = await self.session.post(
-                url, data=payload, headers=headers, timeout=timeout, allow_redirects=False
+                replica.chat_url, data=payload, headers=headers, timeout=timeout, allow_redirects=False
             )
         except TimeoutError as exc:
             return _failed(target, 504, "timeout", f"{label} timed out after {target.timeout_s:g}s ({_name(exc)})")
@@ -223,12 +377,27 @@ class UpstreamClient:
         passed = {name: response.headers[name] for name in PASSED_RESPONSE_HEADERS if name in response.headers}
         passed["content-type"] = response.headers.get("content-type", "application/json")
         ok = 200 <= response.status < 300
-        attempt = Attempt(label, target.model, "ok" if ok else f"http_{response.status}", 0.0)
+        attempt = Attempt(target.upstream.name, target.model, "ok" if ok else f"http_{response.status}", 0.0)
         attempt.http_status = response.status
         if stream and ok:
-            return UpstreamReply(
-                response.status, target, stream=UpstreamStream(response), headers=passed, attempts=[attempt]
-            )
+            # The first chunk is read here, so a replica that fails before it is a failed try like any other.
+            try:
+                first = await response.content.readany()
+            except TimeoutError as exc:
+                response.close()
+                return _failed(
+                    target, 504, "timeout", f"{label} timed out before the stream's first byte ({_name(exc)})"
+                )
+            except aiohttp.ClientError as exc:
+                response.close()
+                return _failed(
+                    target, 502, "connection_error", f"{label} broke off the stream before its first byte: {_name(exc)}"
+                )
+            if not first:
+                response.close()
+                return _failed(target, 502, "connection_error", f"{label} ended the stream before its first byte")
+            upstream_stream = UpstreamStream(response, first)
+            return UpstreamReply(response.status, target, stream=upstream_stream, headers=passed, attempts=[attempt])
         try:
             body = await response.read()
         except TimeoutError as exc:

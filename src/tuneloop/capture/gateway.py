@@ -32,9 +32,11 @@ import asyncio
 import gc
 import json
 import logging
+import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -42,7 +44,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import ValidationError
 from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect
@@ -63,8 +65,11 @@ from tuneloop.capture.records import (
     resolved_model,
 )
 from tuneloop.capture.redaction import Redactor
+from tuneloop.capture.replicas import ReplicaCollector
+from tuneloop.capture.rollouts import ROLLOUT_HEADER, MirroredCall, RolloutChoice, RolloutTable
 from tuneloop.capture.routing import Router, Target
 from tuneloop.cost import load_price_table
+from tuneloop.monitor.watch import Watcher
 from tuneloop.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -121,6 +126,57 @@ TTFT = Histogram(
 )
 TOKENS = Counter("tuneloop_gateway_tokens_total", "Tokens by answering model and kind", ["model", "kind"])
 
+# Set for the workers of `tuneloop gateway --workers N` (capture/server.py): prometheus_client then keeps
+# every metric's value in a file per process under it, and /metrics sums them (all_workers_metrics).
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+PER_PROCESS_METRICS = ("process_", "python_")  # one process's CPU, memory, GC: not the gateway's
+
+
+def all_workers_metrics(registries: list[CollectorRegistry]) -> bytes:
+    """``/metrics`` of a worker of ``tuneloop gateway --workers N``: the figures of every worker, whichever one
+    the scrape reached. Counters and histograms are summed over the workers, those that died included (so
+    totals never go back); a gauge follows its ``multiprocess_mode`` (the log queue's depth: the sum over the
+    live workers; one left at "all" shows a sample per worker, labelled ``pid``). What a registry computes at
+    scrape time (the review queue's depth, from the store) comes from this worker, once; per-process
+    collectors (``process_*``, ``python_*``) are left out."""
+    from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+    directory = os.environ[MULTIPROCESS_DIR_ENV]
+    for path in Path(directory).glob("gauge_live*_*.db"):  # a dead worker's live gauges must not count
+        pid = path.stem.rsplit("_", 1)[1]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            mark_process_dead(int(pid), directory)
+        except PermissionError:  # alive, another user's
+            pass
+    shared = list(MultiProcessCollector(None, directory).collect())
+    names = {family.name for family in shared}
+    local = [
+        family
+        for registry in registries
+        for family in registry.collect()
+        if family.name not in names and not family.name.startswith(PER_PROCESS_METRICS)
+    ]
+    merged = CollectorRegistry()
+    merged.register(_Families([*shared, *local]))
+    return generate_latest(merged)
+
+
+class _Families:
+    """Metric families already collected, as a collector (for generate_latest)."""
+
+    def __init__(self, families: list[Any]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Any]:
+        return self.families
+
+    def describe(self) -> list[Any]:
+        return []
+
 
 class Gateway:
     """The running gateway's state: config, router, upstream client, keys and log writer."""
@@ -144,11 +200,19 @@ class Gateway:
         # Checks and on_check_failure on each answer of a task (tuneloop.review.policy); their
         # metrics live on a registry of this gateway, so several gateways can share a process.
         self.review_registry = CollectorRegistry()
+        # Replica pools' states (up, outstanding, ejections), read at scrape time.
+        self.review_registry.register(ReplicaCollector(lambda: self.upstreams.pools.values() if self.upstreams else ()))
         self.review = ReviewPolicy(
             url=url,
             metrics=ReviewMetrics(self.review_registry, "tuneloop_gateway", url=url, labels=self.model_labels),
             redact=self.redactor.json if self.redactor.enabled else None,
         )
+        # Canaries and shadows of aliases (re-read every rollouts.refresh_s), and the watcher that computes
+        # their figures, trips canary guards and watches drift (every watch.every_s, when watch.enabled).
+        self.rollouts = RolloutTable(
+            url, refresh_s=config.rollouts.refresh_s, shadow_max_in_flight=config.rollouts.shadow_max_in_flight
+        )
+        self.watcher = self._watcher() if config.watch.enabled else None
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -157,12 +221,43 @@ class Gateway:
         sink = StoreSink(self.url, prices=load_price_table(), redactor=self.redactor)
         self.writer = LogWriter(sink, self.config.logging, name="gateway")
         self.keys = KeyRing(self.url, refresh_s=self.config.keys_refresh_s)
-        self.upstreams = UpstreamClient()
+        self.upstreams = UpstreamClient(self.config.upstreams)  # and a replica pool per upstream
+        try:  # before the first call: a running canary applies from it on
+            self.rollouts.refresh()
+        except Exception:  # the store is away; calls are served, and the refresher tries again each second
+            log.exception("reading the active rollouts failed at start")
         for target_name, upstream in self.config.upstreams.items():
             if upstream.api_key_env and upstream.api_key() is None and self._routed(target_name):
                 log.warning(
                     "upstream %s: %s is not set; calls to it will be refused", target_name, upstream.api_key_env
                 )
+
+    def _watcher(self) -> Watcher:
+        from datetime import timedelta
+
+        from tuneloop.durations import parse_duration
+
+        watch = self.config.watch
+        return Watcher(
+            self.url,
+            shadow_window_s=watch.shadow_window_s,
+            drift_models=watch.drift,
+            drift_every_s=watch.drift_every_s,
+            drift_baseline=timedelta(seconds=parse_duration(watch.drift_baseline, "watch.drift_baseline")),
+            drift_window=timedelta(seconds=parse_duration(watch.drift_window, "watch.drift_window")),
+        )
+
+    async def watch_forever(self) -> None:
+        assert self.watcher is not None
+        while True:
+            await asyncio.sleep(self.config.watch.every_s)
+            try:
+                found = await asyncio.to_thread(self.watcher.run_once)
+            except Exception:
+                log.exception("a round of watching rollouts and drift failed")
+                continue
+            if found.tripped:
+                await asyncio.to_thread(self.rollouts.refresh)  # stop sending calls to a tripped canary now
 
     def _routed(self, upstream: str) -> bool:
         return any(route.upstream == upstream for route in self.config.routes)
@@ -235,20 +330,53 @@ class Gateway:
         targets = self.router.targets_for(model)
         forward = {name: value for name, value in payload.items() if name not in NOT_FORWARDED}
         assert self.upstreams is not None
+        production_targets = targets
+        choice = self.rollouts.choose(targets[0].model, payload, metadata) if not self.rollouts.empty else None
+        if choice is not None and choice.canary is not None:
+            base.rollout_id, base.rollout_arm = choice.canary.id, choice.arm
+            if choice.arm == "candidate":
+                targets = RolloutTable.candidate_targets(targets, choice.canary.candidate)
+        # A shadow compares its candidate with production: a call the canary's candidate answered is not mirrored.
+        mirror = choice is not None and choice.shadow is not None and log_it and choice.arm != "candidate"
         mode = self.review.stream_mode(targets[0].label, payload) if payload.get("stream") else "none"
         if payload.get("stream") and mode != "buffered":
             reply = await self.upstreams.call(targets, forward, stream=True)
+            _mark_rollout(reply, choice)
             if reply.ok:
-                return self._relay_stream(reply, base, started, log_it, payload if mode == "live" else None)
+                answered = self._shadow_hook(choice, production_targets, forward, base) if mirror else None
+                return self._relay_stream(
+                    reply, base, started, log_it, payload if mode == "live" else None, on_answer=answered
+                )
             return await self._whole_response(reply, base, started, log_it)
         if mode == "buffered":  # checked whole before any of it leaves, then sent as a stream
             forward = {name: value for name, value in forward.items() if name not in ("stream", "stream_options")}
         reply = await self.upstreams.call(targets, forward, stream=False)
+        _mark_rollout(reply, choice)
         if reply.ok:
             rejected = await self._review(reply, base, payload, forward, log_it)
             if rejected is not None:
+                _mark_rollout(rejected, choice)
                 return await self._whole_response(rejected, base, started, log_it)
-        return await self._whole_response(reply, base, started, log_it, as_stream=mode == "buffered")
+        response = await self._whole_response(reply, base, started, log_it, as_stream=mode == "buffered")
+        if mirror and reply.ok:
+            self._shadow_hook(choice, production_targets, forward, base)(reply.json_object())
+        return response
+
+    def _shadow_hook(
+        self, choice: RolloutChoice | None, targets: list[Target], forward: dict[str, Any], record: CallRecord
+    ) -> Callable[[dict[str, Any] | None], None]:
+        """What starts mirroring this call to its shadow once production's answer is known."""
+        assert choice is not None and choice.shadow is not None and self.upstreams is not None
+        shadow, upstreams, writer = choice.shadow, self.upstreams, self.writer
+        assert writer is not None
+
+        async def call(to: list[Target], body: dict[str, Any], headers: dict[str, str]) -> UpstreamReply:
+            return await upstreams.call(to, body, stream=False, extra_headers=headers)
+
+        def start(answer: dict[str, Any] | None) -> None:
+            self.rollouts.mirror(shadow, MirroredCall(call, targets, forward, record, answer, writer.submit))
+
+        return start
 
     async def _review(
         self, reply: UpstreamReply, record: CallRecord, payload: dict[str, Any], forward: dict[str, Any], log_it: bool
@@ -278,7 +406,7 @@ class Gateway:
                 metadata={**record.metadata, "fallback_for": record.capture_id},
                 api_key_id=record.api_key_id,
             )
-            _fill_from_reply(logged, second)
+            fill_from_reply(logged, second)
             if log_it:  # both calls are logged: the draft (this call's row) and the fallback
                 await self.writer.submit(logged)
             if not second.ok or second.target is None:
@@ -351,7 +479,7 @@ class Gateway:
     ) -> Response:
         elapsed = time.perf_counter() - started
         overhead = max(elapsed - reply.wait_s - reply.checks_s, 0.0)
-        _fill_from_reply(record, reply)
+        fill_from_reply(record, reply)
         record.status = "ok" if reply.ok else "error"
         record.http_status = reply.status
         if record.response_body is None:  # a rejected or replaced answer keeps the draft in the log
@@ -386,16 +514,19 @@ class Gateway:
         started: float,
         log_it: bool,
         check: dict[str, Any] | None = None,
+        *,
+        on_answer: Callable[[dict[str, Any] | None], None] | None = None,
     ) -> Response:
         """Pass the upstream's stream on as it comes; ``check`` (the request) asks for the task's checks on
-        the whole answer once it has arrived, with their result sent before ``[DONE]``."""
+        the whole answer once it has arrived, with their result sent before ``[DONE]``; ``on_answer`` gets the
+        reassembled answer of a stream that ended well (a shadow starts from it)."""
         assert reply.stream is not None and self.writer is not None and self.upstreams is not None
         upstream_response, upstreams = reply.stream, self.upstreams
         writer, durable = self.writer, self.writer.journal is not None
         # [DONE] is held back when something must come before it: the journal write, or the check's result.
         hold_done = durable or check is not None
         overhead_to_first_byte = max(time.perf_counter() - started - reply.wait_s, 0.0)
-        _fill_from_reply(record, reply)
+        fill_from_reply(record, reply)
         record.stream = True
         record.http_status = reply.status
 
@@ -471,6 +602,8 @@ class Gateway:
                         _observe_call(record, answer, self.model_labels)
                         if log_it:
                             await writer.submit(record)
+                        if on_answer is not None and answer is not None:
+                            on_answer(answer)
             if tail:
                 yield tail
 
@@ -557,7 +690,8 @@ class Gateway:
         headers = {"authorization": f"Bearer {upstream.api_key()}"} if upstream.api_key() else {}
         assert self.upstreams is not None
         try:
-            listing = await self.upstreams.get_json(f"{upstream.base_url}/models", headers, timeout_s=5.0)
+            base_url = self.upstreams.live_base_url(upstream)  # of a pool: a replica that is up
+            listing = await self.upstreams.get_json(f"{base_url}/models", headers, timeout_s=5.0)
             data = listing.get("data") or []
         except (*UPSTREAM_ERRORS, ValueError, AttributeError) as exc:
             log.info("listing the models of upstream %s failed: %s", name, exc)
@@ -614,6 +748,9 @@ class Gateway:
             "dropped": writer.dropped if writer else None,
             "replayed_at_start": writer.replayed if writer else None,
             "durable": bool(writer and writer.journal),
+            "pid": os.getpid(),  # with --workers N, the worker that answered
+            # Upstreams with several base URLs: each replica up or ejected, its calls in flight.
+            "replicas": self.upstreams.replica_states() if self.upstreams else {},
         }
 
 
@@ -709,7 +846,14 @@ def _answered_by(reply: UpstreamReply, completion: dict[str, Any]) -> str:
     return answering_model(reply.target.upstream.name, reply.target.model, completion)
 
 
-def _fill_from_reply(record: CallRecord, reply: UpstreamReply) -> None:
+def _mark_rollout(reply: UpstreamReply, choice: RolloutChoice | None) -> None:
+    """Name the canary arm (and the version) that answered, in the response's headers."""
+    header = choice.header() if choice is not None else None
+    if header is not None:
+        reply.headers[ROLLOUT_HEADER] = header
+
+
+def fill_from_reply(record: CallRecord, reply: UpstreamReply) -> None:
     target: Target | None = reply.target
     if target is not None:
         record.upstream, record.upstream_model = target.upstream.name, target.model
@@ -790,6 +934,8 @@ def create_app(config: GatewayConfig, url: str | None = None, *, freeze_heap: bo
         await asyncio.to_thread(gateway.start)
         # The models the upstreams list, for the metrics' labels: up to a second's wait, so the first calls
         # are labelled by name; a slower listing goes on in the background.
+        assert gateway.upstreams is not None
+        gateway.upstreams.start_health_checks()  # of replica pools; stopped by gateway.stop()
         listing = gateway.refresh_model_listing()
         if listing is not None:
             await asyncio.wait({listing}, timeout=MODELS_LISTING_WAIT_S)
@@ -797,10 +943,16 @@ def create_app(config: GatewayConfig, url: str | None = None, *, freeze_heap: bo
             gc.collect()
             gc.freeze()
         refresher = asyncio.create_task(gateway.refresh_keys_forever())
+        background = [asyncio.create_task(gateway.rollouts.refresh_forever())]
+        if gateway.watcher is not None:
+            background.append(asyncio.create_task(gateway.watch_forever()))
         try:
             yield
         finally:
             refresher.cancel()
+            for task in background:
+                task.cancel()
+            await gateway.rollouts.close()  # mirrored calls in flight reach the log before it drains
             await gateway.stop()
 
     app = GatewayApp(
@@ -831,7 +983,15 @@ def create_app(config: GatewayConfig, url: str | None = None, *, freeze_heap: bo
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        body = generate_latest() + await asyncio.to_thread(generate_latest, gateway.review_registry)
+        registries = [gateway.review_registry, gateway.rollouts.registry]
+        if gateway.watcher is not None:
+            registries.append(gateway.watcher.registry)
+        if MULTIPROCESS_DIR_ENV in os.environ:  # a worker of `tuneloop gateway --workers N`: every worker's figures
+            body = await asyncio.to_thread(all_workers_metrics, [REGISTRY, *registries])
+            return Response(body, media_type=CONTENT_TYPE_LATEST)
+        body = generate_latest() + b"".join(
+            [await asyncio.to_thread(generate_latest, registry) for registry in registries]
+        )
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")

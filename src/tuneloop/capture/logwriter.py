@@ -26,19 +26,32 @@ Durable mode (``durable: true``) appends each record to a local journal before t
 loses no call whose response was completed. Rows carry a unique ``capture_id``, so a replay never
 logs a call twice. A journaled record the store refuses, or a damaged journal line, becomes a dead letter:
 it can never block a start.
+
+Several processes on one journal directory (``tuneloop gateway --workers N``, or two gateways with the same
+``journal_dir``) each own a *slot* of it: slot 0 is the directory itself (where a lone gateway has always
+written), slot k the subdirectory ``worker-k``. A process holds an exclusive ``flock`` on its slot's
+``.lock`` for as long as it runs and takes the lowest slot no one holds (:meth:`Journal.claim`), so no two
+processes ever append to, replay or delete the same segments. The kernel drops a lock when its process dies,
+``kill -9`` included, so a dead process's slot is free again: at its start a writer replays its own slot
+(what the slot's last holder left) and then every other slot that holds segments and no lock
+(:meth:`Journal.orphans`), each under that slot's lock. Slots go by lock, not by pid (a dead worker's pid is
+never seen again, and pids are reused) nor by uvicorn's worker order (a worker does not know it, and a
+replacement does not inherit it): whatever the number of workers at the next start, every journal left by
+a process that died is replayed by the first writer that starts after it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,6 +63,7 @@ from tuneloop.capture.dead_letters import DeadLetterEntry, dead_letter_file, des
 from tuneloop.capture.records import CallRecord, record_to_row, redacted_record, storable_row
 from tuneloop.capture.redaction import Redactor
 from tuneloop.cost import PriceTable
+from tuneloop.errors import TuneloopError
 from tuneloop.store.models import utcnow
 
 log = logging.getLogger(__name__)
@@ -60,7 +74,10 @@ RECORDS = Counter(
     "dead_letter (refused by the store, kept aside) or lost (the store failed past shutdown)",
     ["writer", "outcome"],
 )
-QUEUE_DEPTH = Gauge("tuneloop_capture_queue_depth", "Captured calls waiting to be written", ["writer"])
+# With several gateway workers (prometheus_client's multiprocess mode) a scrape shows the sum over the live ones.
+QUEUE_DEPTH = Gauge(
+    "tuneloop_capture_queue_depth", "Captured calls waiting to be written", ["writer"], multiprocess_mode="livesum"
+)
 COMMIT_SECONDS = Histogram(
     "tuneloop_capture_commit_seconds",
     "Time to write one batch to the store",
@@ -70,6 +87,8 @@ COMMIT_SECONDS = Histogram(
 
 RETRY_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 JOURNAL_SEGMENT_BYTES = 16 * 1024 * 1024
+JOURNAL_LOCK = ".lock"  # in each journal slot; held (flock) by the process that writes there
+MAX_JOURNAL_SLOTS = 4096
 # Health (LogWriter.health): a batch waiting this long to be written, or a store failing for this long, is
 # "degraded", then "failing"; a queue this full is "degraded" (calls are about to wait, or be dropped).
 DEGRADED_AFTER_S = 5.0
@@ -231,9 +250,20 @@ class Journal:
     journal must not hold what the store may not), and the line says so, so a replay does not redact twice.
     """
 
-    def __init__(self, directory: Path, fsync_always: bool = False, redactor: Redactor | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        fsync_always: bool = False,
+        redactor: Redactor | None = None,
+        *,
+        lock_fd: int | None = None,
+        root: Path | None = None,
+    ) -> None:
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
+        # The slot's lock, held from claim()/orphans() until release(); root: the directory its slots are in.
+        self._lock_fd = lock_fd
+        self.root = root if root is not None else directory
         self.fsync_always = fsync_always
         self.redactor = redactor if redactor is not None and redactor.enabled else None
         self._lock = threading.Lock()
@@ -248,12 +278,43 @@ class Journal:
         existing = self.segments()
         self._next_segment = (existing[-1][0] + 1) if existing else 0
 
+    @classmethod
+    def claim(cls, root: Path, fsync_always: bool = False, redactor: Redactor | None = None) -> Journal:
+        """The journal of this process: the lowest slot of ``root`` that no process holds,
+        locked until :meth:`close` (or the process's death). Its segments, if any, were left by a process that
+        died: :meth:`read_existing` has them."""
+        for slot in range(MAX_JOURNAL_SLOTS):
+            directory = journal_slot(root, slot)
+            lock_fd = _try_lock(directory)
+            if lock_fd is not None:
+                return cls(directory, fsync_always, redactor, lock_fd=lock_fd, root=root)
+        raise TuneloopError(
+            f"all {MAX_JOURNAL_SLOTS} journal slots are held by running processes",
+            where=str(root),
+            hint="stop the gateways that share this journal_dir, or give this one its own logging.journal_dir",
+        )
+
+    def orphans(self) -> Iterator[Journal]:
+        """The other slots of this journal's root that hold segments and no lock (their process died), each
+        locked while the caller replays it, then releases it (:meth:`release`)."""
+        numbered = {_slot_number(path): path for path in self.root.glob("worker-*") if path.is_dir()}
+        slots = [self.root, *(numbered[number] for number in sorted(n for n in numbered if n is not None))]
+        for directory in slots:
+            if directory == self.directory or not _segment_paths(directory):
+                continue
+            lock_fd = _try_lock(directory)
+            if lock_fd is None:  # a running process's journal: it is not ours to read
+                continue
+            yield Journal(directory, lock_fd=lock_fd, root=self.root)
+
+    def release(self) -> None:
+        """Let go of the slot's lock (a process's death does the same); another process may take the slot."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
     def segments(self) -> list[tuple[int, Path]]:
-        found = []
-        for path in self.directory.glob("journal-*.jsonl"):
-            with contextlib.suppress(ValueError):
-                found.append((int(path.stem.removeprefix("journal-")), path))
-        return sorted(found)
+        return _segment_paths(self.directory)
 
     def read_existing(self) -> tuple[list[CallRecord], list[Path]]:
         """Records in the segments left by an earlier process (called before the first append).
@@ -344,6 +405,48 @@ class Journal:
             if self._pending.get(self._segment, 0) <= 0:
                 self._pending.pop(self._segment, None)
                 (self.directory / f"journal-{self._segment:012d}.jsonl").unlink(missing_ok=True)
+        self.release()
+
+
+def journal_slot(root: Path, slot: int) -> Path:
+    """Slot 0 is the journal directory itself (a lone gateway's, as before there were workers); slot k ≥ 1 is
+    its subdirectory ``worker-k``. Slot directories and their lock files are never deleted: removing a lock
+    file someone else has open would let two processes each hold "the" lock."""
+    return root if slot == 0 else root / f"worker-{slot}"
+
+
+def _slot_number(path: Path) -> int | None:
+    suffix = path.name.removeprefix("worker-")
+    return int(suffix) if suffix.isdigit() and int(suffix) >= 1 else None
+
+
+def _segment_paths(directory: Path) -> list[tuple[int, Path]]:
+    found = []
+    for path in directory.glob("journal-*.jsonl"):
+        with contextlib.suppress(ValueError):
+            found.append((int(path.stem.removeprefix("journal-")), path))
+    return sorted(found)
+
+
+def _try_lock(directory: Path) -> int | None:
+    """A descriptor holding an exclusive lock on ``directory``'s lock file; None when a process (this one too,
+    through another descriptor) holds it. flock, not fcntl's record locks: those belong to the process, so a
+    second writer in one process would take the slot again, and closing any descriptor of the file drops them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    lock_fd = os.open(directory / JOURNAL_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock_fd)
+        return None
+    except OSError as exc:  # a file system without locks (some network ones)
+        os.close(lock_fd)
+        raise TuneloopError(
+            f"cannot lock the journal's {directory / JOURNAL_LOCK}: {exc}",
+            where="logging.journal_dir",
+            hint="put the journal on a local file system",
+        ) from exc
+    return lock_fd
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -399,7 +502,7 @@ class LogWriter:
         self._commit_seconds = COMMIT_SECONDS.labels(name)
         if self.config.durable:
             # A sink that redacts (the store's) has its records redacted before they are journaled.
-            self.journal = Journal(
+            self.journal = Journal.claim(
                 self.config.journal_path(),
                 fsync_always=self.config.fsync == "always",
                 redactor=getattr(sink, "redactor", None),
@@ -515,10 +618,19 @@ class LogWriter:
     # --- the writer thread -----------------------------------------------------------------------
 
     def _replay(self) -> None:
-        """Write what an earlier process journaled; duplicates of rows already stored are skipped."""
+        """Write what processes that died journaled: in this writer's slot, then in every slot no process holds
+        (see Journal.claim); duplicates of rows already stored are skipped."""
         assert self.journal is not None
-        records, paths = self.journal.read_existing()
-        for path, number, line, error in self.journal.unreadable:
+        self.replayed = self._replay_journal(self.journal)
+        for orphan in self.journal.orphans():
+            try:
+                self.replayed += self._replay_journal(orphan)
+            finally:
+                orphan.release()
+
+    def _replay_journal(self, journal: Journal) -> int:
+        records, paths = journal.read_existing()
+        for path, number, line, error in journal.unreadable:
             text = line.decode("utf-8", "replace")
             redactor = getattr(self.sink, "redactor", None)
             if redactor is not None and redactor.enabled:
@@ -527,11 +639,11 @@ class LogWriter:
         batch_size = self.config.batch_size
         for start in range(0, len(records), batch_size):
             self._write_batch(records[start : start + batch_size], at_shutdown_give_up=False, stage="replay")
-        self.replayed = len(records)
         for path in paths:
             path.unlink(missing_ok=True)
         if records:
-            log.warning("replayed %d journaled calls into the store", len(records))
+            log.warning("replayed %d journaled calls into the store from %s", len(records), journal.directory)
+        return len(records)
 
     def _run(self) -> None:
         flush_s = self.config.flush_ms / 1000

@@ -57,6 +57,15 @@ class CallRecord:
     metadata: dict[str, str] = field(default_factory=dict)
     api_key_id: int | None = None
     attempts: list[dict[str, Any]] | None = None
+    # A rollout this call took part in (tuneloop.registry.rollouts): its id and arm; a shadow call also
+    # names the production call it mirrors (its capture_id) and holds the field-by-field comparison.
+    rollout_id: int | None = None
+    rollout_arm: str | None = None
+    shadow_of: str | None = None
+    comparison: dict[str, Any] | None = None
+    # The task's checks on this answer, when known without the response (a shadow call is checked by the
+    # gateway, never by the upstream's policy); else read from the response's ``tuneloop.checks``.
+    checks_passed: bool | None = None
     # Set by the journal in durable mode: which segment holds this record.
     journal_segment: int | None = field(default=None, repr=False, compare=False)
     # Set by :func:`redacted_record` (durable mode redacts before journaling). Never read from an upload:
@@ -233,8 +242,26 @@ def record_to_row(record: CallRecord, prices: PriceTable | None, redactor: Redac
         "metadata": record.metadata,
         "api_key_id": record.api_key_id,
         "attempts": record.attempts,
+        "checks_passed": record.checks_passed if record.checks_passed is not None else checks_passed(record, response),
+        "rollout_id": record.rollout_id,
+        "rollout_arm": record.rollout_arm,
+        "shadow_of": record.shadow_of,
+        "comparison": record.comparison,
     }
     return storable_row(row)  # NUL, over-long strings, out-of-range numbers: see storable_row
+
+
+def checks_passed(record: CallRecord, response: dict[str, Any] | None) -> bool | None:
+    """Whether the answer passed its task's checks: the ``tuneloop.checks`` the policy (gateway or a tuneloop
+    server) added, or False for a 422 ``check_failed`` (the policy rejected it); None when no checks ran."""
+    if response is not None:
+        extension = response.get("tuneloop")
+        checks = extension.get("checks") if isinstance(extension, dict) else None
+        if isinstance(checks, dict) and isinstance(checks.get("passed"), bool):
+            return checks["passed"]
+    if record.http_status == 422 and record.error and "failed the checks" in record.error:
+        return False
+    return None
 
 
 # --- what the store can hold -------------------------------------------------------------------------
@@ -266,7 +293,7 @@ def _request_columns() -> tuple[dict[str, int | None], set[str]]:
 
 
 TEXT_COLUMNS, INT32_COLUMNS = _request_columns()
-JSON_COLUMNS = ("request", "response", "tags", "metadata", "attempts")
+JSON_COLUMNS = ("request", "response", "tags", "metadata", "attempts", "comparison")
 
 
 def storable_text(value: str, limit: int | None = None) -> str:

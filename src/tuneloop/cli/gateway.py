@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import typer
@@ -18,6 +17,9 @@ def gateway(
     config: Path | None = typer.Option(None, "--config", "-c", help="Gateway YAML: routes, auth, redact, logging."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 for all)."),
     port: int = typer.Option(DEFAULT_PORT, "--port", "-p", help="Port to listen on."),
+    workers: int = typer.Option(
+        1, "--workers", "-w", help="Processes serving the port (more than 1 needs a PostgreSQL store)."
+    ),
     durable: bool | None = typer.Option(
         None, "--durable/--no-durable", help="Journal every call to disk before answering (nothing lost on kill -9)."
     ),
@@ -26,23 +28,23 @@ def gateway(
     ),
 ) -> None:
     """Run the gateway: /v1/chat/completions and /v1/models, routed to upstreams, every call logged."""
+    from tuneloop.capture.server import check_workers, configure_logging, serve
+
+    check_workers(workers)
     overrides: dict[str, object] = {}
     if durable is not None:
         overrides["durable"] = durable
     if log_policy is not None:
         overrides["policy"] = log_policy
     settings = load_gateway_config(config, logging=overrides)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    # Every call is in the store; a log line per upstream request (httpx's INFO) would only cost CPU.
-    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    from tuneloop.capture.server import serve
+    configure_logging(workers=workers)
 
     routes = ", ".join(f"{r.match} → {r.upstream}" for r in settings.routes) or "none (use upstream/model names)"
     mode = (
         "durable (journal at " + str(settings.logging.journal_path()) + ")" if settings.logging.durable else "in memory"
     )
-    console.print(f"gateway on http://{host}:{port}/v1 · upstreams: {', '.join(sorted(settings.upstreams))}")
+    processes = f" · {workers} workers" if workers > 1 else ""
+    console.print(f"gateway on http://{host}:{port}/v1{processes} · upstreams: {', '.join(sorted(settings.upstreams))}")
     console.print(f"routes: {routes}")
     console.print(f"logging to {mask_url()} · {mode} · policy {settings.logging.policy} · auth {settings.auth}")
-    serve(settings, host=host, port=port)
+    serve(settings, host=host, port=port, workers=workers)

@@ -7,7 +7,21 @@ import sys
 import typer
 from rich.console import Console
 
-from tuneloop.cli import bases, data, db, demo, doctor, keys, logs, models, models_alias, monitor, review, task
+from tuneloop.cli import (
+    bases,
+    data,
+    db,
+    demo,
+    doctor,
+    keys,
+    logs,
+    models,
+    models_alias,
+    models_rollouts,
+    monitor,
+    review,
+    task,
+)
 from tuneloop.cli import eval as eval_cli
 from tuneloop.cli import gateway as gateway_cli
 from tuneloop.cli import serve as serve_cli
@@ -31,6 +45,7 @@ app.add_typer(keys.app, name="keys", help="API keys for the gateway: create, lis
 app.add_typer(review.app, name="review", help="The review queue: list, show (and lock), approve, correct, reject.")
 app.add_typer(monitor.app, name="monitor", help="Drift between time windows; shadow replays to a candidate.")
 models_alias.register(models.app)
+models_rollouts.register(models.app)
 app.add_typer(models.app, name="models", help="Registered fine-tunes (task@N): list, show, promote, rollback.")
 # What follows `--` goes to `accelerate launch`; an unknown option before it is a typo, refused like anywhere else.
 app.command("train", context_settings={"allow_extra_args": True})(train_cli.train)

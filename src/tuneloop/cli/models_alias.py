@@ -6,6 +6,7 @@ Registered onto the ``models`` sub-app by ``cli/main.py``.
 from __future__ import annotations
 
 import getpass
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -13,8 +14,12 @@ from rich.table import Table
 
 console = Console()
 
+if TYPE_CHECKING:
+    from tuneloop.registry.promotion import AliasMove
 
-def _actor(actor: str | None) -> str:
+
+def actor_name(actor: str | None) -> str:
+    """Who acts: ``--actor``, else the login name."""
     if actor:
         return actor
     try:
@@ -36,8 +41,9 @@ def promote_command(
     ref = parse_model_id(version)
     if not isinstance(ref, VersionRef):
         raise typer.BadParameter("name a task version: task@N or task@sha256:<hex>")
-    move = promote(ref.task, version, alias, actor=_actor(actor), reason=reason)
+    move = promote(ref.task, version, alias, actor=actor_name(actor), reason=reason)
     console.print(f"{move.task}@{move.alias}: {move.from_version or '(new)'} → {move.to_version}  (by {move.actor})")
+    _say_ended_rollouts(move)
 
 
 def rollback_command(
@@ -49,8 +55,18 @@ def rollback_command(
     """Move task@ALIAS back to the version its last move came from."""
     from tuneloop.registry.promotion import rollback
 
-    move = rollback(task.partition("@")[0], alias, actor=_actor(actor), reason=reason)
+    move = rollback(task.partition("@")[0], alias, actor=actor_name(actor), reason=reason)
     console.print(f"{move.task}@{move.alias}: {move.from_version} → {move.to_version}  (by {move.actor})")
+    _say_ended_rollouts(move)
+
+
+def _say_ended_rollouts(move: AliasMove) -> None:
+    """A move ends the alias's canary and shadow (tuneloop.registry.rollouts): say so."""
+    from tuneloop.registry.rollouts import list_rollouts
+
+    for rollout in list_rollouts(move.task, move.alias):
+        if rollout.ended_at is not None and move.at is not None and rollout.ended_at >= move.at:
+            console.print(f"{rollout.describe()} ended: {rollout.state} ({rollout.end_reason})")
 
 
 def history_command(
@@ -65,12 +81,13 @@ def history_command(
         console.print(f"no alias of {task} has been moved yet")
         return
     table = Table(title=f"Alias moves of {task}", title_justify="left")
-    for column in ("when", "alias", "from", "to", "who", "why"):
+    for column in ("when", "alias", "what", "from", "to", "who", "why"):
         table.add_column(column, overflow="fold")
     for move in moves:
         table.add_row(
             move.at.isoformat(timespec="seconds") if move.at else "",
             move.alias,
+            move.kind.replace("_", " "),
             move.from_version or "-",
             move.to_version or "-",
             move.actor or "",

@@ -2,28 +2,22 @@
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from tuneloop.durations import parse_duration as parse_span
 from tuneloop.errors import TuneloopError
 from tuneloop.terminal import plain
 
 app = typer.Typer(no_args_is_help=True)
 console = Console(highlight=False, soft_wrap=True)
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(m|h|d|w)$")
-_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
 
 def parse_duration(text: str, where: str) -> timedelta:
-    match = _DURATION.match(text.strip())
-    if not match:
-        raise TuneloopError(f"{text!r} is not a duration", where=where, hint="write e.g. 30m, 24h, 7d or 2w")
-    return timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+    return timedelta(seconds=parse_span(text, where))
 
 
 def _number(value: float | None, rate: bool) -> str:
@@ -116,3 +110,56 @@ def shadow(
     console.print(table)
     for error in report.errors[:5]:
         console.print(plain(error, "yellow"))  # a replay's error text: plain
+
+
+@app.command("watch")
+def watch(
+    every: str = typer.Option("10s", "--every", help="Time between rounds (e.g. 10s, 1m)."),
+    drift: list[str] = typer.Option([], "--drift", help="A model whose drift to watch, e.g. T@prod (repeatable)."),
+    drift_every: str = typer.Option("5m", "--drift-every", help="Time between drift tests."),
+    baseline: str = typer.Option("7d", "--baseline", help="Drift: the baseline window before --window."),
+    window: str = typer.Option("1d", "--window", help="Drift: the latest window."),
+    shadow_window: str = typer.Option("1h", "--shadow-window", help="Shadows: the window of comparisons summed."),
+    port: int = typer.Option(9464, "--port", help="Serve the gauges at http://HOST:PORT/metrics (0: don't)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface for --port."),
+    once: bool = typer.Option(False, "--once", help="One round, printed, then exit (cron, scripts)."),
+) -> None:
+    """Compute canary and shadow figures, trip failing canaries and test drift, on a clock (Prometheus gauges)."""
+    import time
+
+    from tuneloop.monitor.watch import Watcher
+    from tuneloop.registry.rollouts import summarize_figures
+
+    def span(text: str, where: str) -> float:
+        return parse_span(text, where)
+
+    watcher = Watcher(
+        shadow_window_s=span(shadow_window, "--shadow-window"),
+        drift_models=drift,
+        drift_every_s=span(drift_every, "--drift-every"),
+        drift_baseline=parse_duration(baseline, "--baseline"),
+        drift_window=parse_duration(window, "--window"),
+    )
+    interval = span(every, "--every")
+    if port and not once:
+        from prometheus_client import start_http_server
+
+        try:
+            start_http_server(port, addr=host, registry=watcher.registry)
+        except OSError as exc:
+            raise TuneloopError(f"cannot listen on {host}:{port}: {exc}", where="--port", hint="pick another") from None
+        console.print(f"gauges at http://{host}:{port}/metrics · a round every {every}")
+    while True:
+        found = watcher.run_once()
+        for rollout in found.tripped:
+            console.print(plain(f"canary {rollout.id} of {rollout.alias_id} switched off: {rollout.end_reason}", "red"))
+        if once:
+            for rollout_id, status in {**found.canaries, **found.shadows}.items():
+                console.print(plain(f"rollout {rollout_id}: {summarize_figures(status.to_json())}"))
+            for model, metrics in found.drift_flagged.items():
+                console.print(plain(f"drift of {model}: {', '.join(metrics) or 'none flagged'}"))
+        for error in found.errors:
+            console.print(plain(error, "yellow"))
+        if once:
+            return
+        time.sleep(interval)

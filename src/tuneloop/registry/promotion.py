@@ -5,8 +5,10 @@ when, from, to, why), so a reader sees either the old target or the new one, and
 explains the current state. A running server re-reads aliases (``serve/engine.py``), so a move takes
 effect without a restart.
 
-Rollback moves the alias back to where its last move came from (the ``from`` of the latest event);
-rolling back twice therefore returns to the version that was rolled back.
+Rollback moves the alias back to where its last move came from (the ``from`` of the latest ``move`` event;
+the history also holds the starts and ends of canaries and shadows, tuneloop.registry.rollouts, which
+rollback skips); rolling back twice therefore returns to the version that was rolled back. Any move ends
+the alias's running canary and shadow.
 
 Promotion also holds the task's ``licenses:`` (task.py): a version whose base's license is not listed is
 refused, and nothing moves. The task is the one ``load_task_named`` finds ($TUNELOOP_HOME/tasks, then the
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -30,7 +32,7 @@ from tuneloop.task import Task, TaskSpecError, load_task_named, named_task_sourc
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from tuneloop.store.models import AliasEvent
+    from tuneloop.store.models import Alias, AliasEvent
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,9 @@ class AliasMove:
     actor: str | None
     reason: str | None
     at: datetime | None
+    kind: str = "move"  # or a rollout's event: canary_start, canary_tripped, shadow_stopped, ...
+    details: dict[str, Any] | None = None  # a rollout's settings or figures
+    rollout_id: int | None = None
 
 
 def promote(task: str, version: str, alias: str, actor: str | None = None, reason: str | None = None) -> AliasMove:
@@ -114,7 +119,7 @@ def rollback(task: str, alias: str, actor: str | None = None, reason: str | None
     with session_scope() as session:
         last = session.scalar(
             sa.select(AliasEvent)
-            .where(AliasEvent.task == task, AliasEvent.alias == alias)
+            .where(AliasEvent.task == task, AliasEvent.alias == alias, AliasEvent.kind == "move")
             .order_by(AliasEvent.id.desc())
             .limit(1)
         )
@@ -144,11 +149,10 @@ def alias_history(task: str, alias: str | None = None) -> list[AliasMove]:
 
 
 def _move(session: Session, task: str, alias: str, target_id: int, actor: str | None, reason: str | None) -> AliasMove:
+    from tuneloop.registry.rollouts import end_rollouts_of_alias
     from tuneloop.store.models import Alias, AliasEvent
 
-    # A row lock where the database has them (PostgreSQL), so two concurrent moves serialise; SQLite
-    # serialises writers by itself.
-    row = session.scalar(sa.select(Alias).where(Alias.task == task, Alias.alias == alias).with_for_update())
+    row = lock_alias(session, task, alias)
     previous = row.version_id if row is not None else None
     if row is None:
         session.add(Alias(task=task, alias=alias, version_id=target_id))
@@ -159,7 +163,16 @@ def _move(session: Session, task: str, alias: str, target_id: int, actor: str | 
     )
     session.add(event)
     session.flush()
+    end_rollouts_of_alias(session, task, alias, target_id, actor)
     return _as_move(session, event)
+
+
+def lock_alias(session: Session, task: str, alias: str) -> Alias | None:
+    """The alias's row, locked for the transaction where the database has row locks (PostgreSQL), so two
+    concurrent moves (or a move and a rollout's start) serialise; SQLite serialises writers by itself."""
+    from tuneloop.store.models import Alias
+
+    return session.scalar(sa.select(Alias).where(Alias.task == task, Alias.alias == alias).with_for_update())
 
 
 def _as_move(session: Session, event: AliasEvent) -> AliasMove:
@@ -179,6 +192,9 @@ def _as_move(session: Session, event: AliasEvent) -> AliasMove:
         actor=event.actor,
         reason=event.reason,
         at=event.created_at,
+        kind=event.kind or "move",
+        details=event.details,
+        rollout_id=event.rollout_id,
     )
 
 

@@ -51,6 +51,8 @@ from tuneloop.task import Task
 log = logging.getLogger("tuneloop.review")
 
 REVIEW_HEADER = "x-tuneloop-review"
+# Sent by a gateway with a call it mirrors to a shadow candidate: the answer is checked, never acted on.
+SHADOW_HEADER = "x-tuneloop-shadow"
 TASK_CACHE_S = 5.0  # a running server sees an edited task spec within this long
 TASK_CACHE_LIMIT = 256  # task names remembered (found or not)
 
@@ -88,7 +90,7 @@ class CheckResult:
 class PolicyOutcome:
     """What to send back: ``completion`` (annotated) with ``headers``, or ``error`` (reject)."""
 
-    action: str  # none | passed | audit | pass | escalate | reject | fallback
+    action: str  # none | passed | audit | pass | escalate | reject | fallback | observed
     completion: dict[str, Any]
     check: CheckResult | None = None
     review_id: int | None = None
@@ -273,13 +275,19 @@ class ReviewPolicy:
         retry: Retry | None = None,
         capture_id: str | None = None,
         request_id: int | None = None,
+        observe_only: bool = False,
     ) -> PolicyOutcome:
-        """Check ``completion`` (the answer ``model`` gave to ``request``) and decide what goes back."""
+        """Check ``completion`` (the answer ``model`` gave to ``request``) and decide what goes back.
+
+        ``observe_only`` (a shadow's mirrored call, whose answer no client sees): the checks run and annotate
+        the answer (action ``observed``), and nothing else happens: no review item, no fallback, no 422."""
         task = task_for(model, request.get("metadata"))
         if task is None or wants_text(request) or not isinstance(completion.get("choices"), list):
             return PolicyOutcome("none", completion)
         check = check_completion(task, completion)
         self._observe(model, check)
+        if observe_only:
+            return self._annotated("observed", completion, check, model, count=False)
         ids = {"capture_id": capture_id, "request_id": request_id}
         if check.passed:
             rate = self.audit_rate if self.audit_rate is not None else task.audit_sample_rate

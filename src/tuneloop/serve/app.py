@@ -30,7 +30,7 @@ from tuneloop.protocol import (
     error_bytes,
     install_error_handlers,
 )
-from tuneloop.review.policy import ReviewPolicy
+from tuneloop.review.policy import SHADOW_HEADER, ReviewPolicy
 from tuneloop.serve.auth import AuthMode, KeyAuth, ServeKeys
 from tuneloop.serve.engine import ServeEngine
 
@@ -139,7 +139,7 @@ def create_app(
     app.add_exception_handler(OpenAIError, record_errors)
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(body: ChatCompletionRequest) -> Response:
+    async def chat_completions(body: ChatCompletionRequest, http: Request) -> Response:
         request = body.model_dump(mode="json", exclude_none=True)
         if body.stream:
             served = await asyncio.to_thread(engine.resolve, body.model)
@@ -162,6 +162,8 @@ def create_app(
             completion,
             model=completion["model"],
             retry=lambda model: _complete_elsewhere(engine, body, model),
+            # A gateway's shadow call (tuneloop.capture.rollouts): checked, never acted on.
+            observe_only=SHADOW_HEADER in http.headers,
         )
         if outcome.error is not None:
             raise outcome.error

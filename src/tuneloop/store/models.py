@@ -27,6 +27,13 @@ SPLITS = ("train", "test")
 REVIEW_STATUSES = ("pending", "approved", "corrected", "rejected")
 # Why an item is in the queue: an answer failed its checks, or a passing one was sampled for audit.
 REVIEW_REASONS = ("check_failed", "audit")
+# A rollout sends part of an alias's live traffic to a candidate version (canary: its answer goes back) or
+# mirrors it there (shadow: the candidate's answer is only logged and compared).
+ROLLOUT_KINDS = ("canary", "shadow")
+# active → stopped (by a person), tripped (by the guard), promoted (the alias moved to the candidate) or
+# ended (the alias moved elsewhere, so the comparison lost its production side).
+ROLLOUT_STATES = ("active", "stopped", "tripped", "promoted", "ended")
+ROLLOUT_ARMS = ("production", "candidate", "shadow")
 
 # Explicit constraint names make Alembic migrations identical on SQLite and PostgreSQL, and let a
 # later migration drop or alter a constraint by name.
@@ -136,6 +143,18 @@ class RequestLog(Base):
     capture_id: Mapped[str | None] = mapped_column(sa.String(64), unique=True)
     # The gateway's tries, in order (upstream, model, outcome, latency): retries and fallbacks.
     attempts: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
+    # The task's checks on the answer the client got (from its ``tuneloop.checks``; a 422 check_failed is
+    # False); None where no task's checks ran.
+    checks_passed: Mapped[bool | None] = mapped_column(sa.Boolean)
+    # A call that took part in a rollout (canary or shadow, ``rollouts.id``) and its arm: production or
+    # candidate (canary), shadow (a mirrored call, whose ``shadow_of`` is the production call's capture_id
+    # and whose ``comparison`` holds the field-by-field agreement with production's answer).
+    rollout_id: Mapped[int | None] = mapped_column(sa.Integer)
+    rollout_arm: Mapped[str | None] = mapped_column(sa.String(16))
+    shadow_of: Mapped[str | None] = mapped_column(sa.String(64), index=True)
+    comparison: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+
+    __table_args__ = (sa.Index("ix_requests_rollout_id_created_at", "rollout_id", "created_at"),)
 
 
 class DeadLetter(Base):
@@ -336,6 +355,47 @@ class AliasEvent(Base):
     actor: Mapped[str | None] = mapped_column(sa.String(255))
     reason: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # "move" (promote/rollback: the only kind rollback reads), or a rollout's start and end
+    # ("canary_start", "canary_tripped", "shadow_stopped", ...: tuneloop.registry.rollouts), whose figures
+    # and settings are in ``details``.
+    kind: Mapped[str] = mapped_column(sa.String(32), default="move", server_default="move")
+    rollout_id: Mapped[int | None] = mapped_column(sa.ForeignKey("rollouts.id", ondelete="SET NULL"))
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+
+
+class Rollout(Base):
+    """A canary split or a live shadow of ``task@alias`` towards a candidate version (see
+    tuneloop.registry.rollouts). At most one active canary and one active shadow per alias, kept so by the
+    code that starts them, under the alias row's lock."""
+
+    __tablename__ = "rollouts"
+    __table_args__ = (
+        _one_of("kind", ROLLOUT_KINDS),
+        _one_of("state", ROLLOUT_STATES),
+        sa.Index("ix_rollouts_task_alias_state", "task", "alias", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(16))
+    task: Mapped[str] = mapped_column(sa.String(255))
+    alias: Mapped[str] = mapped_column(sa.String(255))
+    candidate_version_id: Mapped[int] = mapped_column(sa.ForeignKey("model_versions.id", ondelete="RESTRICT"))
+    # The alias's version when the rollout started.
+    production_version_id: Mapped[int | None] = mapped_column(sa.ForeignKey("model_versions.id"))
+    percent: Mapped[float] = mapped_column(sa.Float)
+    # Canary: the tag (``x-tuneloop-tags`` / ``metadata`` key, or ``user``) whose value keeps a caller on one arm.
+    sticky_tag: Mapped[str | None] = mapped_column(sa.String(255))
+    # The guard's settings (margins, minimum calls, window, alpha): tuneloop.registry.rollouts.Guard.
+    guard: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    state: Mapped[str] = mapped_column(sa.String(16), default="active")
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_by: Mapped[str | None] = mapped_column(sa.String(255))
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_by: Mapped[str | None] = mapped_column(sa.String(255))
+    end_reason: Mapped[str | None] = mapped_column(sa.Text)
+    # The latest figures the watcher computed (per arm, or the shadow's agreement), for the UI and CLI.
+    figures: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    figures_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class ReviewItem(Base):

@@ -13,6 +13,8 @@ It is a minimal HTTP/1.1 server on asyncio (keep-alive, Content-Length bodies) s
 - ``reset``: the connection is reset (TCP RST) without an answer,
 - ``timeout``: no answer at all; the connection stays open until the client gives up,
 - ``html``: 200 with an HTML page (a misconfigured proxy's answer), not JSON,
+- ``cut-head``: the head of a 200 answer, then the connection is closed before any of the body (a server
+  killed right after it began to answer),
 - ``cut-reset`` / ``cut-fin`` / ``cut-stall``: the answer starts (a stream's first half of events, or half a
   body) and then the connection is reset, closed cleanly (FIN), or goes quiet until the client gives up.
 """
@@ -32,8 +34,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
-FAULT_KINDS = ("500", "503", "429", "reset", "timeout", "html", "cut-reset", "cut-fin", "cut-stall")
-CUT_FAULTS = ("cut-reset", "cut-fin", "cut-stall")
+FAULT_KINDS = ("500", "503", "429", "reset", "timeout", "html", "cut-head", "cut-reset", "cut-fin", "cut-stall")
+CUT_FAULTS = ("cut-head", "cut-reset", "cut-fin", "cut-stall")
 DEFAULT_ANSWER = '{"payoff_amount": 1200.0, "servicer": "Acme Loans"}'
 
 Answer = Callable[[dict[str, Any]], str]
@@ -128,11 +130,12 @@ class FakeUpstream:
         return await loop.create_server(lambda: _Connection(self), host, port, backlog=2048)
 
     @contextmanager
-    def running(self, host: str = "127.0.0.1") -> Iterator[str]:
-        """Serve on a free port in a background thread; yields the base URL (``http://host:port/v1``)."""
+    def running(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+        """Serve on ``port`` (a free one by default) in a background thread; yields the base URL
+        (``http://host:port/v1``). Stopped, it refuses connections; started again on its port, it is back."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, 0))
+        sock.bind((host, port))
         port = sock.getsockname()[1]
         loop = asyncio.new_event_loop()
         ready = threading.Event()
@@ -256,6 +259,13 @@ class _Connection(asyncio.Protocol):
 
     def cut_short(self, request: dict[str, Any], fault: str) -> None:
         """Send the first half of the answer, then break off as ``fault`` says."""
+        if fault == "cut-head":
+            head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+            if not request.get("stream"):
+                head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n"
+            self.transport.write(head)
+            self.transport.close()
+            return
         if request.get("stream"):
             events = self.upstream.stream_events(request)
             head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"

@@ -12,10 +12,10 @@ the adapter kept is still the one with the lowest validation field error (``sele
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from tuneloop.durations import parse_duration as parse_span
 from tuneloop.errors import TuneloopError
 
 WARM_UP_STEPS = 3  # timed optimizer steps after a first, untimed one (allocations, lazy init)
@@ -25,28 +25,11 @@ EVAL_SHARE = 0.25  # at most this share of a budget goes to evaluations
 FINISH_SECONDS = 20.0  # saving, the loss curve, registering (and the GGUF export for llama.cpp bases)
 LONG_RUN_SECONDS = 30 * 60  # a CPU run estimated above this: suggest --time-budget
 MIN_FIELD_ERROR_ROWS = 4
-_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
 def parse_duration(text: str | float | int, where: str = "--time-budget") -> float:
-    """``90s``, ``20m``, ``1h``, ``1h30m`` (or a number of seconds, from Python) → seconds."""
-    if isinstance(text, int | float) and not isinstance(text, bool):
-        if text > 0:
-            return float(text)
-        raise TuneloopError(f"{text!r} is not a positive number of seconds", where=where)
-    value = str(text).strip().lower().replace(" ", "")
-    match = _DURATION.match(value)
-    if not value or match is None or not any(match.groups()):
-        raise TuneloopError(
-            f"{text!r} is not a duration",
-            where=where,
-            hint="write it as 90s, 20m, 1h or 1h30m (hours, minutes, seconds)",
-        )
-    hours, minutes, seconds = (int(group or 0) for group in match.groups())
-    total = hours * 3600 + minutes * 60 + seconds
-    if total <= 0:
-        raise TuneloopError(f"{text!r} is no time at all", where=where, hint="give a positive duration, e.g. 20m")
-    return float(total)
+    """A time budget in seconds (tuneloop.durations: ``90s``, ``20m``, ``1h30m``)."""
+    return parse_span(text, where)
 
 
 def format_duration(seconds: float) -> str:

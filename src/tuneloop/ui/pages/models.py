@@ -1,5 +1,6 @@
-"""Model versions and aliases: every version of each task, where each alias points, its audit trail,
-and promote / rollback through the registry's own functions, each behind a confirmation page.
+"""Model versions and aliases: every version of each task, where each alias points, its running canaries
+and shadows with their latest figures (and a stop button), its audit trail, and promote / rollback through
+the registry's own functions, each behind a confirmation page.
 
 The confirmation pages are GETs that change nothing; only their POST (with the CSRF token, by an admin
 key) moves an alias. The actor recorded in the audit trail is the name of the key that is logged in.
@@ -17,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from tuneloop.errors import TuneloopError
 from tuneloop.licenses import license_allowed
 from tuneloop.registry.promotion import alias_history, allowed_licenses, promote, rollback
+from tuneloop.registry.rollouts import list_rollouts, stop_rollout, summarize_figures
 from tuneloop.registry.versions import ModelVersionInfo, list_versions, version_base_license
 from tuneloop.store import Alias, ModelVersion, session_scope
 from tuneloop.ui import web
@@ -59,10 +61,13 @@ def list_page(request: Request) -> HTMLResponse:
     for info in list_versions():
         tasks[info.task].append(info)
     aliases = _aliases()
+    running = [rollout for rollout in list_rollouts() if rollout.active]
     return web.render(
         request,
         "models.html",
         tasks=[(task, versions, aliases.get(task, {})) for task, versions in sorted(tasks.items())],
+        running={task: [r for r in running if r.task == task] for task in tasks},
+        summarize=summarize_figures,
     )
 
 
@@ -83,6 +88,8 @@ def task_page(request: Request, task: str) -> HTMLResponse:
         aliases=aliases,
         pointing=_by_version(aliases),
         history=list(reversed(alias_history(task))),
+        rollouts=[rollout for rollout in list_rollouts(task) if rollout.active],
+        summarize=summarize_figures,
         licenses=licenses,
         allowed=allowed,
         refused={name for name, found in licenses.items() if not license_allowed(found.id, allowed)},
@@ -131,7 +138,7 @@ async def do_promote(request: Request, task: str, user: User = Depends(web.curre
 def confirm_rollback(request: Request, task: str, alias: str = "prod") -> HTMLResponse:
     user: User = request.state.user
     web.require_admin(user, "rolling back an alias")
-    history = alias_history(task, alias)
+    history = [move for move in alias_history(task, alias) if move.kind == "move"]  # what rollback reads
     current = _aliases(task).get(task, {}).get(alias)
     target = history[-1].from_version if history else None
     problem = None
@@ -163,4 +170,22 @@ async def do_rollback(request: Request, task: str, user: User = Depends(web.curr
         web.flash(request, str(exc), "error")
     else:
         web.flash(request, f"rolled back {task}@{move.alias}: {move.from_version} → {move.to_version}")
+    return web.redirect(request, f"/models/{task}")
+
+
+@router.post("/models/{task}/rollouts/stop")
+async def do_stop_rollout(request: Request, task: str, user: User = Depends(web.current_user)) -> Response:
+    """Stop a running canary (all traffic back to the alias's version) or shadow; no confirmation page,
+    since stopping only ever returns to what the alias serves anyway."""
+    form = await web.checked_form(request)
+    web.require_admin(user, "stopping a canary or shadow")
+    alias, kind = form.get("alias", "").strip(), form.get("kind", "").strip()
+    try:
+        stopped = await run_in_threadpool(
+            stop_rollout, task, alias, kind, actor=user.name, reason=form.get("reason") or "stopped in the UI"
+        )
+    except TuneloopError as exc:
+        web.flash(request, str(exc), "error")
+    else:
+        web.flash(request, f"stopped the {stopped.describe()}")
     return web.redirect(request, f"/models/{task}")
