@@ -85,7 +85,9 @@ class Upstream(BaseModel):
     @classmethod
     def _one_url_or_several(cls, data: Any) -> Any:
         if not isinstance(data, dict) or "base_url" not in data:
-            if isinstance(data, dict) and "base_urls" not in data:
+            # With a misspelt key (url:), say that, rather than that base_url is missing.
+            unknown = isinstance(data, dict) and set(data) - set(cls.model_fields)
+            if isinstance(data, dict) and "base_urls" not in data and not unknown:
                 raise ValueError("base_url (one server) or base_urls (a list of replicas) is required")
             return data
         if "base_urls" in data:

@@ -40,6 +40,7 @@ from tuneloop.errors import TuneloopError
 log = logging.getLogger(__name__)
 
 GRACEFUL_SHUTDOWN_S = 30
+WORKER_HEALTHCHECK_S = 60
 # Set by the supervisor of `--workers N` for its workers: the JSON file with their config (see worker_app).
 WORKER_SPEC_ENV = "TUNELOOP_GATEWAY_WORKER_SPEC"
 WORKER_APP = "tuneloop.capture.server:worker_app"
@@ -155,7 +156,16 @@ def _serve_workers(config: GatewayConfig, host: str, port: int, url: str | None,
         if url is not None:
             os.environ["TUNELOOP_DATABASE_URL"] = url
         uv_config = uvicorn.Config(
-            WORKER_APP, factory=True, workers=workers, host=host, port=port, log_level="info", **_SERVER_OPTIONS
+            WORKER_APP,
+            factory=True,
+            workers=workers,
+            host=host,
+            port=port,
+            log_level="info",
+            # The supervisor pings each worker and kills one that has not answered within this long. uvicorn's
+            # 5 s killed workers still importing and building the gateway on a busy machine, again and again.
+            timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
+            **_SERVER_OPTIONS,
         )
         try:
             sock = uv_config.bind_socket()  # it logs why, then exits
