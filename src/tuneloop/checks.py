@@ -1,4 +1,6 @@
-"""Plausibility checks on a structured answer: schema validity, field rules, cross-field rules, confidence.
+"""Plausibility checks on an answer: schema validity, field rules, cross-field rules, confidence.
+
+A free-text answer (a task with ``output: text``) is checked for being there at all and for its confidence.
 
 Cross-field rules are small expressions over the answer's fields, e.g.
 ``payoff_amount is null or payoff_amount >= escrow_balance``. They are parsed with Python's ``ast`` into
@@ -163,6 +165,13 @@ def run_checks(task: Task, answer: Any, confidence: float | None = None) -> list
     from tuneloop.task import ConfidenceCheck, FieldCheck, RuleCheck
 
     failures = [f"schema: {problem}" for problem in task.schema_errors(answer)]
+    if task.is_text:  # a text answer has no fields: only its confidence can be checked (task.py allows no other)
+        checks = [check for check in task.checks if isinstance(check, ConfidenceCheck)]
+        return failures + [
+            f"confidence: {confidence:.3f} is below {check.min_confidence}"
+            for check in checks
+            if confidence is not None and confidence < check.min_confidence
+        ]
     if not isinstance(answer, dict):
         return failures
     for check in task.checks:

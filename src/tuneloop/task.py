@@ -184,7 +184,11 @@ class Task(_Strict):
     description: str = ""
     instructions: str = Field(min_length=1)
     input: str = "{text}"
-    output_schema: dict[str, Any]
+    # json: an object under output_schema, scored field by field; text: free text judged against a rubric
+    # (`tuneloop eval run --judge`), since no comparator can score a summary or a reply.
+    output: Literal["json", "text"] = "json"
+    output_schema: dict[str, Any] | None = None
+    rubric: str | None = Field(default=None, min_length=1)
     fields: dict[str, FieldSpec] = Field(default_factory=dict)
     checks: list[Check] = Field(default_factory=list)
     on_check_failure: str = "escalate"
@@ -206,8 +210,10 @@ class Task(_Strict):
 
     @field_validator("output_schema")
     @classmethod
-    def _is_object_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
+    def _is_object_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
         # Validity as JSON Schema is checked in _cross_reference_problems, where an error can carry its path.
+        if schema is None:
+            return None  # required of JSON tasks, refused on text ones: _output_problems says which
         if schema.get("type") != "object" or not isinstance(schema.get("properties"), dict):
             raise ValueError("must be an object schema with properties (type: object, properties: {...})")
         if not schema["properties"]:
@@ -234,9 +240,24 @@ class Task(_Strict):
 
     # ---- derived views -------------------------------------------------------------------------
     @property
+    def is_text(self) -> bool:
+        """A free-text task: no schema, no fields; answers are judged against ``rubric``."""
+        return self.output == "text"
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        """The output schema of a JSON task (a text task has none: callers branch on ``is_text`` first)."""
+        if self.output_schema is None:
+            raise TuneloopError(
+                f"task {self.name} answers in free text (output: text): it has no output schema",
+                hint="text answers are judged with `tuneloop eval run --judge MODEL`, not scored field by field",
+            )
+        return self.output_schema
+
+    @property
     def field_names(self) -> list[str]:
-        """Output fields in schema order."""
-        return list(self.output_schema["properties"])
+        """Output fields in schema order (none for a text task)."""
+        return [] if self.output_schema is None else list(self.output_schema["properties"])
 
     @property
     def input_variables(self) -> list[str]:
@@ -246,7 +267,7 @@ class Task(_Strict):
         """The comparator of a field: as declared, else inferred from its JSON Schema."""
         if field in self.fields:
             return self.fields[field]
-        return FieldSpec(compare=_default_comparator(self.output_schema["properties"][field]))
+        return FieldSpec(compare=_default_comparator(self.schema["properties"][field]))
 
     def system_prompt(self) -> str:
         return self.instructions.strip()
@@ -264,6 +285,8 @@ class Task(_Strict):
 
     def answer_json(self, fields: dict[str, Any]) -> str:
         """Canonical JSON of an answer: schema key order, compact, so training targets are consistent."""
+        if self.is_text:  # a text task's answer is its text: refused rather than written as "{}"
+            raise TuneloopError(f"task {self.name} answers in free text: there is no answer JSON to write")
         ordered = {name: fields.get(name) for name in self.field_names}
         return json.dumps(ordered, ensure_ascii=False, separators=(", ", ": "))
 
@@ -273,14 +296,16 @@ class Task(_Strict):
         ``check_formats=False`` follows JSON Schema's default of treating ``format`` as an annotation:
         scoring uses it, since comparators read "April 15, 2026" as a date anyway.
         """
+        if self.is_text:
+            return [] if isinstance(answer, str) and answer.strip() else ["(root): the answer is empty"]
         checker = jsonschema.Draft202012Validator.FORMAT_CHECKER if check_formats else None
-        validator = jsonschema.Draft202012Validator(self.output_schema, format_checker=checker)
+        validator = jsonschema.Draft202012Validator(self.schema, format_checker=checker)
         return [
             f"{'.'.join(str(p) for p in err.absolute_path) or '(root)'}: {err.message}"
             for err in sorted(validator.iter_errors(answer), key=lambda e: list(e.absolute_path))
         ]
 
-    def run_checks(self, answer: dict[str, Any], confidence: float | None = None) -> list[str]:
+    def run_checks(self, answer: dict[str, Any] | str, confidence: float | None = None) -> list[str]:
         """The plausibility checks an answer fails, each described in words."""
         return checks.run_checks(self, answer, confidence=confidence)
 
@@ -367,9 +392,47 @@ def _describe_loc(loc: tuple[Any, ...]) -> str:
     return "".join(parts) or "(top level)"
 
 
+def _output_problems(task: Task, data: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
+    """What the output kind asks of the rest of the spec: a schema for JSON, a rubric and no fields for text."""
+    if not task.is_text:
+        problems = []
+        if task.output_schema is None:
+            problems.append((("output_schema",), "a JSON task needs output_schema (or set output: text and a rubric)"))
+        if task.rubric is not None:
+            problems.append((("rubric",), "a rubric judges free text: set output: text, or leave rubric out"))
+        return problems
+    problems = []
+    if task.rubric is None or not task.rubric.strip():
+        problems.append(
+            (("rubric",), "a text task needs a rubric: what a good answer does, for the judge (eval run --judge)")
+        )
+    for key, why in (
+        ("output_schema", "a text task has no schema: leave output_schema out, or set output: json"),
+        ("fields", "fields are compared in JSON answers; a text task has none"),
+        ("extraction", "extraction matches JSON fields to the input; a text task has none"),
+    ):
+        if key in data:
+            problems.append(((key,), why))
+    for index, check in enumerate(task.checks):
+        if not isinstance(check, ConfidenceCheck):
+            problems.append(
+                (("checks", index), "a text task has no fields to check: only {min_confidence: ...} applies")
+            )
+    if task.requirements.max_error_rate is not None:
+        problems.append(
+            (
+                ("requirements", "max_error_rate"),
+                "the field error rate is measured on JSON answers; judge text with `tuneloop eval run --judge`",
+            )
+        )
+    return problems
+
+
 def _cross_reference_problems(task: Task) -> list[tuple[tuple[Any, ...], str]]:
     """Problems pydantic cannot see alone: names that must exist in the output schema."""
     problems: list[tuple[tuple[Any, ...], str]] = []
+    if task.output_schema is None:
+        return problems  # a text task, or a JSON task without one (_output_problems says so)
     try:
         jsonschema.Draft202012Validator.check_schema(task.output_schema)
     except jsonschema.SchemaError as exc:
@@ -433,6 +496,7 @@ def parse_task(text: str, source: str = "<task>") -> Task:
                 message = "unknown key (check its spelling)"
             problems.append((loc, message))
     if task is not None:
+        problems.extend(_output_problems(task, data))
         problems.extend(_cross_reference_problems(task))
     if problems:
         rendered = []

@@ -89,7 +89,10 @@ def load_transformers(
         progress(f"loading {base.id} with transformers")
     with _quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype or torch.float32, local_files_only=True)
+        # No Hub kernels (transformers 5.25's default on a GPU fetches them from the Hub: a network call).
+        model = AutoModelForCausalLM.from_pretrained(
+            directory, dtype=dtype or torch.float32, local_files_only=True, use_kernels=False
+        )
     align_special_tokens(model, tokenizer)
     model.to(device)
     model.eval()

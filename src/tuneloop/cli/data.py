@@ -174,6 +174,62 @@ def relabel_command(
         raise typer.Exit(1)
 
 
+@app.command("pairs")
+def pairs_command(
+    task: str = typer.Option(..., "--task", help="Task name or path of its YAML spec."),
+    source: str | None = typer.Option(
+        None, "--source", help="corrections, checks, teacher (comma-separated; default: all of them)."
+    ),
+    output: Path | None = typer.Option(
+        None, "--out", "-o", help="Write the pairs as TRL preference JSONL (prompt, chosen, rejected)."
+    ),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Keep at most N pairs (precedence, then newest)."),
+    examples: int = typer.Option(3, "--examples", min=0, help="Show this many pairs."),
+) -> None:
+    """Preference pairs from the store: review corrections, failed-check answers against verified labels,
+    teacher answers that differ from logged ones (what `tuneloop train --method dpo` trains on)."""
+    from rich.table import Table
+
+    from tuneloop.data.pairs import build_pairs, no_pairs_message, write_pairs
+
+    pair_set = build_pairs(task, source, limit=limit)
+    console = Console(highlight=False, soft_wrap=True)
+    table = Table(title=f"preference pairs of {pair_set.task}")
+    for column in ("source", "found", "same answer", "input taken", "over --limit", "kept"):
+        table.add_column(column, justify="left" if column == "source" else "right")
+    for name in pair_set.sources:
+        count = pair_set.counts[name]
+        table.add_row(
+            name, str(count.found), str(count.identical), str(count.duplicate), str(count.limited), str(count.kept)
+        )
+    console.print(table)
+    if not pair_set.pairs:
+        message = no_pairs_message(pair_set.task, pair_set.sources, pair_set.counts)
+        for line in message.splitlines():  # a task name a user chose: plain
+            console.print(plain(line, "yellow"))
+        raise typer.Exit(1)
+    console.print(f"{len(pair_set.pairs)} pairs, sha256:{pair_set.sha256[:16]}")
+    if examples:
+        shown = Table(title="examples", show_lines=True)
+        for column in ("source", "input", "chosen", "rejected"):
+            shown.add_column(column, overflow="fold")
+        for pair in pair_set.pairs[:examples]:  # answers and documents quote others' text: plain
+            user = next((m.get("content") for m in reversed(pair.prompt) if m.get("role") == "user"), "") or ""
+            excerpt = " ".join(str(user).split())
+            shown.add_row(
+                plain(pair.source),
+                plain(excerpt[:160] + ("…" if len(excerpt) > 160 else "")),
+                plain(pair.chosen),
+                plain(pair.rejected),
+            )
+        console.print(shown)
+    if output is not None:
+        written = write_pairs(output, pair_set.pairs)
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            plain(f"wrote {written} pairs to {output} (TRL preference format: prompt, chosen, rejected)")
+        )
+
+
 def _print_added(name: str, result) -> None:
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     splits = ", ".join(f"{split} {count}" for split, count in sorted(result.by_split.items())) or "none"

@@ -62,15 +62,26 @@ def run(
     no_stream: bool = typer.Option(
         False, "--no-stream", help="Don't stream endpoint answers (no time to first token)."
     ),
+    judge: str | None = typer.Option(
+        None, "--judge", help="Text tasks: a model (any id) that weighs each answer against --baseline's by the rubric."
+    ),
+    baseline: str | None = typer.Option(
+        None, "--baseline", help="With --judge: the model every other is compared with (run too if not a --model)."
+    ),
+    judge_labels: Path | None = typer.Option(
+        None, "--judge-labels", help="With --judge: pairs people labelled (JSONL), to measure the judge's agreement."
+    ),
+    judge_max_tokens: int = typer.Option(200, "--judge-max-tokens", min=16, help="Token limit of a judge's verdict."),
     resume: int | None = typer.Option(None, "--resume", help="Finish an interrupted or failed run (its own options)."),
     json_path: Path | None = typer.Option(None, "--json", help="Write the report as JSON (schema: docs/evals.md)."),
     html_path: Path | None = typer.Option(None, "--html", help="Write an HTML report with plots."),
 ) -> None:
-    """Run models on gold data: field error rate with its 95% CI, latency, cost, and the requirements verdict."""
+    """Run models on gold data: field error rate with its 95% CI, latency, cost, and the requirements verdict;
+    for a text task, with --judge, each model's win rate against --baseline."""
     from tuneloop.cost import parse_volume
     from tuneloop.evals.candidates import ModelSpec
     from tuneloop.evals.report import print_report
-    from tuneloop.evals.runner import EvalInterrupted, EvalOptions, resume_eval, run_eval
+    from tuneloop.evals.runner import EvalInterrupted, EvalOptions, JudgeOptions, resume_eval, run_eval
 
     try:
         if resume is not None:
@@ -81,6 +92,21 @@ def run(
             missing = [name for name, value in (("--task", task), ("--data", data), ("--model", model)) if not value]
             if missing:
                 raise TuneloopError(f"missing {', '.join(missing)}", hint="e.g. --task T --data test.jsonl --model M")
+            if judge is None and (baseline or judge_labels):
+                raise TuneloopError(
+                    "--baseline and --judge-labels go with --judge",
+                    where="--baseline" if baseline else "--judge-labels",
+                )
+            judging = (
+                JudgeOptions(
+                    judge,
+                    baseline=baseline,
+                    labels=str(judge_labels) if judge_labels else None,
+                    max_tokens=judge_max_tokens,
+                )
+                if judge
+                else None
+            )
             options = EvalOptions(
                 concurrency=concurrency,
                 limit=limit,
@@ -89,6 +115,7 @@ def run(
                 stream=not no_stream,
                 constrain_values=not plain_schema,
                 requests_per_day=parse_volume(volume) if volume else None,
+                judge=judging,
             )
             local_options = {"weights": llamacpp_weights} if llamacpp_weights != "native" else {}
             specs = [
@@ -111,6 +138,41 @@ def _is_local(model: str) -> bool:
     from tuneloop.registry.ids import EndpointRef, parse_model_id
 
     return not isinstance(parse_model_id(model), EndpointRef)
+
+
+@app.command("judge-agreement")
+def judge_agreement(
+    task: str = typer.Option(..., "--task", help="The text task (name or YAML path) whose rubric the judge reads."),
+    judge: str = typer.Option(..., "--judge", help="The judge: any model id (upstream/model, a base, task@N, a URL)."),
+    labels: Path = typer.Option(
+        ..., "--labels", help='JSONL: {"id", "messages" (prompt[, reference]), "a", "b", "label": "A"|"B"|"tie"}.'
+    ),
+    max_tokens: int = typer.Option(200, "--max-tokens", min=16, help="Token limit of a verdict."),
+    concurrency: int = typer.Option(1, "--concurrency", "-c", min=1, help="Judge requests in flight at once."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Ask the judge again even for verdicts already stored."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the report as JSON."),
+) -> None:
+    """How far to trust a judge: its agreement with people on labelled pairs (both orders, position bias
+    removed), with a 95% Wilson interval and Cohen's kappa."""
+    from tuneloop.evals.report import print_report
+    from tuneloop.evals.runner import EvalInterrupted
+    from tuneloop.evals.runner import judge_agreement as measure
+
+    try:
+        report = measure(
+            task,
+            labels,
+            judge,
+            max_tokens=max_tokens,
+            use_cache=not no_cache,
+            concurrency=concurrency,
+            console=err_console,
+        )
+    except EvalInterrupted as stopped:
+        err_console.print(f"[yellow]interrupted[/]: run {stopped.run_id} keeps {stopped.kept} verdicts (cached)")
+        raise typer.Exit(130) from None
+    print_report(report, console)
+    _write_outputs(report, json_path, None)
 
 
 @app.command("score")
@@ -171,13 +233,18 @@ def show(
 
     results = run_results(run_id)
     report = build_report(get_run(run_id), results)
-    if not report.models:
+    if not report.models and report.judge is None:
         console.print(f"run {run_id} ({report.status}) has no results yet")
         return
     print_report(report, console)
     if examples:
         for model in report.models:
-            wrong = [r for r in results if r.model == model.name and not _all_correct(r.field_verdicts)]
+            # A text task has no fields: what went wrong there is an invalid (empty or missing) answer.
+            wrong = [
+                r
+                for r in results
+                if r.model == model.name and (not _all_correct(r.field_verdicts) if report.fields else not r.valid)
+            ]
             table = Table("example", "wrong fields", "output", title=f"{model.name}: {len(wrong)} examples with errors")
             for result in wrong[:examples]:
                 fields = ", ".join(f"{k} ({v})" for k, v in (result.field_verdicts or {}).items() if v != "correct")

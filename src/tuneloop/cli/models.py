@@ -76,13 +76,18 @@ def show_command(model: str = typer.Argument(..., help="task@N, task@sha256:<hex
         table.add_row("base commit", commit or "- (not recorded: registered before tuneloop recorded commits)")
     table.add_row("created", info.created_at.isoformat(timespec="seconds") if info.created_at else "-")
     table.add_row("data", info.dataset_ref or "-")
+    if info.config.get("method"):  # dpo: a version trained further from a parent (SFT versions record none)
+        parent = (info.config.get("parent") or {}).get("id", "-")
+        table.add_row("method", plain(f"{info.config['method']}, from {parent}"))
     if data:
         table.add_row(
             "examples",
             f"{data.get('train_examples')} train ({data.get('train_tokens', 0):,} tokens), "
             f"{data.get('validation_examples')} validation",
         )
-    table.add_row("sft config", json.dumps(train_config.get("sft", {}), sort_keys=True))
+    # The trainer's settings: a version trained further from a parent records its method's section instead.
+    for section in [key for key in ("dpo", "grpo") if key in train_config] or ["sft"]:
+        table.add_row(f"{section} config", json.dumps(train_config.get(section, {}), sort_keys=True))
     lora = dict(train_config.get("lora", {}))
     if train_config.get("loraplus_lr_ratio") is not None:  # LoRA+ (a top-level key of the config file)
         lora["loraplus_lr_ratio"] = train_config["loraplus_lr_ratio"]
@@ -101,6 +106,8 @@ def show_command(model: str = typer.Argument(..., help="task@N, task@sha256:<hex
     if info.merged_path:
         table.add_row("merged weights", str(info.merged_path))
     table.add_row("loss curve", str(info.loss_curve_path) if info.loss_curve_path else "-")
+    if (reward_curve := info.artifact_path / "reward_curve.png").is_file():  # grpo: the mean reward per step
+        table.add_row("reward curve", str(reward_curve))
     if info.config.get("run_dir"):
         table.add_row("run folder", info.config["run_dir"])
     console.print(table)

@@ -19,7 +19,8 @@ console = Console()
 def validate(path: str = typer.Argument(..., help="A task YAML file (or the name of a known task).")) -> None:
     """Check a task spec; problems are reported as file:line: key: message."""
     task = load_task(path)
-    console.print(f"[green]ok[/] {task.name}: {len(task.field_names)} fields, {len(task.checks)} checks")
+    answers = "free text judged by its rubric" if task.is_text else f"{len(task.field_names)} fields"
+    console.print(f"[green]ok[/] {task.name}: {answers}, {len(task.checks)} checks")
 
 
 @app.command("show")
@@ -35,9 +36,12 @@ def show(
     console.print(f"[bold]{task.name}[/]  {task.description}")
     console.print(f"instructions: {task.instructions}")
     console.print(f"input template: {task.input!r}")
+    if task.is_text:  # no fields: the answer is free text, weighed by a judge against the rubric
+        console.print("output: free text (`tuneloop eval run --judge MODEL --baseline MODEL` weighs it)")
+        console.print(f"rubric: {task.rubric}", markup=False)
     fields = Table("field", "type", "compare", "details", "copied from the input", title="fields")
     for name in task.field_names:
-        spec, prop = task.field_spec(name), task.output_schema["properties"][name]
+        spec, prop = task.field_spec(name), task.schema["properties"][name]
         details = {
             "number": f"tolerance {spec.tolerance:g}"
             + (f", relative {spec.relative_tolerance:g}" if spec.relative_tolerance else ""),
@@ -49,7 +53,8 @@ def show(
             details += f" → {spec.canonical}" if spec.canonical else ""
         copied = spec.extract or ""
         fields.add_row(name, json.dumps(prop.get("type")), spec.compare, details, copied)
-    console.print(fields)
+    if not task.is_text:
+        console.print(fields)
     if any(task.field_spec(name).extract for name in task.field_names):
         console.print(f"extraction: whitespace {task.extraction.whitespace}, case {task.extraction.case}")
     rules = Table("check", title="checks")

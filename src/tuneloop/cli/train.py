@@ -1,4 +1,5 @@
-"""CLI: train — LoRA fine-tuning of a base on a dataset, registered as the next ``task@N``."""
+"""CLI: train — LoRA fine-tuning of a base on a dataset (or of a version on preference pairs), registered as the
+next ``task@N``."""
 
 from __future__ import annotations
 
@@ -17,10 +18,34 @@ err_console = Console(stderr=True)
 def train(
     ctx: typer.Context,
     task: str = typer.Option(..., "--task", help="Task name or path of its YAML spec."),
-    data: str = typer.Option(..., "--data", help="Training data: FILE.jsonl (its train split) or dataset:NAME."),
-    base: str = typer.Option(DEFAULT_BASE, "--base", help="Base model: a bundled id, hf:org/name, or a path."),
+    data: str | None = typer.Option(
+        None,
+        "--data",
+        help="Training data: FILE.jsonl (its train split) or dataset:NAME. --method dpo: pairs:SOURCES "
+        "(corrections,checks,teacher) or a TRL preference JSONL file; default: every pair in the store. --method grpo: "
+        "as SFT's, each row's last message the verified answer its samples are scored against.",
+    ),
+    base: str | None = typer.Option(
+        None,
+        "--base",
+        help=f"Base model: a bundled id, hf:org/name, or a path (default {DEFAULT_BASE}; dpo, grpo: the parent's).",
+    ),
+    method: str = typer.Option(
+        "sft",
+        "--method",
+        help="sft (LoRA on examples), dpo (a --parent version on preference pairs: TRL DPOTrainer), or grpo (a "
+        "--parent version on --data's prompts, rewarded by the task's own score: TRL GRPOTrainer).",
+    ),
+    parent: str | None = typer.Option(
+        None,
+        "--parent",
+        help="--method dpo/grpo: the version to train further, task@N (also the DPO reference).",
+    ),
     config: Path | None = typer.Option(
-        None, "--config", help="Training config YAML (sft: TRL SFTConfig fields, lora: PEFT LoraConfig fields)."
+        None,
+        "--config",
+        help="Training config YAML (sft: TRL SFTConfig fields, lora: PEFT LoraConfig fields; dpo: TRL DPOConfig "
+        "fields; grpo: TRL GRPOConfig fields).",
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run with these arguments."),
     merge: bool = typer.Option(False, "--merge", help="Also write merged full weights beside the adapter."),
@@ -43,6 +68,11 @@ def train(
 ) -> None:
     """Fine-tune a base with LoRA (TRL SFTTrainer + PEFT) and register it as an immutable version.
 
+    --method dpo --parent TASK@N trains that version's LoRA further on preference pairs (TRL DPOTrainer: review
+    corrections, failed-check answers against verified labels, teacher answers; see `tuneloop data pairs`).
+    --method grpo --parent TASK@N trains it further by reinforcement (TRL GRPOTrainer): answers sampled to --data's
+    prompts, rewarded by the task's own field score against each row's verified answer (docs/training.md).
+
     Options after `--` go to `accelerate launch` unchanged (e.g. -- --num_machines 2 --machine_rank 0
     --main_process_ip 10.0.0.1 --main_process_port 29500).
     """
@@ -54,6 +84,8 @@ def train(
             data,
             base,
             config,
+            method=method,
+            parent=parent,
             launcher=launcher,
             num_processes=num_processes,
             accelerate_config=accelerate_config,
@@ -78,9 +110,17 @@ def train(
         parts.append(f"train loss {metrics['train_loss']:.4f}")
     if metrics.get("eval_loss") is not None:
         parts.append(f"validation loss {metrics['eval_loss']:.4f}")
+    if metrics.get("rewards_margins") is not None:  # DPO: how much more the chosen answers are preferred
+        parts.append(f"reward margin {metrics['rewards_margins']:.3f}")
+    if metrics.get("eval_rewards_accuracies") is not None:
+        parts.append(f"held-back pairs preferred {metrics['eval_rewards_accuracies']:.0%}")
+    if metrics.get("final_mean_reward") is not None:  # GRPO: the task's score of sampled answers, start → end
+        parts.append(f"mean reward {metrics['first_mean_reward']:+.3f} → {metrics['final_mean_reward']:+.3f}")
     parts.append(f"{result.seconds / 60:.1f} min, {result.tokens_per_second:,.0f} tokens/s")
     console.print("  " + ", ".join(parts), highlight=False)
     console.print(f"  adapter: {version.adapter_path}", highlight=False)
     if version.loss_curve_path:
         console.print(f"  loss curve: {version.loss_curve_path}", highlight=False)
+    if (reward_curve := version.artifact_path / "reward_curve.png").is_file():
+        console.print(f"  reward curve: {reward_curve}", highlight=False)
     console.print(f"  evaluate: tuneloop eval run --task {version.task} --model {version.id}", highlight=False)

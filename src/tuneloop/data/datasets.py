@@ -130,6 +130,11 @@ def judge_answer(
     content = answer.get("content")
     if not isinstance(content, str):
         return answer, None, ["no text answer (the assistant only called tools)"]
+    if task.is_text:  # a free-text answer is its text: no fields to parse, only its presence to check
+        text = content.strip()
+        if not text:
+            return answer, None, ["invalid answer: the answer is empty"]
+        return {**answer, "content": text}, None, task.run_checks(text)
     from tuneloop.answers import parse_answer
 
     fields, problem = parse_answer(task, content)

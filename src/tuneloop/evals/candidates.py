@@ -292,6 +292,11 @@ class EndpointGenerator:
         if stop.is_set():
             raise RequestCancelled
         arguments = sampling_arguments(self.model, params)
+        if params.json_schema is not None:  # a judge's verdict (evals/judge.py), as the endpoint's structured output
+            arguments["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "answer", "schema": params.json_schema, "strict": True},
+            }
         try:
             if self.stream:
                 return self._streamed(messages, arguments, stop)

@@ -3,7 +3,8 @@
 A gold row is a dataset row: ``id``, ``messages`` whose last message is the assistant's verified JSON
 answer, and optionally ``metadata.fields`` (the same answer, parsed). Every gold answer must fit the
 task's output schema; one that does not stops the eval before anything runs or is stored, with the
-file:line and the field. Saved predictions are ``{"id": ..., "output": "<raw text>"}`` rows.
+file:line and the field. A text task's row ends in its reference answer instead (any non-empty text).
+Saved predictions are ``{"id": ..., "output": "<raw text>"}`` rows.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ DEFAULT_DATASET_SPLIT = "test"
 class Example:
     id: str
     prompt: list[Message]  # the chat up to the answer
-    gold: dict[str, Any]
+    gold: dict[str, Any]  # the verified answer's fields ({} for a text task)
     where: str  # file:line or dataset entry, for error messages
+    reference: str | None = None  # a text task's reference answer, which the judge compares answers with
 
 
 def load_examples(task: Task, data_ref: str, *, limit: int | None = None, require_ids: bool = False) -> list[Example]:
@@ -61,7 +63,9 @@ def fingerprint(examples: list[Example]) -> str:
     """sha256 of the examples (ids, prompts, gold answers): a resumed run must see the same data."""
     digest = hashlib.sha256()
     for example in examples:
-        payload = {"id": example.id, "prompt": example.prompt, "gold": example.gold}
+        payload: dict[str, Any] = {"id": example.id, "prompt": example.prompt, "gold": example.gold}
+        if example.reference is not None:  # text tasks only: JSON runs keep the fingerprints they had
+            payload["reference"] = example.reference
         digest.update(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode())
         digest.update(b"\n")
     return digest.hexdigest()
@@ -82,6 +86,15 @@ def gold_example(task: Task, row: dict[str, Any], where: str, default_id: str | 
             where=where,
             hint="end each row with {'role': 'assistant', 'content': '<the verified JSON answer>'}",
         )
+    if task.is_text:  # a reference answer: any non-empty text (fields and metadata.fields do not apply)
+        reference = messages[last]["content"]
+        if not isinstance(reference, str) or not reference.strip():
+            raise TuneloopError(
+                f"field `messages[{last}].content`: the reference answer is empty",
+                where=where,
+                hint=f"task {task.name} answers in free text: end the row with the reference answer's text",
+            )
+        return Example(str(example_id), messages[:last], {}, where, reference=reference.strip())
     answer, problem = parse_answer(task, messages[last]["content"])
     if answer is None:
         raise TuneloopError(

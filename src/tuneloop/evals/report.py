@@ -82,6 +82,8 @@ def mark(passed: bool | None) -> str:
 
 
 def error_with_interval(model: ModelResult) -> str:
+    if model.summary.field_error_ci95 is None:  # a text task: no fields to be wrong
+        return "—"
     low, high = (bound * 100 for bound in model.summary.field_error_ci95)
     return f"{pct(model.summary.field_error_rate)} ({low:.{1 if low < 10 else 0}f}–{high:.{1 if high < 10 else 0}f})"
 
@@ -98,11 +100,85 @@ def judged_requirements(report: EvalReport) -> list[tuple[str, float]]:
 
 
 def report_tables(report: EvalReport) -> Group:
-    """The verdict table (the seed's table), quality, speed, and error per field."""
-    tables = [verdict_table(report), quality_table(report)]
-    if report.mode == "run":
-        tables.append(speed_table(report))
-    return Group(*tables, field_table(report), notes(report))
+    """The verdict table (the seed's table), quality, speed, error per field (JSON tasks), the judge's
+    verdicts (text tasks judged) with its agreement with human labels."""
+    tables: list[Any] = []
+    if report.models:
+        tables += [verdict_table(report), quality_table(report)]
+        if report.mode == "run":
+            tables.append(speed_table(report))
+        if report.fields:  # a text task has none
+            tables.append(field_table(report))
+    if report.judge is not None:
+        if report.judged:
+            tables.append(judge_table(report))
+            calls = sum(summary.judge_calls for summary in report.judged)
+            cached = sum(summary.verdicts_cached for summary in report.judged)
+            spent = [summary.judge_spent_usd for summary in report.judged if summary.judge_spent_usd is not None]
+            cost = f", costing {usd(sum(spent))}" if spent else ""
+            tables.append(
+                Text(f"judge calls in this run: {calls}{cost}; verdicts from the cache: {cached}", style="dim")
+            )
+        tables.append(agreement_text(report))
+    return Group(*tables, notes(report))
+
+
+def win_rate_with_interval(rate: float | None, interval: tuple[float, float] | None) -> str:
+    if rate is None or interval is None:
+        return "—"
+    low, high = (bound * 100 for bound in interval)
+    return f"{pct(rate)} ({low:.0f}–{high:.0f})"
+
+
+def judge_table(report: EvalReport) -> Table:
+    """Each candidate against the baseline: wins, ties, losses over both orders, the win rate and its interval."""
+    baseline = report.judged[0].baseline
+    table = Table(
+        title=f"{report.task}: judged by {report.judge} against {baseline}, each pair in both orders",
+        title_justify="left",
+        caption="a win or loss counts only when both orders agree, else a tie (inconsistent); "
+        "win rate = (wins + ½ ties) / pairs decided, 95% Wilson interval",
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    _model_column(table, report)
+    for heading in ("pairs", "wins", "ties", "losses", "win rate (95% CI)", "inconsistent", "unparseable", "failed"):
+        table.add_column(heading, justify="right")
+    for summary in report.judged:
+        inconsistent = f"{summary.inconsistent} ({pct(summary.inconsistent_share, 0)})" if summary.judged else "0"
+        table.add_row(
+            Text(summary.candidate),
+            str(summary.pairs),
+            str(summary.wins),
+            str(summary.ties),
+            str(summary.losses),
+            win_rate_with_interval(summary.win_rate, summary.win_rate_ci95),
+            inconsistent,
+            str(summary.unparseable),
+            str(summary.failed),
+        )
+    return table
+
+
+def agreement_text(report: EvalReport) -> Text:
+    """The judge's agreement with people, beside its verdicts: how far to trust them."""
+    agreement = report.agreement
+    if agreement is None:
+        return Text(
+            f"judge {report.judge}: its agreement with human labels has not been measured on this task "
+            "(--judge-labels FILE, or `tuneloop eval judge-agreement`), so how far to trust its verdicts is unknown"
+        )
+    interval = agreement.rate_ci95
+    rate = win_rate_with_interval(agreement.rate, interval)
+    kappa = f"{agreement.kappa:.2f}" if agreement.kappa is not None else "undefined (one label only)"
+    left_out = agreement.unparseable + agreement.failed + agreement.pending
+    return Text(
+        f"judge {report.judge} agrees with human labels on {rate} of {agreement.judged} labelled pairs "
+        f"(95% Wilson interval), Cohen's kappa {kappa}; {agreement.inconsistent} inconsistent across orders"
+        + (f", {left_out} without two verdicts" if left_out else "")
+        + f" ({Path(agreement.labels).name}"
+        + (f", measured in run {agreement.measured_in})" if agreement.measured_in else ")")
+    )
 
 
 # Model names, field names and outputs are the user's text: cells get them as Text, never as strings,
@@ -174,7 +250,7 @@ def quality_table(report: EvalReport) -> Table:
         summary = model.summary
         table.add_row(
             Text(model.name),
-            pct(summary.exact_match_rate, 0),
+            pct(summary.exact_match_rate, 0) if report.fields else "—",
             pct(summary.invalid_rate, 0),
             str(summary.hallucinations),
             str(summary.invented),
@@ -223,8 +299,10 @@ def notes(report: EvalReport) -> Text:
         spent = [model.spent_usd for model in report.models if model.spent_usd]
         if spent:
             lines.append(f"this run's new requests cost {usd(sum(spent))} (cached answers cost nothing)")
-    else:
+    elif report.mode == "score":
         lines.append("saved predictions: no latency or cost measured, so only the error rate is judged")
+    if report.models and not report.fields and report.judge is None:
+        lines.append("a text task: no fields to score; its answers are weighed with --judge MODEL --baseline MODEL")
     if report.n < SMALL_SAMPLE:
         lines.append(f"with {report.n} examples the intervals are wide; evaluate on more for a firm verdict")
     return Text("\n".join(lines), style="dim")
@@ -257,6 +335,8 @@ def write_html(report: EvalReport, path: Path) -> None:
         ],
         per_day=per_day(report.requests_per_day),
         error_with_interval=error_with_interval,
+        win_rate_with_interval=win_rate_with_interval,
+        agreement_text=lambda report: agreement_text(report).plain,
         mark=mark,
         plots={name: base64.b64encode(png).decode("ascii") for name, png in plots.items()},
         small_sample=report.n < SMALL_SAMPLE,
@@ -289,11 +369,12 @@ def _write_atomic(path: Path, text: str) -> None:
 def render_plots(report: EvalReport) -> dict[str, bytes]:
     """PNG images by name: ``scatter`` and ``latency`` (when measured), ``fields`` always."""
     plots: dict[str, bytes] = {}
-    if any(model.cost_per_1k_usd is not None for model in report.models):
+    if report.fields and any(model.cost_per_1k_usd is not None for model in report.models):
         plots["scatter"] = _png(price_performance_scatter(report))
     if any(model.latencies_ms for model in report.models):
         plots["latency"] = _png(latency_cdf(report))
-    plots["fields"] = _png(field_error_bars(report))
+    if report.fields:  # a text task has none
+        plots["fields"] = _png(field_error_bars(report))
     return plots
 
 
@@ -332,7 +413,11 @@ def price_performance_scatter(report: EvalReport) -> Figure:
     figure = _figure()
     axes = figure.add_subplot()
     colored = zip(report.models, _colors(len(report.models)), strict=True)
-    costed = [(model, color) for model, color in colored if model.cost_per_1k_usd is not None]
+    costed = [
+        (model, color)
+        for model, color in colored
+        if model.cost_per_1k_usd is not None and model.summary.field_error_ci95 is not None
+    ]
     max_error = report.requirements.max_error_rate
     max_cost = report.requirements.max_cost_per_1k_requests_usd
     costs = [model.cost_per_1k_usd or 0.0 for model, _ in costed]
@@ -340,8 +425,8 @@ def price_performance_scatter(report: EvalReport) -> Figure:
     log_x = bool(positive) and max(positive) / min(positive) > 20
     floor = min(positive) / 3 if positive else 0.0  # where a free model sits on a log axis
     for (model, color), cost in zip(costed, costs, strict=True):
-        rate = model.summary.field_error_rate * 100
-        low, high = (bound * 100 for bound in model.summary.field_error_ci95)
+        rate = (model.summary.field_error_rate or 0.0) * 100
+        low, high = (bound * 100 for bound in model.summary.field_error_ci95 or (0.0, 0.0))
         x = cost if not log_x or cost > 0 else floor
         axes.errorbar(
             x, rate, yerr=[[rate - low], [high - rate]], fmt="o", color=color, capsize=4, markersize=7, label=model.name
@@ -431,6 +516,7 @@ def run_rows(runs: Iterable[RunInfo]) -> list[list[str]]:
         best = None
         if run.summary:
             rates = [model["field_error_rate"] for model in run.summary.get("models", [])]
+            rates = [rate for rate in rates if rate is not None]  # a text task's runs have no field error
             best = min(rates) if rates else None
         rows.append(
             [

@@ -14,6 +14,7 @@ from typing import Any
 
 from tuneloop.comparators import Verdict
 from tuneloop.cost import monthly_cost
+from tuneloop.evals.judge import Agreement, JudgeSummary, summarize_agreement, summarize_judging
 from tuneloop.evals.latency import LatencyStats, latency_stats
 from tuneloop.evals.scoring import RecordScore, Summary, summarize_fields
 from tuneloop.evals.store import RunInfo, StoredResult
@@ -88,6 +89,11 @@ class EvalReport:
     concurrency: int | None = None
     price_table: str | None = None
     requests_per_day: float | None = None
+    # A text task's judging (evals/judge.py): the judge, each candidate against the baseline, and the
+    # judge's agreement with human labels when it was measured in this run.
+    judge: str | None = None
+    judged: list[JudgeSummary] = field(default_factory=list)
+    agreement: Agreement | None = None
 
     @property
     def complete(self) -> bool:
@@ -109,6 +115,14 @@ class EvalReport:
             "price_table": self.price_table,
             "requests_per_day": self.requests_per_day,
             "models": [model.to_dict() for model in self.models],
+            **({"judge": self.judge_dict()} if self.judge is not None else {}),
+        }
+
+    def judge_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.judge,
+            "pairs": [summary.to_dict() for summary in self.judged],
+            "agreement": self.agreement.to_dict() if self.agreement is not None else None,
         }
 
 
@@ -126,6 +140,7 @@ def build_report(run: RunInfo, results: list[StoredResult]) -> EvalReport:
         for model in config["models"]
         if by_model.get(model["label"])
     ]
+    judging = config.get("judge")
     return EvalReport(
         run_id=run.id,
         task=run.task,
@@ -141,7 +156,21 @@ def build_report(run: RunInfo, results: list[StoredResult]) -> EvalReport:
         concurrency=options.get("concurrency"),
         price_table=config.get("price_table"),
         requests_per_day=requests_per_day,
+        judge=judging["judge"] if judging else None,
+        judged=summarize_judging(judging, results) if judging and judging.get("candidates") else [],
+        agreement=_agreement(judging, results),
     )
+
+
+def _agreement(judging: dict[str, Any] | None, results: list[StoredResult]) -> Agreement | None:
+    """The judge's agreement with human labels: measured in this run, else the one the run found recorded."""
+    if not judging:
+        return None
+    if judging.get("human"):
+        return summarize_agreement(judging, results)
+    if judging.get("agreement_from"):
+        return Agreement.from_dict(judging["agreement_from"])
+    return None
 
 
 def record_score(result: StoredResult, fields: list[str]) -> RecordScore:

@@ -15,12 +15,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from tuneloop.cost import load_price_table
+from tuneloop.cost import PriceTable, load_price_table
 from tuneloop.errors import TuneloopError
 from tuneloop.evals.candidates import (
     Candidate,
@@ -37,6 +38,19 @@ from tuneloop.evals.examples import (
     fingerprint,
     load_examples,
     load_predictions,
+)
+from tuneloop.evals.judge import (
+    JUDGE_MAX_TOKENS,
+    JudgeOptions,
+    LabelledPair,
+    ask_judge,
+    check_judgeable,
+    judge_params,
+    judge_run,
+    judging_config,
+    label_jobs,
+    load_labels,
+    stored_agreement,
 )
 from tuneloop.evals.results import EvalReport, build_report
 from tuneloop.evals.scoring import score_record
@@ -71,6 +85,8 @@ class EvalOptions:
     # Local models decode extractive fields and formats under their per-input constraints (extraction.py);
     # False decodes under the task's plain output schema (the comparison benchmarks make).
     constrain_values: bool = True
+    # A text task's answers weighed pairwise against a baseline by an LLM judge (evals/judge.py).
+    judge: JudgeOptions | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -111,13 +127,16 @@ def run_eval(
     console = console or Console(stderr=True)
     task_ref = _task_ref(task)
     task = load_task(task) if isinstance(task, str) else task
-    specs = [ModelSpec(spec) if isinstance(spec, str) else spec for spec in models]
+    specs = [ModelSpec(spec) if isinstance(spec, str) else spec for spec in models]  # a baseline may join
     if not specs:
         raise TuneloopError("no model to evaluate", hint="name one or more with --model")
+    if options.judge is not None:
+        check_judgeable(task, options.judge)
     # Everything that can be wrong with the input is found here, before a run is stored.
     examples = load_examples(task, data_ref, limit=options.limit)
     prices = load_price_table()
     resolved = [resolve_candidate(spec, prices, stream=options.stream) for spec in specs]
+    judging = _judging(options.judge, specs, resolved, prices, stream=options.stream)
     _refuse_duplicate_labels(resolved)
     params = decoding_params(task, options.max_tokens)
     config = {
@@ -139,9 +158,17 @@ def run_eval(
             "use_cache": options.use_cache,
             "stream": options.stream,
             "requests_per_day": options.requests_per_day,
+            "judge": None if options.judge is None else _judge_options(options.judge),
         },
         "price_table": prices.version,
     }
+    if judging is not None:
+        candidates = [model.label for model in resolved if model.label != judging.baseline]
+        config["judge"] = judging_config(
+            judging.candidate, judging.options, judging.baseline, candidates, judging.labels
+        )
+        if judging.labels is None:  # shown beside the verdicts: the judge's last measured agreement, if any
+            config["judge"]["agreement_from"] = stored_agreement(task.name, judging.candidate.identity)
     data_name = canonical_data_ref(data_ref)
     if resume_run is None:
         run_id = create_run(task.name, data_name, config)
@@ -152,6 +179,19 @@ def run_eval(
     try:
         for model in resolved:
             _run_model(task, model, examples, params, options, run_id, writer, console, on_result)
+        if judging is not None:
+            judge_run(
+                task,
+                examples,
+                judging.candidate,
+                config["judge"],
+                judging.labels,
+                run_id=run_id,
+                writer=writer,
+                use_cache=options.use_cache,
+                concurrency=options.concurrency,
+                console=console,
+            )
     except KeyboardInterrupt:
         writer.flush()
         mark_run(run_id, "interrupted")
@@ -174,7 +214,11 @@ def resume_eval(run_id: int, *, console: Console | None = None, on_result: Resul
     run = get_run(run_id)
     config = run.config
     if config.get("mode") != "run":
-        raise TuneloopError(f"eval run {run_id} scored saved predictions; there is nothing to resume")
+        what = "measured a judge's agreement" if config.get("mode") == "agreement" else "scored saved predictions"
+        raise TuneloopError(
+            f"eval run {run_id} {what}; there is nothing to resume",
+            hint="run the same command again: what was answered comes from the cache",
+        )
     if run.status == "done":
         raise TuneloopError(f"eval run {run_id} is complete", hint=f"`tuneloop eval show {run_id}` shows it")
     task = load_task(config["task_ref"])
@@ -186,6 +230,7 @@ def resume_eval(run_id: int, *, console: Console | None = None, on_result: Resul
         use_cache=saved["use_cache"],
         stream=saved["stream"],
         requests_per_day=saved["requests_per_day"],
+        judge=JudgeOptions(**saved["judge"]) if saved.get("judge") else None,
     )
     examples = load_examples(task, run.data_ref, limit=options.limit)
     if fingerprint(examples) != config["data_fingerprint"]:
@@ -304,7 +349,7 @@ def _structured(
 ) -> GenerationParams:
     """An example's decoding settings: a local model decodes under the task's schema, narrowed to the
     example's input where the task's fields copy values or enforce formats (the same rule as serving)."""
-    if not model.structured:
+    if not model.structured or task.is_text:  # free text decodes freely
         return params
     if not options.constrain_values:
         return replace(params, json_schema=task.output_schema)
@@ -425,6 +470,112 @@ def _task_ref(task: Task | str) -> str:
     return str(path.resolve()) if path.is_file() else task
 
 
+@dataclass(frozen=True)
+class _Judging:
+    options: JudgeOptions
+    candidate: Candidate  # the judge
+    baseline: str  # the baseline's label among the run's models
+    labels: list[LabelledPair] | None  # pairs a person labelled, to measure the judge's agreement on
+
+
+def _judging(
+    options: JudgeOptions | None,
+    specs: list[ModelSpec],
+    resolved: list[Candidate],
+    prices: PriceTable,
+    *,
+    stream: bool,
+) -> _Judging | None:
+    """The judge resolved, and the baseline found among the models (or added to them: it answers too)."""
+    if options is None:
+        return None
+    assert options.baseline is not None  # check_judgeable
+    judge = resolve_candidate(ModelSpec(options.judge), prices, stream=False)
+    named = [
+        model for model, spec in zip(resolved, specs, strict=True) if options.baseline in (spec.model, model.label)
+    ]
+    if named:
+        baseline = named[0]
+    else:
+        baseline = resolve_candidate(ModelSpec(options.baseline), prices, stream=stream)
+        resolved.append(baseline)
+        specs.append(ModelSpec(options.baseline))
+    if len(resolved) < 2:
+        raise TuneloopError(
+            f"{baseline.label} is the baseline and the only model: there is nothing to compare with it",
+            where="--baseline",
+            hint="name the model to judge with --model, and the one to compare it with as --baseline",
+        )
+    labels = load_labels(Path(options.labels).expanduser()) if options.labels else None
+    return _Judging(options, judge, baseline.label, labels)
+
+
+def _judge_options(options: JudgeOptions) -> dict[str, Any]:
+    return {
+        "judge": options.judge,
+        "baseline": options.baseline,
+        "labels": options.labels,
+        "max_tokens": options.max_tokens,
+    }
+
+
+def judge_agreement(
+    task: Task | str,
+    labels_path: Path,
+    judge_model: str,
+    *,
+    max_tokens: int = JUDGE_MAX_TOKENS,
+    use_cache: bool = True,
+    concurrency: int = 1,
+    console: Console | None = None,
+) -> EvalReport:
+    """A judge on pairs people labelled: its agreement with them (Wilson interval) and Cohen's kappa, stored
+    as a run (mode ``agreement``) whose verdicts the answer cache keeps, so measuring it again costs nothing."""
+    console = console or Console(stderr=True)
+    task_ref = _task_ref(task)
+    task = load_task(task) if isinstance(task, str) else task
+    options = JudgeOptions(judge_model, labels=str(labels_path), max_tokens=max_tokens)
+    if not task.is_text:
+        check_judgeable(task, options)  # the JSON-task refusal, with its hint
+    labels = load_labels(labels_path)
+    judge = resolve_candidate(ModelSpec(judge_model), load_price_table(), stream=False)
+    config = {
+        "mode": "agreement",
+        "task_ref": task_ref,
+        "fields": [],
+        "requirements": {},
+        "n": len(labels),
+        "models": [],
+        "options": {"concurrency": concurrency, "use_cache": use_cache, "judge": _judge_options(options)},
+        "judge": judging_config(judge, options, "", [], labels),
+    }
+    run_id = create_run(task.name, str(labels_path.expanduser().resolve()), config)
+    writer = ResultWriter(run_id)
+    try:
+        ask_judge(
+            judge,
+            label_jobs(task, labels),
+            judge_params(judge, max_tokens),
+            writer=writer,
+            done=set(),
+            use_cache=use_cache,
+            concurrency=concurrency,
+            console=console,
+        )
+    except KeyboardInterrupt:
+        writer.flush()
+        mark_run(run_id, "interrupted")
+        raise EvalInterrupted(run_id, len(run_results(run_id))) from None
+    except TuneloopError:
+        writer.flush()
+        mark_run(run_id, "failed")
+        raise
+    writer.flush()
+    report = replace(build_report(get_run(run_id), run_results(run_id)), status="done")
+    mark_run(run_id, "done", summary=report.to_dict())
+    return report
+
+
 def _refuse_duplicate_labels(models: list[Candidate]) -> None:
     seen: set[str] = set()
     for model in models:
@@ -436,8 +587,10 @@ def _refuse_duplicate_labels(models: list[Candidate]) -> None:
 __all__ = [
     "EvalInterrupted",
     "EvalOptions",
+    "JudgeOptions",
     "ModelSpec",
     "decoding_params",
+    "judge_agreement",
     "resume_eval",
     "run_eval",
     "score_predictions",

@@ -8,54 +8,23 @@ fitting the task's schema makes every field of its record wrong (and the record 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from tuneloop.answers import parse_answer
-from tuneloop.comparators import Verdict, compare_field
-from tuneloop.extraction import value_in_input
+# One record's score lives in the core (answers.py), so training's reward (train/reward.py) scores answers
+# exactly as evals do; it is re-exported here, where evals and their callers have always found it.
+from tuneloop.answers import RecordScore, score_record
+from tuneloop.comparators import Verdict
 from tuneloop.task import Task
 
-
-@dataclass
-class RecordScore:
-    example_id: str
-    verdicts: dict[str, Verdict]
-    valid: bool
-    invalid_reason: str | None = None
-    answer: dict[str, Any] | None = None
-    check_failures: list[str] = field(default_factory=list)
-
-    @property
-    def errors(self) -> int:
-        return sum(v.is_error for v in self.verdicts.values())
-
-    @property
-    def exact(self) -> bool:
-        return self.errors == 0
-
-
-def score_record(
-    task: Task, example_id: str, output: str | None, gold: dict[str, Any], source: str | None = None
-) -> RecordScore:
-    """Score one output; ``output=None`` (no prediction) counts as invalid.
-
-    With ``source`` (the example's input text), a wrong value of an extractive field that the input does
-    not hold is counted as *invented* rather than wrong: the error constrained decoding rules out.
-    """
-    if output is None:
-        answer, reason = None, "no prediction for this example"
-    else:
-        answer, reason = parse_answer(task, output)
-    if answer is None:
-        return RecordScore(example_id, {f: Verdict.INVALID for f in task.field_names}, False, reason)
-    verdicts = {f: compare_field(task.field_spec(f), answer.get(f), gold.get(f)) for f in task.field_names}
-    if source is not None:
-        for name, verdict in verdicts.items():
-            copied = task.field_spec(name).extract is not None
-            if copied and verdict.is_error and not value_in_input(task, name, answer.get(name), source):
-                verdicts[name] = Verdict.INVENTED
-    return RecordScore(example_id, verdicts, True, None, answer, task.run_checks(answer))
+__all__ = [
+    "RecordScore",
+    "Summary",
+    "clustered_wilson_interval",
+    "score_record",
+    "summarize",
+    "summarize_fields",
+]
 
 
 @dataclass
@@ -63,8 +32,9 @@ class Summary:
     """What a table row shows for one model: rates over records and fields."""
 
     n: int
-    field_error_rate: float
-    field_error_ci95: tuple[float, float]
+    # None for a text task (no fields): its answers are weighed by a judge (evals/judge.py), not scored here
+    field_error_rate: float | None
+    field_error_ci95: tuple[float, float] | None
     per_field: dict[str, float]
     exact_match_rate: float
     invalid_rate: float
@@ -77,7 +47,7 @@ class Summary:
         return {
             "n": self.n,
             "field_error_rate": self.field_error_rate,
-            "field_error_ci95": list(self.field_error_ci95),
+            "field_error_ci95": list(self.field_error_ci95) if self.field_error_ci95 is not None else None,
             "per_field": self.per_field,
             "exact_match_rate": self.exact_match_rate,
             "invalid_rate": self.invalid_rate,
@@ -99,14 +69,14 @@ def summarize_fields(fields: list[str], scores: list[RecordScore]) -> Summary:
     n = len(scores)
     errors = [s.errors for s in scores]
     total_fields = n * len(fields)
-    rate = sum(errors) / total_fields
+    rate = sum(errors) / total_fields if fields else None
     every = [v for s in scores for v in s.verdicts.values()]
     return Summary(
         n=n,
         field_error_rate=rate,
-        field_error_ci95=clustered_wilson_interval(errors, len(fields)),
+        field_error_ci95=clustered_wilson_interval(errors, len(fields)) if fields else None,
         per_field={f: sum(s.verdicts[f].is_error for s in scores) / n for f in fields},
-        exact_match_rate=sum(s.exact for s in scores) / n,
+        exact_match_rate=sum(s.exact and s.valid for s in scores) / n,
         invalid_rate=sum(not s.valid for s in scores) / n,
         hallucinations=sum(v is Verdict.HALLUCINATION for v in every),
         misses=sum(v is Verdict.MISS for v in every),

@@ -36,7 +36,7 @@ class RequirementsVerdict:
 def judge(
     requirements: Requirements,
     *,
-    field_error_rate: float,
+    field_error_rate: float | None,
     p95_latency_ms: float | None = None,
     cost_per_1k_usd: float | None = None,
     error_only: bool = False,

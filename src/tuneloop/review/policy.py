@@ -6,7 +6,8 @@ return, streamed ones included (see "Streams" below). The task is the one of the
 task, or when the request asked for plain text, nothing is checked.
 
 Checks (``Task.run_checks``): schema validity (formats included), field rules, cross-field rules, and
-``min_confidence`` against the mean token probability when the response carries ``logprobs``.
+``min_confidence`` against the mean token probability when the response carries ``logprobs``. A free-text
+task (``output: text``) has no schema or fields: its answer is checked for being there and for its confidence.
 
 On failure, the task's ``on_check_failure``:
 
@@ -129,6 +130,8 @@ def check_answer(task: Task, text: str | None, confidence: float | None = None) 
     """Parse an answer (one Markdown code fence tolerated) and run every check of the task on it."""
     if text is None:
         return CheckResult(task.name, None, None, ["schema: no text answer"], confidence)
+    if task.is_text:  # free text: there is nothing to parse, only its presence and confidence to check
+        return CheckResult(task.name, text, None, task.run_checks(text, confidence=confidence), confidence)
     from tuneloop.answers import unfenced
 
     try:

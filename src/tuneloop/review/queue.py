@@ -69,7 +69,7 @@ class ReviewView:
     locked_by: str | None
     lock_expires_at: datetime | None
     reviewer: str | None
-    correction: dict[str, Any] | None
+    correction: dict[str, Any] | str | None  # a text task's: the corrected text
     note: str | None
     verified_entry_id: int | None
     time_spent_s: float | None
@@ -81,7 +81,10 @@ class ReviewView:
 
     @property
     def fields(self) -> dict[str, Any] | None:
-        """What a person decided the answer is (the correction, else the approved draft), else the draft."""
+        """What a person decided the answer is (the correction, else the approved draft), else the draft
+        (None for a text task's: its answer is text)."""
+        if isinstance(self.correction, str):
+            return None
         return self.correction if self.correction is not None else self.draft_fields
 
 
@@ -250,7 +253,14 @@ def approve_item(
 ) -> Decision:
     """The draft is right: record it, and add it to a dataset as a human-verified entry."""
     item = get_item(item_id, url=url)
-    if item.draft_fields is None:
+    if _task(item.task).is_text:  # a free-text draft is approved as its text
+        if not (item.draft_text or "").strip():
+            raise TuneloopError(
+                f"review item {item_id}: the draft is empty, so there is nothing to approve",
+                where=f"review item {item_id}",
+                hint=f"correct it instead: tuneloop review correct {item_id} --set text=...",
+            )
+    elif item.draft_fields is None:
         raise TuneloopError(
             f"review item {item_id}: the draft is not a JSON object of the task's fields, so it cannot be approved",
             where=f"review item {item_id}",
@@ -278,6 +288,15 @@ def correct_item(
     """
     item = get_item(item_id, url=url)
     spec = _task(item.task)
+    if spec.is_text:  # the answer is one text: the correction is that text (stored as a JSON string)
+        text = changes.get("text")
+        if set(changes) != {"text"} or not isinstance(text, str) or not text.strip():
+            raise TuneloopError(
+                f"task {item.task} answers in free text: the correction is the whole answer, as `text`",
+                where=f"review item {item_id}",
+                hint=f"tuneloop review correct {item_id} --set text='<the answer it should have given>'",
+            )
+        return _decide(item_id, reviewer, "corrected", text.strip(), dataset, to_dataset, seconds, note, url)
     unknown = sorted(set(changes) - set(spec.field_names))
     if unknown:
         raise TuneloopError(
@@ -313,6 +332,8 @@ def parse_field_value(task: Task | str, field: str, text: str) -> Any:
     """A reviewer's typed text as the field's JSON value: ``null``, numbers for number fields, JSON for
     arrays/objects, else the string (quotes optional). TuneloopError names the field when it won't do."""
     spec = _task(task) if isinstance(task, str) else task
+    if spec.is_text and field == "text":  # a free-text answer, as typed
+        return text.strip()
     if field not in spec.field_names:
         raise TuneloopError(
             f"{field!r} is not a field of task {spec.name}", where=field, hint=f"fields: {', '.join(spec.field_names)}"
@@ -352,7 +373,7 @@ def _decide(
     item_id: int,
     reviewer: str,
     status: str,
-    correction: dict[str, Any] | None,
+    correction: dict[str, Any] | str | None,  # a text task's correction is the answer's text
     dataset: str | None,
     to_dataset: bool,
     seconds: float | None,
@@ -406,6 +427,10 @@ def _decide(
         if to_dataset and status in ("approved", "corrected"):
             spec = _task(item.task)
             fields = correction if correction is not None else (item.draft or {}).get("fields")
+            if spec.is_text:
+                content = correction if isinstance(correction, str) else (item.draft or {}).get("content") or ""
+            else:
+                content = spec.answer_json(fields if isinstance(fields, dict) else {})
             messages = _prompt(session, item)
             if not messages:
                 raise TuneloopError(
@@ -421,7 +446,7 @@ def _decide(
                 dataset_name = dataset or f"{item.task}-reviewed"
             target = get_or_create_dataset(session, dataset_name, item.task, description="human-verified reviews")
             draft = EntryDraft(
-                messages=[*messages, {"role": "assistant", "content": spec.answer_json(fields or {})}],
+                messages=[*messages, {"role": "assistant", "content": content}],
                 provenance="human",
                 options=request_options(item.request or {}),
                 source_request_id=request_id,

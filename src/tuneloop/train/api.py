@@ -34,7 +34,7 @@ from typing import Any
 
 from rich.console import Console
 
-from tuneloop.bases import base_weights_hash, end_of_turn_token, resolve_base, transformers_dir
+from tuneloop.bases import DEFAULT_BASE, base_weights_hash, end_of_turn_token, resolve_base, transformers_dir
 from tuneloop.config import get_settings
 from tuneloop.errors import TuneloopError
 from tuneloop.registry.versions import ModelVersionInfo, register_version
@@ -67,6 +67,8 @@ from tuneloop.train.quiet import quiet_libraries
 from tuneloop.train.recipe import RESULT_FILE, RUN_FILE
 
 REGISTERED_FILE = "registered.json"
+# sft: LoRA on examples' answers, from a base; the others train a registered version (--parent) further.
+METHODS = ("sft", "dpo", "grpo")
 
 
 @dataclass(frozen=True)
@@ -82,10 +84,12 @@ class TrainResult:
 
 def train(
     task: str | Task,
-    data: str | Path,
-    base: str = "smollm2-135m-instruct",
+    data: str | Path | None = None,
+    base: str | None = None,
     config: str | Path | TrainConfig | None = None,
     *,
+    method: str = "sft",
+    parent: str | None = None,
     launcher: str = "inprocess",
     num_processes: int = 1,
     accelerate_config: Path | None = None,
@@ -102,12 +106,33 @@ def train(
     ``time_budget`` (``"20m"``, ``"1h30m"``, or seconds) fits the schedule into it (``budget.py``).
     ``system_prompt``: the system prompt to train with in place of the task's instructions (``""``: no
     system message); the version is then served with it (None: the task's instructions, as always).
+
+    ``method``: ``sft`` (the default: LoRA on ``data``'s answers, from ``base``, the smollm2-135m-instruct
+    base unless named), or ``dpo`` (``dpo_api.py``: the ``parent`` version's LoRA trained further on
+    preference pairs; ``data`` None or ``pairs:SOURCES`` takes them from the store, else a TRL preference
+    JSONL file; ``config`` a file with a ``dpo:`` section), or ``grpo`` (``grpo.py``: the ``parent`` version's
+    LoRA trained further by TRL's GRPOTrainer, rewarded by the task's own score of answers it samples to
+    ``data``'s prompts; ``config`` a file with a ``grpo:`` section).
     """
+    _check_method(method, parent, data)
+    if method == "dpo":
+        _refuse_sft_options(method, launcher, num_processes, accelerate_args, resume, time_budget, system_prompt)
+        from tuneloop.train.dpo_api import train_dpo
+
+        with quiet_libraries():
+            return train_dpo(task, data, parent=parent, base=base, config=config, merge=merge, console=console)
+    if method == "grpo":  # grpo.py: the parent's LoRA, rewarded by the task's score; --time-budget holds
+        _refuse_sft_options(method, launcher, num_processes, accelerate_args, resume, None, system_prompt)
+        from tuneloop.train.grpo import train_grpo
+
+        return train_grpo(
+            task, data, parent=parent, base=base, config=config, time_budget=time_budget, merge=merge, console=console
+        )
     with quiet_libraries():  # our progress bar and lines only (quiet.py)
         return _train(
             task,
             data,
-            base,
+            base or DEFAULT_BASE,
             config,
             launcher=launcher,
             num_processes=num_processes,
@@ -182,6 +207,7 @@ def _train(
         world_size=num_processes,
         device=device,
         context_length=model_info["context"],
+        text_answers=spec.is_text,  # free text: no field error to keep an adapter by, no JSON values to weight
     )
     weights_sha256 = base_weights_hash(resolved_base)
     fingerprint = _fingerprint(
@@ -350,7 +376,9 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        base_dir, dtype=torch.float32, local_files_only=True, use_kernels=False
+    )  # no Hub kernels: see train/recipe.py
     merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
     merged.save_pretrained(out_dir, safe_serialization=True)
     AutoTokenizer.from_pretrained(adapter_dir, local_files_only=True).save_pretrained(out_dir)
@@ -358,6 +386,55 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
+
+def _check_method(method: str, parent: str | None, data: str | Path | None) -> None:
+    """A known method, and what it needs: SFT trains a base on --data and has no parent."""
+    if method not in METHODS:
+        raise TuneloopError(
+            f"unknown training method {method!r}", where="--method", hint=f"use one of: {', '.join(METHODS)}"
+        )
+    if method != "sft":
+        return
+    if parent is not None:
+        raise TuneloopError(
+            "--parent names the version a method trains further, and SFT trains a base",
+            where=f"--parent {parent}",
+            hint="add --method dpo to train that version on preference pairs (or --method grpo, on the task's own "
+            "score), or leave out --parent (SFT starts from --base)",
+        )
+    if data is None:
+        raise TuneloopError(
+            "SFT trains on examples, and no --data names them",
+            where="--data",
+            hint="pass --data FILE.jsonl (OpenAI chat rows) or --data dataset:NAME",
+        )
+
+
+def _refuse_sft_options(
+    method: str,
+    launcher: str,
+    num_processes: int,
+    accelerate_args: list[str] | None,
+    resume: bool,
+    time_budget: str | float | None,
+    system_prompt: str | None,
+) -> None:
+    """Options of the SFT recipe that another method's run does not take: refused, never silently ignored."""
+    given = {
+        "--launcher": launcher != "inprocess" or num_processes != 1 or bool(accelerate_args),
+        "--resume": resume,
+        "--time-budget": time_budget is not None,
+        "--system-prompt": system_prompt is not None,
+    }
+    for option, is_set in given.items():
+        if is_set:
+            raise TuneloopError(
+                f"{option} is an option of SFT runs, and --method {method} trains its parent further in this process",
+                where=option,
+                hint=f"leave out {option} (and --num-processes, options after --); a {method} run is short and "
+                "keeps a distilled parent's prompt",
+            )
 
 
 def _tokenizer(base_dir: Path):

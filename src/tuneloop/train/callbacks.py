@@ -1,7 +1,8 @@
-"""Trainer callbacks: a progress bar with loss, tokens/s and ETA; a guard that stops a diverging run.
+"""Trainer callbacks: a progress bar with loss, tokens/s and ETA; a guard that stops a diverging run; the
+time budget's guard; GRPO's bar with the mean reward per step.
 
-Both read the per-process ``RunMonitor`` the trainer fills in (``train/trainer.py``). Only the main process
-draws; every process takes part in the NaN check, so all of them stop at the same step.
+The SFT bar and the NaN guard read the per-process ``RunMonitor`` the trainer fills in (``train/trainer.py``).
+Only the main process draws; every process takes part in the NaN check, so all of them stop at the same step.
 """
 
 from __future__ import annotations
@@ -137,3 +138,52 @@ class TimeBudgetGuard(TrainerCallback):
             control.should_training_stop = True
             control.should_evaluate = args.eval_strategy != "no"  # one last look, for the adapter kept
         return control
+
+
+class RewardProgressCallback(TrainerCallback):
+    """GRPO's bar (``grpo.py``): ``grpo ━━━━  12/40  30%  0.2 step/s  reward 0.41  invalid 12%  fields 58%``:
+    the mean reward of the last logged step's completions, the share of them that did not parse, and their
+    field agreement (``reward.py``)."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.progress = None
+        self.bar = None
+        self.logs: dict[str, float] = {}
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if not state.is_world_process_zero:
+            return
+        self.progress = progress_bar(self.console, unit="step")
+        self.progress.start()
+        self.bar = self.progress.add_task("grpo", total=state.max_steps, completed=state.global_step)
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs):
+        for key, value in (logs or {}).items():
+            if isinstance(value, int | float) and value == value:  # NaN: nothing scorable was logged
+                self.logs[key] = float(value)
+        self._draw(state)
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        self._draw(state)
+
+    def _draw(self, state: TrainerState) -> None:
+        if self.progress is None:
+            return
+        parts = ["grpo"]
+        if (reward := self.logs.get("reward")) is not None:
+            parts.append(f"reward {reward:+.2f}")
+        if (invalid := self.logs.get("task/invalid_share")) is not None:
+            parts.append(f"invalid {invalid:.0%}")
+        if (agreement := self.logs.get("task/field_agreement")) is not None:
+            parts.append(f"fields {agreement:.0%}")
+        self.progress.update(self.bar, completed=state.global_step, description="  ".join(parts))
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        self._draw(state)
+        self.close()
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None

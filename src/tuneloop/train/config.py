@@ -408,6 +408,18 @@ def check_base_quantizable(user: TrainConfig, base_config: dict[str, Any], base:
     )
 
 
+def _refuse_field_keys(user: TrainConfig) -> None:
+    """value_weight and field_error_rows work on JSON answers; on free text they would silently do nothing."""
+    for key, value, off in (("field_error_rows", user.field_error_rows, 0), ("value_weight", user.value_weight, 1.0)):
+        if value is not None and value != off:
+            raise TuneloopError(
+                f"{key} works on JSON answers, and this task answers in free text (output: text)",
+                where=user.where(key),
+                hint=f"remove `{key}:` from the config (a text task trains on the plain token mean and keeps "
+                "the last adapter)",
+            )
+
+
 def resolve_config(
     user: TrainConfig,
     *,
@@ -417,8 +429,15 @@ def resolve_config(
     world_size: int = 1,
     device: str = "cpu",
     context_length: int | None = None,
+    text_answers: bool = False,
 ) -> ResolvedConfig:
-    """The run's full config: the user's keys win; every other key is chosen from the data and machine."""
+    """The run's full config: the user's keys win; every other key is chosen from the data and machine.
+
+    ``text_answers``: the task answers in free text (``output: text``), which has no fields to score at
+    evaluations and no JSON values to weight, so those two keys are refused when set and off otherwise.
+    """
+    if text_answers:
+        _refuse_field_keys(user)
     chosen: dict[str, str] = {}
     sft: dict[str, Any] = dict(user.sft)
     lora: dict[str, Any] = dict(user.lora)
@@ -493,6 +512,9 @@ def resolve_config(
     if user.value_weight is None:
         chosen["value_weight"] = "the plain token mean" if value_weight == 1.0 else "value tokens weigh more"
     field_error_rows = user.field_error_rows
+    if field_error_rows is None and text_answers:
+        field_error_rows = 0
+        chosen["field_error_rows"] = "a text task has no fields to score: the last adapter is kept"
     if field_error_rows is None:
         evaluates = has_validation and sft["eval_strategy"] != "no"
         field_error_rows = FIELD_ERROR_ROWS.get(device, FIELD_ERROR_ROWS["cpu"]) if evaluates else 0

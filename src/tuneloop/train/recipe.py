@@ -246,6 +246,9 @@ def load_model(spec: dict[str, Any], args: Any) -> tuple[Any, Any]:
         dtype=dtype,
         attn_implementation=attention.register(),
         local_files_only=True,
+        # transformers 5.25 swaps layers for Hub kernels by default, fetched from the Hub on a GPU when training
+        # starts: a network call (it failed on an offline H200) and code that is not the base's.
+        use_kernels=False,
         **quantized_loading(quantization, dtype, args.device),
     )
     align_special_tokens(model, tokenizer)  # eos = the end-of-turn token, which the labels teach

@@ -60,6 +60,19 @@ def field_text(value: Any) -> str:
 
 
 def _field_rows(task: Task, item: ReviewView) -> list[dict[str, Any]]:
+    if task.is_text:  # one row: the whole answer, as text (a correction replaces it)
+        corrected = isinstance(item.correction, str)
+        shown_text = item.correction if isinstance(item.correction, str) else item.draft_text or ""
+        return [
+            {
+                "name": "text",
+                "kinds": "free text",
+                "numeric": False,
+                "text": shown_text,
+                "draft": item.draft_text or "",
+                "changed": corrected and shown_text != (item.draft_text or ""),
+            }
+        ]
     shown = item.fields or {}
     draft = item.draft_fields or {}
     rows = []
@@ -187,11 +200,14 @@ def _decide(item_id: int, reviewer: str, action: str, form: dict[str, str], note
     item = get_item(item_id)
     task = load_task(item.task)
     draft = item.draft_fields or {}
+    # A text task's answer is one field, `text`: the draft's text.
+    names = ["text"] if task.is_text else task.field_names
+    drafted = {"text": item.draft_text or ""} if task.is_text else {n: field_text(draft.get(n)) for n in names}
     # Only what the reviewer actually edited: compare the submitted text with the draft's text.
     changes = {
         name: parse_field_value(task, name, form[FIELD_PREFIX + name])
-        for name in task.field_names
-        if FIELD_PREFIX + name in form and form[FIELD_PREFIX + name].strip() != field_text(draft.get(name)).strip()
+        for name in names
+        if FIELD_PREFIX + name in form and form[FIELD_PREFIX + name].strip() != drafted[name].strip()
     }
     if action == "approve":
         if changes:

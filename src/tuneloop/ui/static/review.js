@@ -4,7 +4,7 @@
   "use strict";
   var form = document.getElementById("review-form");
   if (!form) return;
-  var inputs = Array.prototype.slice.call(form.querySelectorAll("input[data-draft]"));
+  var inputs = Array.prototype.slice.call(form.querySelectorAll("input[data-draft], textarea[data-draft]"));
 
   function mark(input) {
     var row = input.closest("tr");
