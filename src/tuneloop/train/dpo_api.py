@@ -43,7 +43,7 @@ from tuneloop.data.pairs import (
     write_pairs,
 )
 from tuneloop.errors import TuneloopError
-from tuneloop.registry.versions import ModelVersionInfo, register_version
+from tuneloop.registry.versions import ModelVersionInfo
 from tuneloop.task import Task, load_task
 from tuneloop.train.api import (
     REGISTERED_FILE,
@@ -54,7 +54,7 @@ from tuneloop.train.api import (
     runs_dir,
 )
 from tuneloop.train.config import DTYPE_ALIASES, DTYPES, _close, _key_lines, bf16_is_fast, default_learning_rate
-from tuneloop.train.parent import parent_lora, resolve_parent
+from tuneloop.train.parent import parent_lora, register_child, resolve_parent
 from tuneloop.train.plots import plot_preference_curves
 
 # Keys tuneloop sets itself in a DPO run; each with why.
@@ -191,20 +191,13 @@ def train_dpo(
         "tokens_per_second": result.get("tokens_per_second"),
         "world_size": 1,
     }
-    registered, created = register_version(
-        spec.name,
+    registered, created = register_child(
+        spec,
+        version,
         adapter_dir,
-        base_id=version.base_id,
-        base_weights_hash=version.base_weights_hash,
-        # The prompt the pairs were asked with: a distilled parent's trained one, else the task's instructions.
-        system_prompt=version.system_prompt if version.distilled_from is not None else spec.system_prompt(),
-        distilled_from=version.distilled_from,
-        input_template=spec.input,
-        decoding=spec.decoding.model_dump(),
+        method="dpo",
         dataset_ref=f"{pair_set.ref}#sha256:{pair_set.sha256[:16]}",
         config={
-            "method": "dpo",
-            "parent": {"id": version.id, "content_hash": version.content_hash},
             "pairs": run_spec["pairs"],
             "train": {"dpo": dpo, "lora": lora, "dtype": dtype, "validation_fraction": _fraction(eval_pairs, pairs)},
             "chosen": chosen,

@@ -41,13 +41,13 @@ from rich.console import Console
 from tuneloop.answers import parse_answer
 from tuneloop.bases import resolve_base, transformers_dir
 from tuneloop.errors import TuneloopError
-from tuneloop.registry.versions import ModelVersionInfo, register_version
+from tuneloop.registry.versions import ModelVersionInfo
 from tuneloop.task import Task, load_task
 from tuneloop.train.api import REGISTERED_FILE, TrainResult, _export_for_llamacpp, merge_adapter, runs_dir
 from tuneloop.train.budget import FINISH_SECONDS, parse_duration
 from tuneloop.train.config import _key_lines  # the config file's key -> line reader, shared
 from tuneloop.train.data import SourceRow, load_source, with_system_prompt
-from tuneloop.train.parent import parent_lora, resolve_parent
+from tuneloop.train.parent import parent_lora, register_child, resolve_parent
 from tuneloop.train.quiet import quiet_libraries
 from tuneloop.train.reward import VERIFIED_COLUMN, TaskReward
 
@@ -235,20 +235,13 @@ def _train_grpo(
         metrics["budget_stopped_at_step"] = stopped
     tokens = next((h.get("num_tokens") for h in reversed(history) if h.get("num_tokens")), 0) or 0
     metrics.update({"train_seconds": seconds, "tokens_per_second": tokens / seconds if seconds > 0 else 0.0})
-    new_version, created = register_version(
-        spec.name,
+    new_version, created = register_child(
+        spec,
+        version,
         adapter_dir,
-        base_id=version.base_id,
-        base_weights_hash=version.base_weights_hash,
-        # The prompt the answers were sampled with: a distilled parent's trained one, else the task's instructions.
-        system_prompt=version.system_prompt if version.distilled_from is not None else spec.system_prompt(),
-        distilled_from=version.distilled_from,
-        input_template=spec.input,
-        decoding=spec.decoding.model_dump(),
+        method=METHOD,
         dataset_ref=f"{prompts.ref}#sha256:{prompts.sha256[:16]}",
         config={
-            "method": METHOD,
-            "parent": {"id": version.id, "content_hash": version.content_hash},
             "train": {"grpo": resolved, "lora": parent_lora(version), "dtype": dtype},
             "chosen": chosen,
             "prompts": run_spec["prompts"],

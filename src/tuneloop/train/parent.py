@@ -4,12 +4,13 @@ verified, and the LoRA settings it is trained further with (its own)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from tuneloop.bases import resolve_base
 from tuneloop.errors import TuneloopError
 from tuneloop.registry.ids import VersionRef, parse_model_id
-from tuneloop.registry.versions import ModelVersionInfo, resolve_version
+from tuneloop.registry.versions import ModelVersionInfo, register_version, resolve_version
 from tuneloop.task import Task
 
 LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora", "use_dora")
@@ -52,3 +53,33 @@ def parent_lora(version: ModelVersionInfo) -> dict[str, Any]:
     """The LoRA settings trained further: the parent's, as its adapter_config.json says."""
     config = json.loads((version.adapter_path / "adapter_config.json").read_text())
     return {key: config[key] for key in LORA_KEYS if key in config}
+
+
+def register_child(
+    spec: Task,
+    parent: ModelVersionInfo,
+    adapter_dir: Path,
+    *,
+    method: str,
+    dataset_ref: str,
+    config: dict[str, Any],
+    metrics: dict[str, Any],
+    extra_files: dict[str, Path],
+) -> tuple[ModelVersionInfo, bool]:
+    """Register the adapter a ``method`` run trained from ``parent``: on the parent's base, asked with the
+    prompt the run used (a distilled parent's trained one, else the task's instructions), its config naming
+    the method and the parent first."""
+    return register_version(
+        spec.name,
+        adapter_dir,
+        base_id=parent.base_id,
+        base_weights_hash=parent.base_weights_hash,
+        system_prompt=parent.system_prompt if parent.distilled_from is not None else spec.system_prompt(),
+        distilled_from=parent.distilled_from,
+        input_template=spec.input,
+        decoding=spec.decoding.model_dump(),
+        dataset_ref=dataset_ref,
+        config={"method": method, "parent": {"id": parent.id, "content_hash": parent.content_hash}, **config},
+        metrics=metrics,
+        extra_files=extra_files,
+    )
