@@ -250,8 +250,13 @@ def test_cli_score_list_show_compare(tmp_path: Path, task: Task, gold_file: Path
     (pair,) = comparison.pairs
     assert (pair.fixed, pair.broken, pair.unchanged_wrong) == (2, 1, 0)
     assert (pair.first_errors, pair.second_errors) == (12, 1)
+    # The paired test: 12 fields wrong only before, 1 only after; P(X >= 12 | 13, 1/2) = 14 / 2**13, doubled.
+    assert (pair.first_only_fields, pair.second_only_fields) == (12, 1)
+    assert pair.p_value == pytest.approx(2 * 14 / 2**13)
     result = runner.invoke(app, ["eval", "compare", "1", "2"])
-    assert result.exit_code == 0 and "2 examples fixed, 1 broken" in " ".join(result.output.split())
+    output = " ".join(result.output.split())
+    assert result.exit_code == 0 and "2 examples fixed, 1 broken" in output
+    assert "12 wrong only in run 1, 1 wrong only in run 2; exact McNemar p = 0.00342" in output
 
     result = runner.invoke(app, ["eval", "show", "99"])
     assert result.exit_code != 0 and isinstance(result.exception, TuneloopError)

@@ -384,6 +384,14 @@ def test_the_judge_is_refused_where_it_cannot_apply(gold: Path, upstream: tuple[
     with pytest.raises(TuneloopError) as caught:
         run_eval(task, str(gold), [f"{url}#cand"], EvalOptions(judge=JudgeOptions(f"{url}#judge-fair")))
     assert caught.value.where == "--baseline"
+    # An engine is a local judge's choice; an endpoint judge is refused it from the CLI, naming the option.
+    common = ["eval", "run", "--task", "message-summary", "--data", str(gold), "--model", f"{url}#cand"]
+    result = CliRunner().invoke(
+        app, [*common, "--judge", f"{url}#judge-fair", "--baseline", f"{url}#base", "--judge-backend", "transformers"]
+    )
+    assert result.exit_code != 0 and result.exception.where == "--judge-backend"
+    result = CliRunner().invoke(app, [*common, "--judge-backend", "transformers"])
+    assert result.exit_code != 0 and result.exception.where == "--judge-backend"  # it goes with --judge
 
 
 # --- agreement with human labels --------------------------------------------------------------------------
@@ -446,6 +454,10 @@ def test_cli_eval_run_with_judge_baseline_and_labels(
     assert pairs["wins"] == 3 and pairs["interval"] == "wilson"
     assert report["judge"]["agreement"]["kappa"] == 1.0
     assert {model["field_error_rate"] for model in report["models"]} == {None}  # a text task has no fields
+    html = (tmp_path / "report.html").read_text()
+    assert 'alt="win rate against the baseline" src="data:image/png;base64,' in html  # the win-rate plot
+    listing = CliRunner().invoke(app, ["eval", "list"])
+    assert listing.exit_code == 0 and "100% wins" in listing.output  # 3 of 3 won: the run's best, not "–"
     result = CliRunner().invoke(
         app,
         [

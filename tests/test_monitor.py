@@ -91,6 +91,42 @@ def test_a_stable_window_is_not_flagged() -> None:
     assert all(row.p_value is not None for row in report.rows)  # everything was tested
 
 
+def log_summaries(count: int, *, days_ago: tuple[float, float], seed: int, words: int) -> None:
+    """``count`` answers of the free-text task, each about ``words`` words long."""
+    rng = random.Random(seed)
+    now = utcnow()
+    with session_scope() as session:
+        for index in range(count):
+            text = " ".join(
+                rng.choice(("order", "ships", "late", "refund", "asked")) for _ in range(words + rng.randrange(-2, 3))
+            )
+            session.add(
+                RequestLog(
+                    created_at=now - timedelta(days=rng.uniform(*days_ago)),
+                    task="message-summary",
+                    model_requested="summarizer",
+                    model_resolved="local/message-summary@2",
+                    status="ok",
+                    request={"messages": [{"role": "user", "content": f"message {seed}-{index}"}]},
+                    response={"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]},
+                    latency_ms=rng.gauss(80, 10),
+                )
+            )
+
+
+def test_a_text_task_drifts_by_answer_length() -> None:
+    # No fields to compare: the length of the answers is what shows a summarizer starting to ramble.
+    log_summaries(200, days_ago=(1.05, 7.9), seed=7, words=12)
+    log_summaries(80, days_ago=(0.01, 0.95), seed=8, words=12)
+    model = "local/message-summary@2"
+    stable = drift_report(model, baseline=timedelta(days=7), window=timedelta(days=1), task="message-summary")
+    length = {row.metric: row for row in stable.rows}["answer length in words (median)"]
+    assert length.p_value is not None and stable.flagged == [] and length.baseline == pytest.approx(12, abs=1)
+    log_summaries(80, days_ago=(0.01, 0.95), seed=9, words=40)
+    longer = drift_report(model, baseline=timedelta(days=7), window=timedelta(days=1), task="message-summary")
+    assert "answer length in words (median)" in flagged(longer)
+
+
 def test_too_few_calls_are_reported_not_tested() -> None:
     log_calls(300, days_ago=(1.05, 7.9), seed=5, payoff=150_000, fail_rate=0.05)
     log_calls(5, days_ago=(0.01, 0.95), seed=6, payoff=400_000, fail_rate=0.9)

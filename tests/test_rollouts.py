@@ -28,8 +28,8 @@ from test_serve import TASK, register_random_version
 from tuneloop.capture.server import RunningGateway, running_gateway
 from tuneloop.cli.main import app
 from tuneloop.errors import TuneloopError
-from tuneloop.monitor.canary import ArmFigures, _judge, binomial_upper_tail, canary_status, quantile
-from tuneloop.monitor.live_shadow import compare_answers
+from tuneloop.monitor.canary import ArmFigures, _judge, canary_status, quantile
+from tuneloop.monitor.live_shadow import ShadowStatus, compare_answers
 from tuneloop.registry.promotion import alias_history, promote, rollback
 from tuneloop.registry.rollouts import (
     Guard,
@@ -40,6 +40,7 @@ from tuneloop.registry.rollouts import (
     stop_rollout,
 )
 from tuneloop.review.policy import ReviewPolicy
+from tuneloop.stats import binomial_upper_tail
 from tuneloop.store import RequestLog, ReviewItem, session_scope, utcnow
 from tuneloop.task import load_task
 from tuneloop.testing.fake_upstream import FakeUpstream
@@ -181,6 +182,21 @@ def test_an_unparseable_candidate_answer_disagrees_on_every_field() -> None:
         assert not any(result["fields"].values()) and not result["agreed"], broken
     nothing = compare_answers(spec, completion(GOOD), None)
     assert not nothing["candidate_answered"] and not any(nothing["fields"].values())
+
+
+def test_text_answers_agree_when_the_same_and_carry_their_similarity() -> None:
+    spec = load_task("message-summary")  # output: text, no fields
+    same = compare_answers(spec, completion("The order ships  Monday."), completion("the order ships monday."))
+    assert same["agreed"] and same["similarity"] == 1.0 and same["fields"] == {}
+    close = compare_answers(spec, completion("The order ships on Monday."), completion("The order ships Tuesday."))
+    assert not close["agreed"] and 0.5 < close["similarity"] < 1.0  # 3 of 5 and 4 words shared: 2*3/9
+    assert close["similarity"] == pytest.approx(2 * 3 / 9, abs=1e-4)
+    empty = compare_answers(spec, completion("The order ships on Monday."), completion("   "))
+    assert empty["similarity"] == 0.0 and not empty["candidate_valid"] and empty["candidate_answered"]
+    nothing = compare_answers(spec, completion("The order ships on Monday."), None)
+    assert nothing["similarity"] == 0.0 and not nothing["candidate_answered"]
+    status = ShadowStatus(1, 60.0, calls=2, similarities=[same["similarity"], close["similarity"]])
+    assert status.text_similarity == pytest.approx((1 + 2 / 3) / 2, abs=1e-4) and status.to_json()["text_similarity"]
 
 
 def test_an_observed_answer_is_checked_and_never_queued(tuneloop_home: Path) -> None:

@@ -72,6 +72,11 @@ def run(
         None, "--judge-labels", help="With --judge: pairs people labelled (JSONL), to measure the judge's agreement."
     ),
     judge_max_tokens: int = typer.Option(200, "--judge-max-tokens", min=16, help="Token limit of a judge's verdict."),
+    judge_backend: str | None = typer.Option(
+        None,
+        "--judge-backend",
+        help="A local judge's engine: llamacpp or transformers (default: llama.cpp for a GGUF base).",
+    ),
     resume: int | None = typer.Option(None, "--resume", help="Finish an interrupted or failed run (its own options)."),
     json_path: Path | None = typer.Option(None, "--json", help="Write the report as JSON (schema: docs/evals.md)."),
     html_path: Path | None = typer.Option(None, "--html", help="Write an HTML report with plots."),
@@ -92,17 +97,19 @@ def run(
             missing = [name for name, value in (("--task", task), ("--data", data), ("--model", model)) if not value]
             if missing:
                 raise TuneloopError(f"missing {', '.join(missing)}", hint="e.g. --task T --data test.jsonl --model M")
-            if judge is None and (baseline or judge_labels):
+            if judge is None and (baseline or judge_labels or judge_backend):
                 raise TuneloopError(
-                    "--baseline and --judge-labels go with --judge",
-                    where="--baseline" if baseline else "--judge-labels",
+                    "--baseline, --judge-labels and --judge-backend go with --judge",
+                    where="--baseline" if baseline else "--judge-labels" if judge_labels else "--judge-backend",
                 )
+            _check_judge_backend(judge, judge_backend)
             judging = (
                 JudgeOptions(
                     judge,
                     baseline=baseline,
                     labels=str(judge_labels) if judge_labels else None,
                     max_tokens=judge_max_tokens,
+                    backend=judge_backend,
                 )
                 if judge
                 else None
@@ -133,6 +140,15 @@ def run(
     _write_outputs(report, json_path, html_path)
 
 
+def _check_judge_backend(judge: str | None, backend: str | None) -> None:
+    if judge is not None and backend is not None and not _is_local(judge):
+        raise TuneloopError(
+            f"--judge-backend applies to a local judge; {judge} answers from an endpoint",
+            where="--judge-backend",
+            hint="leave it out, or name a local judge (a base or task@N)",
+        )
+
+
 def _is_local(model: str) -> bool:
     # --backend applies to local models only; endpoint ids are left without it.
     from tuneloop.registry.ids import EndpointRef, parse_model_id
@@ -150,6 +166,7 @@ def judge_agreement(
     max_tokens: int = typer.Option(200, "--max-tokens", min=16, help="Token limit of a verdict."),
     concurrency: int = typer.Option(1, "--concurrency", "-c", min=1, help="Judge requests in flight at once."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Ask the judge again even for verdicts already stored."),
+    backend: str | None = typer.Option(None, "--backend", help="A local judge's engine: llamacpp or transformers."),
     json_path: Path | None = typer.Option(None, "--json", help="Write the report as JSON."),
 ) -> None:
     """How far to trust a judge: its agreement with people on labelled pairs (both orders, position bias
@@ -166,6 +183,7 @@ def judge_agreement(
             max_tokens=max_tokens,
             use_cache=not no_cache,
             concurrency=concurrency,
+            backend=backend,
             console=err_console,
         )
     except EvalInterrupted as stopped:
@@ -212,8 +230,8 @@ def list_command(
         console.print("no eval runs yet: `tuneloop eval run --task T --data FILE --model M` makes one")
         return
     table = Table(box=box.SIMPLE_HEAD)
-    for heading in ("run", "UTC", "task", "data", "n", "models", "status", "best error"):
-        table.add_column(heading, no_wrap=heading in ("UTC", "status", "best error"))
+    for heading in ("run", "UTC", "task", "data", "n", "models", "status", "best"):
+        table.add_column(heading, no_wrap=heading in ("UTC", "status", "best"))
     for row in run_rows(runs):
         table.add_row(*row)
     console.print(table)
@@ -300,6 +318,11 @@ def compare(
             f"field errors {pair.first_errors} → {pair.second_errors}; "
             f"{pair.fixed} examples fixed, {pair.broken} broken, {pair.unchanged_wrong} still wrong"
         )
+        if pair.first_only_fields or pair.second_only_fields:
+            console.print(
+                f"  paired test on fields: {pair.first_only_fields} wrong only in run {first}, "
+                f"{pair.second_only_fields} wrong only in run {second}; exact McNemar p = {pair.p_value:.3g}"
+            )
     if not comparison.same_data:
         console.print("the runs used different data, so there is no example-level comparison")
     elif not comparison.pairs:

@@ -2,7 +2,10 @@
 
 Example-level pairs are made for models of the same name in both runs (or the one model of each, when
 each run has exactly one) on the examples both answered, and only when both runs used the same data:
-ids like ``line-3`` mean nothing across files.
+ids like ``line-3`` mean nothing across files. A pair carries an exact McNemar test on its fields: of the
+fields one model got wrong and the other right, is the split more lopsided than chance? Fields (not whole
+examples) are the unit because field error is what a run reports; fields of one example are not independent,
+so the p-value is a guide, and the example-level counts (fixed, broken) are shown beside it.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from dataclasses import dataclass
 
 from tuneloop.evals.results import ModelResult, build_report
 from tuneloop.evals.store import StoredResult, get_run, run_results
+from tuneloop.stats import mcnemar_exact
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,13 @@ class ExamplePair:
     fixed: int  # wrong somewhere in the first run, all right in the second
     broken: int  # all right in the first, wrong somewhere in the second
     unchanged_wrong: int
+    first_only_fields: int = 0  # fields wrong in the first run and right in the second
+    second_only_fields: int = 0  # right in the first, wrong in the second
+
+    @property
+    def p_value(self) -> float:
+        """Two-sided exact McNemar p over the discordant fields (1.0 when there are none)."""
+        return mcnemar_exact(self.first_only_fields, self.second_only_fields)
 
 
 @dataclass(frozen=True)
@@ -43,9 +54,10 @@ def compare_runs(first: int, second: int) -> RunComparison:
     if not matched and len(names[0]) == 1 and len(names[1]) == 1:
         matched = [(names[0][0], names[1][0])]
     pairs = []
+    fields = list(runs[0].config.get("fields") or [])
     if same_data:
         for first_name, second_name in matched:
-            pairs.append(_pair(first_name, second_name, results[0], results[1]))
+            pairs.append(_pair(first_name, second_name, results[0], results[1], fields))
     return RunComparison(rows, [pair for pair in pairs if pair.shared], same_data)
 
 
@@ -54,12 +66,21 @@ def _field_errors(result: StoredResult) -> int:
     return sum(verdict != "correct" for verdict in verdicts.values()) if verdicts else 1
 
 
-def _pair(first_name: str, second_name: str, first: list[StoredResult], second: list[StoredResult]) -> ExamplePair:
+def _wrong_fields(result: StoredResult, fields: list[str]) -> set[str]:
+    """The fields this answer got wrong; every field when it has no verdicts (an invalid or missing answer)."""
+    verdicts = result.field_verdicts or {}
+    return {name for name in fields if verdicts.get(name, "invalid") != "correct"}
+
+
+def _pair(
+    first_name: str, second_name: str, first: list[StoredResult], second: list[StoredResult], fields: list[str]
+) -> ExamplePair:
     before = {result.example_id: result for result in first if result.model == first_name}
     after = {result.example_id: result for result in second if result.model == second_name}
     shared = [example_id for example_id in before if example_id in after]
     errors_before = {example_id: _field_errors(before[example_id]) for example_id in shared}
     errors_after = {example_id: _field_errors(after[example_id]) for example_id in shared}
+    wrong = [(_wrong_fields(before[e], fields), _wrong_fields(after[e], fields)) for e in shared]
     return ExamplePair(
         first_model=first_name,
         second_model=second_name,
@@ -69,4 +90,6 @@ def _pair(first_name: str, second_name: str, first: list[StoredResult], second: 
         fixed=sum(errors_before[e] > 0 and errors_after[e] == 0 for e in shared),
         broken=sum(errors_before[e] == 0 and errors_after[e] > 0 for e in shared),
         unchanged_wrong=sum(errors_before[e] > 0 and errors_after[e] > 0 for e in shared),
+        first_only_fields=sum(len(old - new) for old, new in wrong),
+        second_only_fields=sum(len(new - old) for old, new in wrong),
     )

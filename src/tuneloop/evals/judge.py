@@ -660,12 +660,13 @@ def summarize_agreement(judging: dict[str, Any], results: Sequence[StoredResult]
 
 @dataclass(frozen=True)
 class JudgeOptions:
-    """``eval run --judge MODEL --baseline MODEL [--judge-labels FILE] [--judge-max-tokens N]``."""
+    """``eval run --judge MODEL --baseline MODEL [--judge-labels FILE] [--judge-max-tokens N] [--judge-backend B]``."""
 
     judge: str
     baseline: str | None = None
     labels: str | None = None
     max_tokens: int = JUDGE_MAX_TOKENS
+    backend: str | None = None  # a local judge's engine (--judge-backend): llamacpp or transformers
 
     def __post_init__(self) -> None:
         if self.max_tokens < 16:

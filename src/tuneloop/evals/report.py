@@ -367,7 +367,8 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def render_plots(report: EvalReport) -> dict[str, bytes]:
-    """PNG images by name: ``scatter`` and ``latency`` (when measured), ``fields`` always."""
+    """PNG images by name: ``scatter`` and ``latency`` (when measured), ``fields`` (a JSON task), ``wins``
+    (a judged text task)."""
     plots: dict[str, bytes] = {}
     if report.fields and any(model.cost_per_1k_usd is not None for model in report.models):
         plots["scatter"] = _png(price_performance_scatter(report))
@@ -375,6 +376,8 @@ def render_plots(report: EvalReport) -> dict[str, bytes]:
         plots["latency"] = _png(latency_cdf(report))
     if report.fields:  # a text task has none
         plots["fields"] = _png(field_error_bars(report))
+    if any(summary.decided for summary in report.judged):
+        plots["wins"] = _png(win_rate_bars(report))
     return plots
 
 
@@ -508,16 +511,49 @@ def field_error_bars(report: EvalReport) -> Figure:
     return figure
 
 
+def win_rate_bars(report: EvalReport) -> Figure:
+    """Each judged candidate's wins, ties and losses against the baseline as shares of the pairs decided, with
+    the win rate and its Wilson interval drawn over them and the 50 % line (as good as the baseline)."""
+    judged = [summary for summary in report.judged if summary.decided]
+    figure = _figure(height=max(2.5, 0.7 * len(judged) + 1.8))
+    axes = figure.add_subplot()
+    rows = list(range(len(judged)))
+    left = [0.0] * len(judged)
+    for part, color in (("wins", "#2a9d55"), ("ties", "#b8b8b8"), ("losses", "#c8553d")):
+        shares = [getattr(summary, part) / summary.decided * 100 for summary in judged]
+        axes.barh(rows, shares, left=left, color=color, height=0.5, label=part)
+        left = [start + share for start, share in zip(left, shares, strict=True)]
+    for row, summary in zip(rows, judged, strict=True):
+        low, high = summary.win_rate_ci95 or (0.0, 0.0)
+        rate = (summary.win_rate or 0.0) * 100
+        axes.errorbar(
+            rate, row, xerr=[[rate - low * 100], [high * 100 - rate]], fmt="o", color="black", capsize=4, markersize=4
+        )
+    axes.axvline(50, color="#333", linestyle="--", linewidth=1, label="as good as the baseline (50 %)")
+    axes.set_yticks(rows, [summary.candidate for summary in judged])
+    axes.set_xlim(0, 100)
+    axes.set_xlabel("share of pairs decided (%); dot: win rate with its 95 % Wilson interval")
+    axes.set_title(f"judged by {report.judge}, both orders\nagainst {judged[0].baseline}", fontsize=9)
+    axes.grid(alpha=0.3, axis="x")
+    _legend_below(figure, axes)
+    return figure
+
+
 def run_rows(runs: Iterable[RunInfo]) -> list[list[str]]:
     """Rows of ``eval list``: id, when, task, data, models, status, best error."""
     rows = []
     for run in runs:
         models = ", ".join(model["label"] for model in run.config.get("models", []))
-        best = None
+        best = "–"
         if run.summary:
             rates = [model["field_error_rate"] for model in run.summary.get("models", [])]
             rates = [rate for rate in rates if rate is not None]  # a text task's runs have no field error
-            best = min(rates) if rates else None
+            wins = [pair["win_rate"] for pair in (run.summary.get("judge") or {}).get("pairs", [])]
+            wins = [rate for rate in wins if rate is not None]
+            if rates:
+                best = f"{pct(min(rates))} error"
+            elif wins:  # a judged text run: the best candidate's win rate against the baseline
+                best = f"{pct(max(wins), 0)} wins"
         rows.append(
             [
                 str(run.id),
@@ -527,7 +563,7 @@ def run_rows(runs: Iterable[RunInfo]) -> list[list[str]]:
                 str(run.config.get("n", "")),
                 models,
                 run.status,
-                pct(best),
+                best,
             ]
         )
     return rows

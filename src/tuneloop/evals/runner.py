@@ -490,7 +490,7 @@ def _judging(
     if options is None:
         return None
     assert options.baseline is not None  # check_judgeable
-    judge = resolve_candidate(ModelSpec(options.judge), prices, stream=False)
+    judge = resolve_candidate(ModelSpec(options.judge, backend=options.backend), prices, stream=False)
     named = [
         model for model, spec in zip(resolved, specs, strict=True) if options.baseline in (spec.model, model.label)
     ]
@@ -516,6 +516,7 @@ def _judge_options(options: JudgeOptions) -> dict[str, Any]:
         "baseline": options.baseline,
         "labels": options.labels,
         "max_tokens": options.max_tokens,
+        "backend": options.backend,
     }
 
 
@@ -527,6 +528,7 @@ def judge_agreement(
     max_tokens: int = JUDGE_MAX_TOKENS,
     use_cache: bool = True,
     concurrency: int = 1,
+    backend: str | None = None,
     console: Console | None = None,
 ) -> EvalReport:
     """A judge on pairs people labelled: its agreement with them (Wilson interval) and Cohen's kappa, stored
@@ -534,11 +536,11 @@ def judge_agreement(
     console = console or Console(stderr=True)
     task_ref = _task_ref(task)
     task = load_task(task) if isinstance(task, str) else task
-    options = JudgeOptions(judge_model, labels=str(labels_path), max_tokens=max_tokens)
+    options = JudgeOptions(judge_model, labels=str(labels_path), max_tokens=max_tokens, backend=backend)
     if not task.is_text:
         check_judgeable(task, options)  # the JSON-task refusal, with its hint
     labels = load_labels(labels_path)
-    judge = resolve_candidate(ModelSpec(judge_model), load_price_table(), stream=False)
+    judge = resolve_candidate(ModelSpec(judge_model, backend=backend), load_price_table(), stream=False)
     config = {
         "mode": "agreement",
         "task_ref": task_ref,

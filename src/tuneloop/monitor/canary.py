@@ -30,6 +30,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from tuneloop.registry.rollouts import Guard, Rollout
+from tuneloop.stats import binomial_upper_tail
 from tuneloop.store import RequestLog, session_scope, utcnow
 
 ARMS = ("production", "candidate")
@@ -219,21 +220,6 @@ def _p95_test(production: ArmFigures, candidate: ArmFigures, margin: float, alph
         p_value,
         p_value < alpha,
     )
-
-
-def binomial_upper_tail(k: int, n: int, p: float) -> float:
-    """P(X >= k) for X ~ Binomial(n, p), summed in log space (exact; n up to millions in well under a second)."""
-    if k <= 0:
-        return 1.0
-    if k > n:
-        return 0.0
-    log_p, log_q = math.log(p), math.log1p(-p)
-    log_terms = [
-        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q
-        for i in range(k, n + 1)
-    ]
-    top = max(log_terms)
-    return min(1.0, math.exp(top) * sum(math.exp(term - top) for term in log_terms))
 
 
 def quantile(values: list[float], q: float) -> float | None:

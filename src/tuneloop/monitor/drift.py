@@ -12,7 +12,8 @@ last ``window`` and in the ``baseline`` before it, and compares:
 - **field value distributions**: of number and date fields, and **latency**, by the two-sample
   Kolmogorov-Smirnov test; of text fields (a servicer's name, a currency code) by a chi-square test of
   homogeneity over their values (the most frequent ``MAX_CATEGORIES``, the rest pooled as one), its
-  effect the total variation distance between the two windows' shares.
+  effect the total variation distance between the two windows' shares;
+- **answer length** of a free-text task (``output: text``: no fields), in words, by the KS test.
 
 A change is flagged when its p-value is below ``alpha`` divided by the number of tests run (Bonferroni:
 many fields are tested at once, so a stable window must not light up by chance), and the effect is large
@@ -173,6 +174,7 @@ class _Sample:
     values: dict[str, list[float]] = field(default_factory=dict)
     texts: dict[str, list[str]] = field(default_factory=dict)  # text fields' values
     latencies: list[float] = field(default_factory=list)
+    lengths: list[float] = field(default_factory=list)  # a text task's answers, in words
 
 
 def drift_report(
@@ -268,6 +270,8 @@ def _add(spec: Task, sample: _Sample, row: Any, corrected: bool) -> None:
     check = check_answer(spec, answer_text(response))
     failed = not recorded["passed"] if isinstance(recorded, dict) and "passed" in recorded else not check.passed
     sample.failed += failed
+    if spec.is_text:
+        sample.lengths.append(float(len((check.text or "").split())))
     if check.fields is None:
         return
     for name in spec.field_names:
@@ -334,6 +338,8 @@ def _compare(spec: Task, base: _Sample, new: _Sample, alpha: float, min_samples:
             distribution(f"values: {name} (median)", base.values.get(name, []), new.values.get(name, []))
         elif name in base.texts or name in new.texts:
             categories(f"values: {name} (top value share)", base.texts.get(name, []), new.texts.get(name, []))
+    if spec.is_text:
+        distribution("answer length in words (median)", base.lengths, new.lengths)
     distribution("latency ms (median)", base.latencies, new.latencies)
 
     tested = sum(row.p_value is not None for row in rows)

@@ -9,17 +9,23 @@ tuneloop.monitor.shadow.
 Agreement is the task's comparators' (numbers within tolerance, dates in the task's formats). An answer
 that is not a JSON object fitting the task's schema, or no answer at all (the candidate failed), disagrees
 on every field: "null agrees with null" would make a broken candidate look perfect on sparse fields.
+
+A free-text task (``output: text``) has no fields: two answers agree when their texts are the same after
+case and whitespace are normalised, and each pair also gets a ``similarity`` (difflib's ratio over the
+normalised words, 0..1), whose mean is the shadow's ``text_similarity``: paraphrases rarely match exactly,
+so the mean is what moves when a candidate answers differently. An empty or missing answer scores 0.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from difflib import SequenceMatcher
 from typing import Any
 
 import sqlalchemy as sa
 
-from tuneloop.comparators import compare_field
+from tuneloop.comparators import compare_field, normalize_text
 from tuneloop.registry.rollouts import Rollout
 from tuneloop.review.policy import CheckResult, check_completion
 from tuneloop.store import RequestLog, session_scope, utcnow
@@ -38,6 +44,8 @@ def compare_answers(spec: Task, production: dict[str, Any] | None, candidate: di
     ``candidate`` None: the candidate gave no answer (an error)."""
     prod = check_completion(spec, production) if production is not None else None
     cand = check_completion(spec, candidate) if candidate is not None else None
+    if spec.is_text:
+        return _compare_texts(prod, cand, candidate is not None)
     prod_valid = prod is not None and _valid(prod)
     cand_valid = cand is not None and _valid(cand)
     if prod_valid and cand_valid:
@@ -58,6 +66,22 @@ def compare_answers(spec: Task, production: dict[str, Any] | None, candidate: di
     }
 
 
+def _compare_texts(prod: CheckResult | None, cand: CheckResult | None, answered: bool) -> dict[str, Any]:
+    prod_words = normalize_text(prod.text).split() if prod is not None and prod.text else []
+    cand_words = normalize_text(cand.text).split() if cand is not None and cand.text else []
+    both = bool(prod_words) and bool(cand_words)
+    similarity = SequenceMatcher(None, prod_words, cand_words, autojunk=False).ratio() if both else 0.0
+    return {
+        "agreed": both and prod_words == cand_words,
+        "fields": {},
+        "similarity": round(similarity, 4),
+        "production_valid": bool(prod_words),
+        "candidate_valid": bool(cand_words),
+        "candidate_answered": answered,
+        "check_failures": cand.failures if cand is not None else ["no answer"],
+    }
+
+
 @dataclass
 class ShadowStatus:
     rollout_id: int
@@ -68,7 +92,13 @@ class ShadowStatus:
     agreed: int = 0
     check_failures: int = 0
     field_agreed: dict[str, int] = field(default_factory=dict)
+    similarities: list[float] = field(default_factory=list)  # a text task's pairs
     at: datetime | None = None
+
+    @property
+    def text_similarity(self) -> float | None:
+        """A text task's mean word similarity of the two answers (None for a JSON task)."""
+        return sum(self.similarities) / len(self.similarities) if self.similarities else None
 
     @property
     def agreement(self) -> float | None:
@@ -93,6 +123,7 @@ class ShadowStatus:
             "agreement": self.agreement,
             "check_failure_rate": self.check_failure_rate,
             "field_agreement": self.field_agreement,
+            "text_similarity": self.text_similarity,
         }
 
 
@@ -121,4 +152,6 @@ def shadow_status(
             status.check_failures += bool(comparison.get("check_failures"))
             for name, agrees in (comparison.get("fields") or {}).items():
                 status.field_agreed[name] = status.field_agreed.get(name, 0) + bool(agrees)
+            if isinstance(comparison.get("similarity"), int | float):
+                status.similarities.append(float(comparison["similarity"]))
     return status

@@ -134,6 +134,13 @@ class Watcher:
             registry=r,
             multiprocess_mode=MODE,
         )
+        self.shadow_text_similarity = Gauge(
+            f"{prefix}_shadow_text_similarity",
+            "A text task's mean word similarity of the candidate's shadow answers to production's (0..1)",
+            rollout,
+            registry=r,
+            multiprocess_mode=MODE,
+        )
         self.shadow_check_failure_rate = Gauge(
             f"{prefix}_shadow_check_failure_rate",
             "Share of the candidate's shadow answers failing the checks",
@@ -211,6 +218,8 @@ class Watcher:
         self.shadow_calls.labels(*labels).set(status.calls)
         self._set(self.shadow_agreement.labels(*labels), status.agreement)
         self._set(self.shadow_check_failure_rate.labels(*labels), status.check_failure_rate)
+        if status.text_similarity is not None:
+            self.shadow_text_similarity.labels(*labels).set(status.text_similarity)
         for name, share in status.field_agreement.items():
             self.shadow_field_agreement.labels(*labels, name).set(share)
         record_figures(rollout.id, status.to_json(), url=self.url)
@@ -242,6 +251,7 @@ class Watcher:
             self.shadow_calls,
             self.shadow_agreement,
             self.shadow_field_agreement,
+            self.shadow_text_similarity,
             self.shadow_check_failure_rate,
         ):
             for sample_labels in list(_label_sets(gauge)):
