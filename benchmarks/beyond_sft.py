@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=100, help="test documents every version answers")
     parser.add_argument("--sft-epochs", type=float, default=1, help="SFT's num_train_epochs (tuneloop's rule: 10)")
     parser.add_argument("--grpo-budget", default="20m", help="GRPO's --time-budget")
+    parser.add_argument("--arms", default="sft,dpo,grpo", help="which of sft,dpo,grpo to train and evaluate now")
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
@@ -74,23 +75,27 @@ def main() -> None:
     def save() -> None:
         state_file.write_text(json.dumps(state, indent=2, default=str))
 
+    arms = {"sft", *(arm.strip() for arm in args.arms.split(",") if arm.strip())}  # the others start from SFT
     files = make_documents(home, args, console)
     if "sft" not in state:
         state["sft"] = train_step(console, files["train"], method="sft", epochs=args.sft_epochs)
         save()
     sft_version = state["sft"]["version"]
-    if "corrections" not in state:
+    if "dpo" in arms and "corrections" not in state:
         state["corrections"] = correct_pool(console, sft_version, files["pool"], args.corrections)
         save()
-    if "dpo" not in state:
-        state["dpo"] = train_step(console, "pairs:corrections", method="dpo", parent=sft_version)
-        save()
-    if "grpo" not in state:
-        state["grpo"] = train_step(
+    steps = {
+        "dpo": lambda: train_step(console, "pairs:corrections", method="dpo", parent=sft_version),
+        "grpo": lambda: train_step(
             console, files["train"], method="grpo", parent=sft_version, time_budget=args.grpo_budget
-        )
-        save()
-    for arm in ("sft", "dpo", "grpo"):
+        ),
+    }
+    for arm in ("sft", "dpo", "grpo"):  # each arm trained, then evaluated, before the next is trained
+        if arm not in arms:
+            continue
+        if arm not in state:
+            state[arm] = steps[arm]()
+            save()
         if "test_run" not in state[arm]:
             state[arm]["test_run"] = evaluate(console, state[arm]["version"], files["test"])
             save()
@@ -222,13 +227,16 @@ def report(console: Any, state: dict[str, Any], args: argparse.Namespace) -> dic
     for column in ("version", "method", "trained on", "training", "field error (95 % CI)", "exact", "invalid",
                    "vs SFT: fields fixed / broken", "McNemar p"):  # fmt: skip
         table.add_column(column)
-    figures: dict[str, Any] = {"corrections": state["corrections"], "arms": {}}
+    corrections = state.get("corrections", {}).get("corrections")
+    figures: dict[str, Any] = {"corrections": state.get("corrections"), "arms": {}}
     trained_on = {
         "sft": f"{args.sft_documents} verified documents",
-        "dpo": f"{state['corrections']['corrections']} review corrections",
+        "dpo": f"{corrections} review corrections",
         "grpo": f"the same {args.sft_documents} documents, task score as reward",
     }
     for arm in ("sft", "dpo", "grpo"):
+        if "test_run" not in state.get(arm, {}):
+            continue
         run_id = state[arm]["test_run"]
         (model,) = build_report(get_run(run_id), run_results(run_id)).models
         summary = model.summary

@@ -80,6 +80,15 @@ def task() -> Task:
 
 
 @pytest.fixture
+def ctrl_c_raises() -> Iterator[None]:
+    """Ctrl-C as a terminal gives it: a process started in the background by a shell without job control
+    inherits SIGINT ignored (POSIX), and Python then leaves it ignored, so the test would not see it."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture
 def data(tmp_path: Path, task: Task) -> Path:
     rows = []
     for index, (text, fields) in enumerate(LETTERS):
@@ -250,7 +259,7 @@ def test_local_base_run_then_cached_rerun(
 
 @pytest.mark.slow
 def test_a_float_rewrite_is_its_own_engine_and_a_resumed_run_keeps_it(
-    task: Task, data: Path, converted_home: Path
+    task: Task, data: Path, converted_home: Path, ctrl_c_raises: None
 ) -> None:
     """``--llamacpp-weights f16`` evaluates the engine ``tuneloop serve --llamacpp-weights f16`` runs: its own
     label and cache entries, and a resumed run goes on with the same weights, not the native file."""
@@ -325,7 +334,9 @@ def test_endpoint_streamed_and_whole_answers_agree(task: Task, data: Path, endpo
 
 
 @pytest.mark.slow
-def test_ctrl_c_keeps_finished_answers_and_the_run_resumes(task: Task, data: Path, endpoint: str) -> None:
+def test_ctrl_c_keeps_finished_answers_and_the_run_resumes(
+    task: Task, data: Path, endpoint: str, ctrl_c_raises: None
+) -> None:
     model_id = f"{endpoint}#{DEFAULT_BASE}"
     options = EvalOptions(max_tokens=MAX_TOKENS - 2)
 
