@@ -316,7 +316,8 @@ def compare(
         console.print(
             f"{pair.first_model} (run {first}) → {pair.second_model} (run {second}) on {pair.shared} shared examples: "
             f"field errors {pair.first_errors} → {pair.second_errors}; "
-            f"{pair.fixed} examples fixed, {pair.broken} broken, {pair.unchanged_wrong} still wrong"
+            f"{pair.fixed} example{'' if pair.fixed == 1 else 's'} fixed, {pair.broken} broken, "
+            f"{pair.unchanged_wrong} still wrong"
         )
         if pair.first_only_fields or pair.second_only_fields:
             console.print(
