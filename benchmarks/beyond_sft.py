@@ -179,6 +179,7 @@ def correct_pool(console: Any, version: str, pool: str, wanted: int) -> dict[str
     """The SFT version answers the pool; a reviewer corrects its first ``wanted`` wrong drafts to the verified one."""
     from tuneloop.answers import parse_answer
     from tuneloop.evals.examples import load_examples
+    from tuneloop.evals.results import record_score
     from tuneloop.evals.store import run_results
     from tuneloop.review.queue import correct_item, create_item, lock_item
     from tuneloop.task import load_task
@@ -188,8 +189,7 @@ def correct_pool(console: Any, version: str, pool: str, wanted: int) -> dict[str
     examples = {example.id: example for example in load_examples(task, pool)}
     corrected, right = 0, 0
     for result in run_results(run_id):
-        verdicts = result.field_verdicts or {}
-        if verdicts and all(value == "correct" for value in verdicts.values()):
+        if result.valid and not record_score(result, task.field_names).errors:  # the evals' own verdict
             right += 1
             continue
         if corrected >= wanted:

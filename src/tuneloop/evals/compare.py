@@ -27,8 +27,8 @@ class ExamplePair:
     fixed: int  # wrong somewhere in the first run, all right in the second
     broken: int  # all right in the first, wrong somewhere in the second
     unchanged_wrong: int
-    first_only_fields: int = 0  # fields wrong in the first run and right in the second
-    second_only_fields: int = 0  # right in the first, wrong in the second
+    first_only_fields: int  # fields wrong in the first run and right in the second
+    second_only_fields: int  # right in the first, wrong in the second
 
     @property
     def p_value(self) -> float:
